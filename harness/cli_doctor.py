@@ -1,0 +1,36 @@
+"""``harness doctor [JOB]``: render the doctor's checks as a table."""
+from __future__ import annotations
+
+import argparse
+
+from harness.config import load_job
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", nargs="?", metavar="JOB",
+                        help="also check what this job needs (exit code 0 only if it can run)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a job value (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.doctor import job_can_run, run_checks
+
+    job = load_job(args.job, args.overrides) if args.job else None
+    checks = run_checks(job)
+    table = Table(title="harness doctor" + (f" — job {job.name}" if job else ""))
+    for col in ("check", "status", "detail", "hint"):
+        table.add_column(col, overflow="fold")
+    style = {"ok": "green", "warn": "yellow", "missing": "red"}
+    for c in checks:
+        table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.detail, c.hint)
+    console = Console()
+    console.print(table)
+    ok = job_can_run(checks)
+    if job is not None:
+        console.print(f"job {job.name}: " + ("[green]can run[/]" if ok else
+                                            "[red]cannot run here[/] (see hints)"))
+    return 0 if ok else 1

@@ -1,0 +1,571 @@
+"""Job specifications: the one place where YAML job files are read and validated.
+
+A job file (``jobs/*.yaml``) has one mapping per section — ``data``, ``model``, ``loss``,
+``train``, ``infer``, ``eval``, ``power``, ``report``, ``launch`` — plus ``name`` and
+``description``. Each section is a frozen dataclass below; every field has a default, so a job
+only names what it changes. Loading rejects unknown keys (with a suggestion), wrong types and
+out-of-range values with a single line naming the file, the key path and what was expected::
+
+    jobs/x.yaml: train.bacth_size: unknown key (did you mean batch_size?)
+
+Command-line overrides (``--set train.lr=2e-4``) are applied to the parsed YAML before
+validation, so they pass through exactly the same checks.
+
+Typical use::
+
+    job = load_job("jobs/demo.yaml", overrides=["train.steps=100"])
+    job.train.batch_size
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from harness.errors import UserError
+
+#: Data sources that name the embedded ASC19 validation set (see ``harness.data``).
+EMBEDDED_SOURCES = ("embedded:train", "embedded:heldout", "embedded:all")
+
+
+class FieldError(ValueError):
+    """A value that fails validation; ``key`` is the dotted path below the section."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise FieldError(key, message)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AugmentConfig:
+    """Training-time augmentation of (LR, HR) pairs."""
+
+    hflip: bool = True
+    """Mirror pairs left-right with probability 0.5."""
+    shift_px: int = 0
+    """Largest random shift of the pair, in LR pixels (the HR shifts by 4x that)."""
+    color_jitter: float = 0.0
+    """Largest relative change of brightness/contrast/saturation (0 disables)."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.shift_px <= 4, "shift_px", "must be between 0 and 4")
+        _check(0.0 <= self.color_jitter <= 0.5, "color_jitter", "must be between 0 and 0.5")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataConfig:
+    """Where training and validation pairs come from."""
+
+    train: str = "embedded:train"
+    """Training pairs: ``embedded:train`` (240 pairs of the vendored ASC19 set),
+    ``embedded:all``, a folder packed by ``harness prepare`` (has ``index.json``), or a folder
+    holding ``val_HR``/``val_LR``-style ``HR``/``LR`` sub-folders."""
+    val: str = "embedded:heldout"
+    """Held-out pairs used for validation IS and checkpoint selection (same forms as ``train``)."""
+    lr_kernel: str = "pil_bicubic"
+    """Downsampling kernel used when LR images must be made from HR ones."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Augmentation of training pairs."""
+    workers: int = 0
+    """Data-loader worker processes per rank (0 = load in the training process)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.train), "train", "must not be empty")
+        _check(bool(self.val), "val", "must not be empty")
+        _check(0 <= self.workers <= 64, "workers", "must be between 0 and 64")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    """The generator network (see ``kernels.MODELS``)."""
+
+    name: str = "srresnet"
+    """Generator name: ``bicubic``, ``srresnet`` or ``rrdb``."""
+    scale: int = 4
+    """Upscaling factor (ASC19: 4)."""
+    args: dict[str, float] = field(default_factory=dict)
+    """Keyword arguments of the generator, e.g. ``{num_feat: 64, num_blocks: 16}``."""
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("bicubic", "srresnet", "rrdb"), "name",
+               "expected one of bicubic, srresnet, rrdb")
+        _check(self.scale in (2, 4), "scale", "must be 2 or 4")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LossConfig:
+    """Weights of the loss terms; a zero weight switches a term off."""
+
+    pixel: float = 1.0
+    """Weight of the pixel loss."""
+    pixel_kind: Literal["l1", "charbonnier"] = "l1"
+    """Pixel loss form."""
+    identity: float = 0.0
+    """Weight of the identity loss, 1 - cos(embed(SR), embed(HR))."""
+    feature: float = 0.0
+    """Weight of the feature loss on the recognizer's intermediate activations."""
+    feature_layers: tuple[str, ...] = ()
+    """Recognizer layers used by the feature loss."""
+    adversarial: float = 0.0
+    """Weight of the relativistic adversarial loss (0 = no discriminator)."""
+    recognizer: str = "facenet"
+    """Recognizer used by the identity and feature losses (must be differentiable)."""
+
+    def __post_init__(self) -> None:
+        for name in ("pixel", "identity", "feature", "adversarial"):
+            _check(getattr(self, name) >= 0, name, "must be >= 0")
+        _check(self.pixel + self.identity + self.feature + self.adversarial > 0, "pixel",
+               "at least one loss weight must be > 0")
+        _check(self.feature == 0 or bool(self.feature_layers), "feature_layers",
+               "must name at least one layer when loss.feature > 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 1000
+    """Optimizer steps to run."""
+    batch_size: int = 16
+    """Global batch size, split evenly across ranks."""
+    lr: float = 2e-4
+    """Peak learning rate (Adam)."""
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    backend: Literal["ddp", "horovod"] = "ddp"
+    """Data-parallel engine: torch DistributedDataParallel or Horovod."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; ``auto`` uses CUDA when present."""
+    bf16: bool = True
+    """bf16 autocast (GPU only; ignored on CPU)."""
+    channels_last: bool = True
+    """Channels-last memory format (GPU only)."""
+    threads_per_rank: int = 0
+    """torch CPU threads per rank (0 = cores / local ranks)."""
+    seed: int = 0
+    """Seed of model initialisation, sampling and augmentation."""
+    log_every: int = 10
+    """Write a metrics line every N steps."""
+    val_every: int = 100
+    """Validate (IS, PSNR on ``data.val``) every N steps; 0 = only at the end."""
+    ckpt_every: int = 100
+    """Checkpoint every N steps; 0 = only at the end."""
+    keep_last: int = 2
+    """How many recent checkpoints to keep (the best-by-IS one is always kept)."""
+    max_minutes: float = 0.0
+    """Stop cleanly (checkpoint, validate) after this many minutes; 0 = no limit."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "steps", "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(0 < self.lr < 1, "lr", "must be in (0, 1)")
+        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _check(self.threads_per_rank >= 0, "threads_per_rank", "must be >= 0")
+        _check(self.log_every >= 1, "log_every", "must be >= 1")
+        _check(self.val_every >= 0, "val_every", "must be >= 0")
+        _check(self.ckpt_every >= 0, "ckpt_every", "must be >= 0")
+        _check(self.keep_last >= 1, "keep_last", "must be >= 1")
+        _check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InferConfig:
+    """Inference (``harness infer``)."""
+
+    batch_size: int = 32
+    """Images per forward pass on each rank."""
+    tta_flip: bool = False
+    """Average the outputs of the image and its mirror (test-time augmentation)."""
+    checkpoint: str = ""
+    """Checkpoint to load; empty = the shipped weights for the model, when there are any."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvalConfig:
+    """Scoring (``harness evaluate``, validation during training)."""
+
+    recognizer: str = "facenet"
+    """``facenet`` (embedded), ``sphere20a:PATH`` or ``onnx:PATH``."""
+    metrics: tuple[str, ...] = ("is", "psnr", "ssim")
+    """Metrics to compute: any of is, psnr, ssim, niqe, rmse."""
+    shave: int = 0
+    """Border pixels ignored by PSNR/SSIM."""
+    batch_size: int = 64
+    """Images per recognizer forward pass."""
+
+    def __post_init__(self) -> None:
+        known = {"is", "psnr", "ssim", "niqe", "rmse"}
+        for m in self.metrics:
+            _check(m in known, "metrics", f"unknown metric {m!r} (expected some of "
+                   f"{', '.join(sorted(known))})")
+        _check(self.shave >= 0, "shave", "must be >= 0")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PowerConfig:
+    """Power measurement and the cluster-wide governor."""
+
+    enabled: bool = False
+    """Run the sampler and governor during train/infer."""
+    backend: Literal["simulated", "nvml", "replay"] = "simulated"
+    """Where GPU power comes from: simulated GPUs, NVIDIA NVML, or a recorded trace."""
+    budget_w: float = 3000.0
+    """Whole-cluster power budget in watts (GPUs + CPUs + node overhead + switch)."""
+    headroom_w: float = 150.0
+    """Safety margin kept below the budget."""
+    mode: Literal["power_limit", "clocks"] = "power_limit"
+    """Cap GPUs by power limit or by locked clocks."""
+    control_hz: float = 10.0
+    """Governor control frequency."""
+    sample_hz: float = 10.0
+    """Power sampling frequency (>= 10 Hz)."""
+    stale_s: float = 1.0
+    """Readings older than this trigger the fail-safe cap."""
+    sim_profile: str = "A100-SXM4"
+    """Simulated GPU profile (see ``power.simulated``)."""
+    sim_gpus_per_node: int = 4
+    """Simulated GPUs per node."""
+    replay_csv: str = ""
+    """Trace to replay when ``backend: replay``."""
+    node_overhead_w: float = 150.0
+    """Fixed per-node power besides CPUs and GPUs (fans, NICs, disks)."""
+    switch_w: float = 0.0
+    """Power of the cluster switch, counted once."""
+    cpu_tdp_w: float = 205.0
+    """CPU package TDP used to estimate CPU power where RAPL is unreadable."""
+    meter_command: str = ""
+    """Optional command printing node power (e.g. ``ipmitool dcmi power reading``)."""
+
+    def __post_init__(self) -> None:
+        _check(self.budget_w > 0, "budget_w", "must be > 0")
+        _check(0 <= self.headroom_w < self.budget_w, "headroom_w",
+               "must be >= 0 and below budget_w")
+        _check(0 < self.control_hz <= 100, "control_hz", "must be in (0, 100]")
+        _check(10 <= self.sample_hz <= 1000, "sample_hz", "must be between 10 and 1000")
+        _check(self.stale_s > 0, "stale_s", "must be > 0")
+        _check(1 <= self.sim_gpus_per_node <= 16, "sim_gpus_per_node", "must be between 1 and 16")
+        _check(self.node_overhead_w >= 0, "node_overhead_w", "must be >= 0")
+        _check(self.switch_w >= 0, "switch_w", "must be >= 0")
+        _check(self.cpu_tdp_w >= 0, "cpu_tdp_w", "must be >= 0")
+        _check(self.backend != "replay" or bool(self.replay_csv), "replay_csv",
+               "must name a CSV trace when backend is replay")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportConfig:
+    """The judges' HTML report."""
+
+    samples: int = 6
+    """Faces per row group (best, median, worst) in the sample grid."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.samples <= 50, "samples", "must be between 1 and 50")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LaunchConfig:
+    """How ``harness launch`` starts the job (mpirun or Slurm)."""
+
+    nodes: int = 1
+    """Number of nodes."""
+    ranks_per_node: int = 1
+    """MPI ranks per node (one per GPU on a GPU cluster)."""
+    gpus_per_node: int = 0
+    """GPUs per node requested from the scheduler (0 = none)."""
+    hosts: tuple[str, ...] = ()
+    """Host names; empty = run locally (or wherever Slurm places the job)."""
+    bind_to: Literal["core", "socket", "numa", "none"] = "core"
+    """Open MPI process binding."""
+    mpirun: str = "mpirun"
+    """The mpirun executable (the project's venv one is used when present)."""
+    mpi_args: tuple[str, ...] = ()
+    """Extra mpirun arguments, passed through verbatim."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables exported to every rank (``-x NAME=value``)."""
+    oversubscribe: bool = False
+    """Allow more ranks than cores (needed for demos on small machines)."""
+    partition: str = ""
+    """Slurm partition (``--scheduler slurm``)."""
+    account: str = ""
+    """Slurm account."""
+    time: str = "01:00:00"
+    """Slurm wall-time limit, HH:MM:SS."""
+    run_dir: str = "runs"
+    """Parent folder of run directories."""
+
+    @property
+    def world_size(self) -> int:
+        """Total number of ranks."""
+        return self.nodes * self.ranks_per_node
+
+    def __post_init__(self) -> None:
+        _check(self.nodes >= 1, "nodes", "must be >= 1")
+        _check(self.ranks_per_node >= 1, "ranks_per_node", "must be >= 1")
+        _check(self.gpus_per_node >= 0, "gpus_per_node", "must be >= 0")
+        _check(not self.hosts or len(self.hosts) == self.nodes, "hosts",
+               f"lists {len(self.hosts)} hosts but launch.nodes is {self.nodes}")
+        parts = self.time.split(":")
+        _check(len(parts) == 3 and all(p.isdigit() for p in parts), "time",
+               "expected HH:MM:SS")
+        _check(bool(self.mpirun), "mpirun", "must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobConfig:
+    """A whole job: what to train/infer, where, and under which power budget."""
+
+    name: str = "job"
+    """Short name; run directories are called ``<name>-<timestamp>``."""
+    description: str = ""
+    """Free text shown in reports."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    power: PowerConfig = field(default_factory=PowerConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), "name",
+               "must be non-empty and use only letters, digits, '-', '_' and '.'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved job as plain data (for run manifests and reports)."""
+        return _to_plain(self)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------- conversion
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Convert a parsed YAML value to the annotated type, or raise FieldError."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except FieldError as exc:
+                errors.append(exc.message)
+        raise FieldError(key, errors[0] if errors else "invalid value")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise FieldError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise FieldError(key, f"expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        ktype, vtype = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise FieldError(key, f"expected a mapping, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise FieldError(key, f"keys must be strings, got {k!r}")
+            if vtype is str:
+                if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                    raise FieldError(f"{key}.{k}", f"expected a string, got {v!r}")
+                out[k] = str(v)
+            elif vtype is float:
+                out[k] = _convert(float, v, f"{key}.{k}")
+            else:
+                out[k] = v
+        return out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise FieldError(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise FieldError(key, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise FieldError(key, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise FieldError(key, f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this module
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys, types and ranges."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise FieldError(prefix, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else (
+                f" (expected one of: {', '.join(fields)})")
+            raise FieldError(path, "unknown key" + hint)
+        kwargs[key] = _convert(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except FieldError as exc:
+        raise FieldError(f"{prefix}.{exc.key}" if prefix else exc.key, exc.message) from None
+
+
+# --------------------------------------------------------------------------- loading
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one ``--set section.key=value`` override into (key path, YAML value)."""
+    import yaml
+
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. train.lr=2e-4")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise UserError(f"--set {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of parsed job data with ``--set`` overrides applied (no validation)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def job_from_dict(data: Any, source: str = "<job>") -> JobConfig:
+    """Validate plain data (parsed YAML) into a :class:`JobConfig`.
+
+    Raises:
+        UserError: one line ``source: key.path: what was expected``.
+    """
+    try:
+        return _build(JobConfig, data, "")
+    except FieldError as exc:
+        where = exc.key or "top level"
+        raise UserError(f"{source}: {where}: {exc.message}") from None
+
+
+def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
+    """Read, override and validate a job file.
+
+    Args:
+        path: The YAML job file.
+        overrides: ``section.key=value`` strings applied before validation.
+
+    Raises:
+        UserError: the file is missing or unreadable, is not valid YAML, or fails validation.
+    """
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: job file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read job file ({exc.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{path}: {where}invalid YAML ({problem})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: top level: expected a mapping of sections, got "
+                        f"{type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    return job_from_dict(data, str(path))
+
+
+def dump_job(job: JobConfig) -> str:
+    """The resolved job as YAML text (loadable again with :func:`load_job`)."""
+    import yaml
+
+    return yaml.safe_dump(job.to_dict(), sort_keys=False)

@@ -1,0 +1,25 @@
+"""Run under mpirun: bootstrap through harness.distributed, report what this rank sees."""
+import json
+
+from harness.distributed import get_comm, get_dist_info, init_torch_distributed, rendezvous
+
+
+def main() -> None:
+    info = get_dist_info()
+    comm = get_comm()
+    addr, port = rendezvous(comm)
+    init_torch_distributed(info, comm, backend="gloo")
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(info.rank + 1)])
+    dist.all_reduce(t)
+    print(json.dumps({"rank": info.rank, "world_size": info.world_size,
+                      "local_rank": info.local_rank, "launcher": info.launcher,
+                      "addr": addr, "port": port, "allreduce": t.item(),
+                      "comm_size": comm.size}), flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
