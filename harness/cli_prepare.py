@@ -1,0 +1,69 @@
+"""``harness prepare``: pack a folder tree of face images into training shards (sharded over
+MPI ranks), or ``--fingerprint`` an HR/LR set to find the kernel that made its LR images."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from harness.prepare import CROPS, DEFAULT_KERNEL, KERNELS
+
+    parser.add_argument("src", nargs="?", metavar="SRC",
+                        help="folder tree of face images (FFHQ 1024x1024 or 128x128, ASC19 "
+                             "96x112 crops, ...)")
+    parser.add_argument("--out", metavar="DIR", help="output folder for the packed shards")
+    parser.add_argument("--kernel", default=DEFAULT_KERNEL, choices=sorted(KERNELS),
+                        help=f"LR downsampling kernel (default: {DEFAULT_KERNEL}, which "
+                             "reproduces the organiser's LR images exactly)")
+    parser.add_argument("--crop", default="asc19", choices=CROPS,
+                        help="how square aligned faces become 96x112 crops (default: asc19 "
+                             "framing)")
+    parser.add_argument("--shard-size", type=int, default=8192, help="pairs per shard file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing packed set in --out")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="instead of packing: report which kernel made --lr from --hr")
+    parser.add_argument("--hr", metavar="DIR", help="HR folder (with --fingerprint)")
+    parser.add_argument("--lr", metavar="DIR", help="LR folder (with --fingerprint)")
+    parser.add_argument("--limit", type=int, help="with --fingerprint: use the first N pairs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from harness.distributed import get_comm, get_dist_info
+    from harness.errors import UserError
+    from harness import prepare
+
+    console = Console()
+    if args.fingerprint:
+        if not (args.hr and args.lr):
+            raise UserError("--fingerprint needs --hr DIR and --lr DIR")
+        from rich.table import Table
+
+        ranking = prepare.fingerprint(args.hr, args.lr, limit=args.limit)
+        table = Table(title=f"LR kernel fingerprint of {args.lr}")
+        table.add_column("kernel")
+        table.add_column("mean abs. error (grey levels)", justify="right")
+        for name, mae in ranking:
+            table.add_row(name, f"{mae:.4f}")
+        console.print(table)
+        console.print(f"best match: [bold]{ranking[0][0]}[/]")
+        return 0
+    if not (args.src and args.out):
+        raise UserError("prepare needs SRC and --out DIR (or --fingerprint --hr --lr)")
+    info, comm = get_dist_info(), get_comm()
+    result = prepare.prepare(args.src, args.out, kernel=args.kernel, crop=args.crop,
+                             rank=info.rank, world_size=info.world_size,
+                             shard_size=args.shard_size, progress=info.is_master,
+                             overwrite=args.overwrite)
+    comm.barrier()
+    if info.world_size > 1 and info.is_master:
+        result = prepare.merge_index(args.out)
+    if info.is_master:
+        n = result.get("count", result.get("written", "?"))
+        skipped = result.get("skipped") or []
+        console.print(f"packed {n} pairs into {args.out} (kernel {args.kernel}"
+                      + (f", {len(skipped)} unreadable files skipped" if skipped else "")
+                      + f"); train on it with --set data.train={args.out}")
+    return 0
