@@ -1,0 +1,143 @@
+"""The one GPU-control interface every backend implements.
+
+Units are part of every name: power in milliwatts (``_mw``), energy in millijoules (``_mj``),
+clocks in megahertz (``_mhz``), utilisation in percent. These are NVML's native units, so the NVML
+backend passes values through unchanged and conversions to watts/joules happen in one place
+(the sampler and governor).
+
+Setters validate their arguments against the device's own range before touching hardware and
+raise :class:`~power.errors.OutOfRangeError` otherwise; backends implement the ``_set_*`` hooks.
+"""
+from __future__ import annotations
+
+import abc
+
+from power.errors import OutOfRangeError
+
+
+class GPU(abc.ABC):
+    """Abstract control and measurement interface of one GPU.
+
+    Args:
+        index: Index of the GPU as this process sees it (position in ``CUDA_VISIBLE_DEVICES``).
+    """
+
+    def __init__(self, index: int) -> None:
+        if index < 0:
+            raise ValueError(f"GPU index must be >= 0, got {index}")
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(index={self.index})"
+
+    # --- identity -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_name(self) -> str:
+        """Return the product name, e.g. ``"NVIDIA H100 80GB HBM3"``."""
+
+    @abc.abstractmethod
+    def get_uuid(self) -> str:
+        """Return the device UUID (``"GPU-..."``)."""
+
+    # --- power and energy -------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_power_usage_mw(self) -> int:
+        """Return the current power draw. Units: mW."""
+
+    @abc.abstractmethod
+    def supports_energy_counter(self) -> bool:
+        """Return True if :meth:`get_total_energy_consumption_mj` works on this device."""
+
+    @abc.abstractmethod
+    def get_total_energy_consumption_mj(self) -> int:
+        """Return the energy used since the driver loaded. Units: mJ.
+
+        Raises:
+            NotSupportedError: The device has no energy counter (pre-Volta).
+        """
+
+    # --- power limit ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_power_limit_mw(self) -> int:
+        """Return the current power management limit. Units: mW."""
+
+    @abc.abstractmethod
+    def get_power_limit_constraints_mw(self) -> tuple[int, int]:
+        """Return the ``(min, max)`` settable power limit. Units: mW."""
+
+    @abc.abstractmethod
+    def get_default_power_limit_mw(self) -> int:
+        """Return the power limit the device boots with. Units: mW."""
+
+    def set_power_limit_mw(self, power_limit_mw: int) -> None:
+        """Set the power management limit after checking it against the device's range.
+
+        Args:
+            power_limit_mw: New limit. Units: mW.
+
+        Raises:
+            OutOfRangeError: ``power_limit_mw`` is outside :meth:`get_power_limit_constraints_mw`.
+            NoPermissionError: The process may not change the limit.
+        """
+        lo, hi = self.get_power_limit_constraints_mw()
+        value = int(round(power_limit_mw))
+        if not lo <= value <= hi:
+            raise OutOfRangeError(
+                f"GPU {self.index}: power limit {value} mW outside the device range [{lo}, {hi}] mW"
+            )
+        self._set_power_limit_mw(value)
+
+    def reset_power_limit(self) -> None:
+        """Set the power limit back to :meth:`get_default_power_limit_mw`."""
+        self.set_power_limit_mw(self.get_default_power_limit_mw())
+
+    @abc.abstractmethod
+    def _set_power_limit_mw(self, power_limit_mw: int) -> None:
+        """Backend hook: apply an already validated limit. Units: mW."""
+
+    # --- clocks -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_clock_range_mhz(self) -> tuple[int, int]:
+        """Return the ``(min, max)`` supported graphics clock. Units: MHz."""
+
+    @abc.abstractmethod
+    def get_default_clock_mhz(self) -> int:
+        """Return the default (applications) graphics clock. Units: MHz."""
+
+    @abc.abstractmethod
+    def get_gpu_clock_mhz(self) -> int:
+        """Return the current graphics (SM) clock. Units: MHz."""
+
+    @abc.abstractmethod
+    def get_memory_clock_mhz(self) -> int:
+        """Return the current memory clock. Units: MHz."""
+
+    def lock_gpu_clocks_mhz(self, min_clock_mhz: int, max_clock_mhz: int) -> None:
+        """Lock the graphics clock into ``[min_clock_mhz, max_clock_mhz]``.
+
+        The power limit still applies: the driver lowers clocks below a lock to respect it.
+
+        Raises:
+            OutOfRangeError: The range is empty or outside :meth:`get_clock_range_mhz`.
+        """
+        lo, hi = self.get_clock_range_mhz()
+        low, high = int(round(min_clock_mhz)), int(round(max_clock_mhz))
+        if not lo <= low <= high <= hi:
+            raise OutOfRangeError(
+                f"GPU {self.index}: clock lock [{low}, {high}] MHz not within the device range "
+                f"[{lo}, {hi}] MHz (or min > max)"
+            )
+        self._lock_gpu_clocks_mhz(low, high)
+
+    @abc.abstractmethod
+    def _lock_gpu_clocks_mhz(self, min_clock_mhz: int, max_clock_mhz: int) -> None:
+        """Backend hook: apply an already validated clock lock. Units: MHz."""
+
+    @abc.abstractmethod
+    def unlock_gpu_clocks(self) -> None:
+        """Remove any graphics clock lock (back to the driver's default boost behaviour)."""
+
+    # --- utilisation ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_utilization_percent(self) -> int:
+        """Return the percentage of recent time a kernel was running (0-100)."""

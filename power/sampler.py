@@ -1,0 +1,227 @@
+"""Background power sampler: one per node, writes a time series to the run directory.
+
+Run it on local rank 0 only (one sampler per node sees every GPU of the node, so GPUs are never
+counted twice)::
+
+    if local_rank == 0:
+        with PowerSampler(gpus, run_dir, node=NodePower(overhead_w=60)) as sampler:
+            train()
+        print(sampler.energy_j())
+
+Files (``fmt="csv"``): ``gpu_power.csv`` with ``time_s,gpu,power_w,energy_j,limit_w,util,clock``
+(the replay format of :mod:`power.replay`) and ``node_power.csv`` with
+``time_s,cpu_w,dram_w,overhead_w,meter_w,other_w,energy_j,estimated,source``; with
+``fmt="jsonl"``, one ``power_samples.jsonl`` record per tick. ``time_s`` is monotonic time since
+the sampler started. GPU energy comes from the energy counter where the GPU has one, else from
+the trapezoid rule; files are flushed every ``flush_interval_s`` so a crash loses little.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from power.clock import Clock, MonotonicClock
+from power.errors import PowerError
+from power.gpu import GPU
+from power.node import NodePower
+
+logger = logging.getLogger(__name__)
+
+GPU_COLUMNS = ("time_s", "gpu", "power_w", "energy_j", "limit_w", "util", "clock")
+NODE_COLUMNS = ("time_s", "cpu_w", "dram_w", "overhead_w", "meter_w", "other_w", "energy_j",
+                "estimated", "source")
+
+
+class PowerSampler:
+    """Samples GPU and node power at ``rate_hz`` in a background thread.
+
+    Args:
+        gpus: The node's GPUs.
+        run_dir: Directory for the output files (created if needed).
+        node: Source of non-GPU node power, if any.
+        rate_hz: Sampling rate (at least 10 Hz is recommended for energy accuracy).
+        clock: Time source for timestamps (the background thread always waits in real time;
+            tests drive :meth:`sample_once` with a simulated clock instead).
+        flush_interval_s: How often files are flushed to the OS.
+        fmt: ``"csv"`` or ``"jsonl"``.
+    """
+
+    def __init__(self, gpus: Sequence[GPU], run_dir: str | os.PathLike[str], *,
+                 node: NodePower | None = None, rate_hz: float = 10.0, clock: Clock | None = None,
+                 flush_interval_s: float = 1.0, fmt: str = "csv") -> None:
+        if not rate_hz > 0:
+            raise ValueError(f"PowerSampler: rate_hz must be > 0, got {rate_hz}")
+        if fmt not in ("csv", "jsonl"):
+            raise ValueError(f"PowerSampler: fmt must be 'csv' or 'jsonl', got {fmt!r}")
+        if flush_interval_s < 0:
+            raise ValueError(f"PowerSampler: flush_interval_s must be >= 0, got {flush_interval_s}")
+        self.gpus = list(gpus)
+        self.run_dir = Path(run_dir)
+        self.node = node
+        self.period_s = 1.0 / rate_hz
+        self.fmt = fmt
+        self.flush_interval_s = flush_interval_s
+        self._clock = clock or MonotonicClock()
+        self._t0: float | None = None
+        self._last_flush = 0.0
+        self._counter_start: list[int | None] = [None] * len(self.gpus)
+        self._gpu_energy_j = [0.0] * len(self.gpus)
+        self._last_gpu_w: list[float | None] = [None] * len(self.gpus)
+        self._node_energy_j = 0.0
+        self._last_node_w: float | None = None
+        self._last_t: float | None = None
+        self._files: list[Any] = []
+        self._gpu_writer: Any = None
+        self._node_writer: Any = None
+        self._jsonl: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self.samples = 0
+        self.errors = 0
+        self.node_estimated = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the output files and record the energy counters' start (idempotent)."""
+        if self._t0 is not None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.fmt == "csv":
+            gpu_fh = open(self.run_dir / "gpu_power.csv", "w", newline="", encoding="utf-8")
+            node_fh = open(self.run_dir / "node_power.csv", "w", newline="", encoding="utf-8")
+            self._files = [gpu_fh, node_fh]
+            self._gpu_writer = csv.writer(gpu_fh)
+            self._gpu_writer.writerow(GPU_COLUMNS)
+            self._node_writer = csv.writer(node_fh)
+            self._node_writer.writerow(NODE_COLUMNS)
+        else:
+            self._jsonl = open(self.run_dir / "power_samples.jsonl", "w", encoding="utf-8")
+            self._files = [self._jsonl]
+        for i, g in enumerate(self.gpus):
+            try:
+                if g.supports_energy_counter():
+                    self._counter_start[i] = g.get_total_energy_consumption_mj()
+            except PowerError as exc:
+                logger.warning("GPU %d: no energy counter (%s); integrating power", i, exc)
+        self._t0 = self._clock.now()
+        self._last_flush = self._t0
+
+    def start(self) -> None:
+        """Open the files and start the background thread."""
+        if self._thread is not None:
+            raise RuntimeError("PowerSampler already started")
+        self.open()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="power-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, take a last sample and close the files (idempotent)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=10 * self.period_s + 5)
+        if self._files:
+            if self._t0 is not None:
+                self._safe_sample()
+            for fh in self._files:
+                fh.close()
+            self._files = []
+
+    def __enter__(self) -> PowerSampler:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # --- sampling --------------------------------------------------------------------------
+    def sample_once(self) -> dict[str, Any]:
+        """Read every GPU and the node once, append to the files and return the record."""
+        self.open()
+        with self._mutex:
+            now = self._clock.now()
+            t = now - self._t0  # type: ignore[operator]
+            dt = 0.0 if self._last_t is None else now - self._last_t
+            gpu_rows = []
+            gpu_sum = 0.0
+            for i, g in enumerate(self.gpus):
+                power = g.get_power_usage_mw() / 1000.0
+                gpu_sum += power
+                if self._counter_start[i] is not None:
+                    self._gpu_energy_j[i] = (g.get_total_energy_consumption_mj()
+                                             - self._counter_start[i]) / 1000.0
+                elif self._last_gpu_w[i] is not None:
+                    self._gpu_energy_j[i] += 0.5 * (self._last_gpu_w[i] + power) * dt
+                self._last_gpu_w[i] = power
+                gpu_rows.append({"gpu": i, "power_w": power, "energy_j": self._gpu_energy_j[i],
+                                 "limit_w": g.get_power_limit_mw() / 1000.0,
+                                 "util": g.get_utilization_percent(),
+                                 "clock": g.get_gpu_clock_mhz()})
+            node_row = None
+            if self.node is not None:
+                r = self.node.read(gpu_sum)
+                if self._last_node_w is not None:
+                    self._node_energy_j += 0.5 * (self._last_node_w + r.other_w) * dt
+                self._last_node_w = r.other_w
+                self.node_estimated = self.node_estimated or r.estimated
+                node_row = {"cpu_w": r.cpu_w, "dram_w": r.dram_w, "overhead_w": r.overhead_w,
+                            "meter_w": r.meter_w, "other_w": r.other_w,
+                            "energy_j": self._node_energy_j, "estimated": r.estimated,
+                            "source": r.source}
+            self._last_t = now
+            self._write(t, gpu_rows, node_row)
+            self.samples += 1
+            if now - self._last_flush >= self.flush_interval_s:
+                for fh in self._files:
+                    fh.flush()
+                self._last_flush = now
+            return {"time_s": t, "gpus": gpu_rows, "node": node_row}
+
+    def _write(self, t: float, gpu_rows: list[dict[str, Any]],
+               node_row: dict[str, Any] | None) -> None:
+        if self.fmt == "jsonl":
+            self._jsonl.write(json.dumps({"time_s": t, "gpus": gpu_rows, "node": node_row}) + "\n")
+            return
+        for row in gpu_rows:
+            self._gpu_writer.writerow([f"{t:.4f}", row["gpu"], f"{row['power_w']:.3f}",
+                                       f"{row['energy_j']:.3f}", f"{row['limit_w']:.3f}",
+                                       row["util"], row["clock"]])
+        if node_row is not None:
+            self._node_writer.writerow(
+                [f"{t:.4f}"] + ["" if node_row[k] is None else
+                                (f"{node_row[k]:.3f}" if isinstance(node_row[k], float)
+                                 else node_row[k]) for k in NODE_COLUMNS[1:]])
+
+    def _safe_sample(self) -> None:
+        try:
+            self.sample_once()
+        except (PowerError, OSError) as exc:
+            self.errors += 1
+            if self.errors in (1, 10, 100) or self.errors % 1000 == 0:
+                logger.warning("power sample failed (%d times): %s", self.errors, exc)
+
+    def _loop(self) -> None:
+        next_t = self._clock.now()
+        while not self._stop.is_set():
+            self._safe_sample()
+            next_t += self.period_s
+            delay = next_t - self._clock.now()
+            if delay < -self.period_s:  # fell behind (e.g. suspended): do not burst
+                next_t = self._clock.now()
+            self._stop.wait(max(0.0, delay))
+
+    def energy_j(self) -> dict[str, Any]:
+        """Return energy since start: ``{"gpus": [...], "node": J, "total": J, "estimated"}``."""
+        total = sum(self._gpu_energy_j) + self._node_energy_j
+        return {"gpus": list(self._gpu_energy_j), "node": self._node_energy_j, "total": total,
+                "estimated": self.node_estimated}

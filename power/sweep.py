@@ -1,0 +1,634 @@
+"""Power sweep: measure throughput and power of a workload at a series of GPU settings.
+
+For each setting (a power limit in W, or a locked maximum graphics clock in MHz) the sweep
+applies it to every GPU through the :class:`~power.gpu.GPU` interface, runs ``warmup_steps``
+workload steps, then measures ``steps`` steps while a :class:`~power.sampler.PowerSampler`
+records GPU and node power into ``samples/<setting>/``. Original settings are put back when
+the sweep ends, fails, or is stopped by SIGINT/SIGTERM (:class:`SettingsGuard`). Each point is
+written to ``sweep.json``/``sweep.csv`` (atomically) as soon as it is measured, and a later run
+with the same output folder and settings skips the points already there.
+
+``sweep.json`` (the report codes against this; keep it exact)::
+
+    {"job": str, "workload": "train" | "infer", "mode": "power_limit" | "clocks",
+     "gpu": str, "simulated": bool,
+     "points": [{"setting": float, "unit": "W" | "MHz", "images_per_s": float,
+                 "avg_gpu_w": float, "peak_gpu_w": float, "avg_node_w": float,
+                 "j_per_image": float, "images_per_s_per_w": float, "is": float | null,
+                 "pareto": bool}],
+     "plan": null | {...}}   # see power.planner.Plan.to_json
+
+Per-GPU values: ``images_per_s``, ``avg_gpu_w`` and ``peak_gpu_w`` are for ONE GPU (the
+average over the node's GPUs; ``peak_gpu_w`` is the highest single-GPU reading); ``j_per_image
+= avg_gpu_w / images_per_s`` and ``images_per_s_per_w = images_per_s / avg_gpu_w`` are GPU
+energy only. ``avg_node_w`` is the whole node: all its GPUs plus CPU/DRAM/overhead (as
+:class:`~power.node.NodePower` reports it). ``is`` is the identity similarity of a fixed image
+set produced at that setting (inference sweeps; null for training). ``pareto`` marks points no
+other point beats on both lower ``avg_gpu_w`` and higher ``images_per_s``. Points are sorted
+by setting. ``sweep_meta.json`` holds what resuming needs (the settings fingerprint, ranges).
+
+Throughput: every workload step reports the images it processed per GPU and the time the GPUs
+were busy with it. On real GPUs that is the measured (synchronised) step time. On simulated
+GPUs (:class:`ModelPacedWorkload`) the busy time is ``images / (images_per_s_at_max x
+relative throughput)`` from the simulator's model at the GPUs' present clock, and the sweep's
+clock is advanced (or slept) by it, so the measured curve follows the model (a real CPU
+workload may run inside each step; its own speed is ignored).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Protocol
+
+from power.clock import Clock, MonotonicClock, SimClock
+from power.errors import OutOfRangeError, PowerError
+from power.gpu import GPU
+from power.node import NodePower
+from power.sampler import PowerSampler
+
+logger = logging.getLogger(__name__)
+
+MODES: dict[str, str] = {"power_limit": "W", "clocks": "MHz"}
+"""Sweep mode -> unit of its settings."""
+
+WORKLOADS = ("train", "infer")
+
+SIM_LOADS: dict[str, tuple[float, float]] = {"train": (0.9, 0.3), "infer": (0.7, 0.45)}
+"""Simulated ``(activity, memory_bound)`` of each workload: training switches harder; inference
+is more memory-bound (assumptions, not measurements)."""
+
+SIM_NOMINAL_IMAGES_PER_S: dict[str, float] = {
+    "V100-SXM2": 250.0, "A100-SXM4": 620.0, "A100-PCIe": 620.0, "H100-SXM5": 1980.0,
+    "L40S": 720.0, "L4": 240.0,
+}
+"""Nominal images/s of one simulated GPU at its maximum clock, used when no figure is given:
+2 x the GPU's dense FP16 tensor TFLOPS. Placeholders with the right ratios between GPUs, not
+measurements - pass ``images_per_s_at_max`` (``--sim-images-per-s``) to calibrate."""
+
+POINT_KEYS = ("setting", "unit", "images_per_s", "avg_gpu_w", "peak_gpu_w", "avg_node_w",
+              "j_per_image", "images_per_s_per_w", "is", "pareto")
+"""Keys of one point, in ``sweep.csv`` column order."""
+
+MAX_POINTS = 200
+
+
+class SweepMismatchError(ValueError):
+    """An output folder holds a sweep measured with different settings."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def parse_range(text: str, *, option: str = "--limits") -> list[float]:
+    """Parse ``A:B:STEP`` (inclusive, ascending) or a comma list ``A,B,C`` into settings.
+
+    Raises:
+        ValueError: One line naming ``option``: malformed, ``A > B``, ``STEP <= 0``, a
+            non-positive value, or more than 200 points.
+    """
+    s = text.strip()
+    try:
+        if ":" in s:
+            parts = s.split(":")
+            if len(parts) != 3:
+                raise ValueError
+            a, b, step = (float(p) for p in parts)
+            if not all(math.isfinite(v) for v in (a, b, step)):
+                raise ValueError
+        else:
+            values = [float(p) for p in s.split(",") if p.strip()]
+            if not values or not all(math.isfinite(v) for v in values):
+                raise ValueError
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected START:STOP:STEP (e.g. 150:400:25) or a "
+                         "comma list (e.g. 200,250,300)") from None
+    if ":" in s:
+        if step <= 0:
+            raise ValueError(f"{option} {text!r}: STEP must be > 0")
+        if a > b:
+            raise ValueError(f"{option} {text!r}: START must be <= STOP")
+        n = int(math.floor((b - a) / step + 1e-9)) + 1
+        if n > MAX_POINTS:
+            raise ValueError(f"{option} {text!r}: {n} points; at most {MAX_POINTS}")
+        values = [round(a + i * step, 6) for i in range(n)]
+    if any(v <= 0 for v in values):
+        raise ValueError(f"{option} {text!r}: settings must be > 0")
+    if len(values) > MAX_POINTS:
+        raise ValueError(f"{option} {text!r}: {len(values)} points; at most {MAX_POINTS}")
+    return sorted(set(values))
+
+
+def setting_range(gpus: Sequence[GPU], mode: str) -> tuple[float, float]:
+    """Return the range every GPU accepts: ``(min, max)`` W or MHz."""
+    if mode == "power_limit":
+        ranges = [tuple(v / 1000.0 for v in g.get_power_limit_constraints_mw()) for g in gpus]
+    else:
+        ranges = [tuple(float(v) for v in g.get_clock_range_mhz()) for g in gpus]
+    return max(r[0] for r in ranges), min(r[1] for r in ranges)
+
+
+def check_settings(settings: Sequence[float], gpus: Sequence[GPU], mode: str) -> None:
+    """Reject settings outside what every GPU accepts.
+
+    Raises:
+        ValueError: Unknown mode, or one line naming the bad settings and the range.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    lo, hi = setting_range(gpus, mode)
+    bad = [s for s in settings if not lo - 1e-9 <= s <= hi + 1e-9]
+    if bad:
+        unit = MODES[mode]
+        what = "power limit" if mode == "power_limit" else "clock"
+        shown = ", ".join(f"{b:g}" for b in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"{what} {shown} {unit} outside the range of {gpus[0].get_name()}: "
+                         f"{lo:g}-{hi:g} {unit}")
+
+
+def default_settings(gpus: Sequence[GPU], mode: str, count: int = 9) -> list[float]:
+    """``count`` evenly spaced whole-number settings over the GPUs' range."""
+    lo, hi = setting_range(gpus, mode)
+    lo_i, hi_i = math.ceil(lo), math.floor(hi)
+    return sorted({float(round(lo_i + (hi_i - lo_i) * i / (count - 1))) for i in range(count)})
+
+
+# --------------------------------------------------------------------------- apply / restore
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (main thread, POSIX) so a second signal cannot cut a restore."""
+    can = (hasattr(signal, "pthread_sigmask")
+           and threading.current_thread() is threading.main_thread())
+    if not can:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class SettingsGuard:
+    """Applies sweep settings to GPUs and always puts the originals back.
+
+    On entry it records every GPU's power limit (and writes them to
+    ``original_settings.json`` in ``record_dir`` for manual recovery). On exit - normal,
+    exception, SIGINT or SIGTERM - it restores the limits and unlocks any clock it locked.
+    Signal handling follows :class:`power.governor.Governor`: handlers are installed from the
+    main thread only, never touch the GPUs, and raise (the previous handler's exception, e.g.
+    ``KeyboardInterrupt``, or ``SystemExit(128 + signum)``) so the ``with`` block unwinds.
+
+    Args:
+        gpus: The GPUs to control.
+        mode: ``"power_limit"`` or ``"clocks"``.
+        record_dir: Where to write ``original_settings.json`` (None: nowhere).
+        handle_signals: Install SIGINT/SIGTERM handlers while entered.
+    """
+
+    def __init__(self, gpus: Sequence[GPU], mode: str, *, record_dir: str | os.PathLike[str]
+                 | None = None, handle_signals: bool = True) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not gpus:
+            raise ValueError("SettingsGuard needs at least one GPU")
+        self.gpus = list(gpus)
+        self.mode = mode
+        self.record_dir = Path(record_dir) if record_dir is not None else None
+        self._handle_signals = handle_signals
+        self.original_limits_mw: list[int] = []
+        self._clocks_touched = False
+        self._entered = False
+        self._restored = False
+        self._prev_handlers: dict[int, Any] = {}
+        self.restore_errors: list[str] = []
+
+    def __enter__(self) -> SettingsGuard:
+        self.original_limits_mw = [g.get_power_limit_mw() for g in self.gpus]
+        self._entered, self._restored = True, False
+        if self.record_dir is not None:
+            self.record_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.record_dir / "original_settings.json", json.dumps(
+                {"uuids": [g.get_uuid() for g in self.gpus],
+                 "power_limits_mw": self.original_limits_mw}, indent=1))
+        self._install_signal_handlers()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.restore()
+        finally:
+            self._remove_signal_handlers()
+
+    def apply(self, setting: float) -> None:
+        """Apply ``setting`` (W or MHz) to every GPU.
+
+        Raises:
+            OutOfRangeError: The setting is outside a GPU's range.
+            RuntimeError: Called outside the ``with`` block.
+        """
+        if not self._entered or self._restored:
+            raise RuntimeError("SettingsGuard.apply outside its with block")
+        for g in self.gpus:
+            if self.mode == "power_limit":
+                g.set_power_limit_mw(int(round(setting * 1000)))
+            else:
+                lo, _hi = g.get_clock_range_mhz()
+                self._clocks_touched = True
+                g.lock_gpu_clocks_mhz(lo, int(round(setting)))
+
+    def restore(self) -> None:
+        """Put back every original limit and unlock clocks (idempotent)."""
+        with _signals_blocked():
+            if not self._entered or self._restored:
+                return
+            self._restored = True
+            for i, g in enumerate(self.gpus):
+                try:
+                    if g.get_power_limit_mw() != self.original_limits_mw[i]:
+                        g.set_power_limit_mw(self.original_limits_mw[i])
+                except PowerError as exc:
+                    self.restore_errors.append(f"GPU {i} limit: {exc}")
+                if self._clocks_touched:
+                    try:
+                        g.unlock_gpu_clocks()
+                    except PowerError as exc:
+                        self.restore_errors.append(f"GPU {i} clocks: {exc}")
+            for e in self.restore_errors:
+                logger.error("restore failed: %s", e)
+
+    def _install_signal_handlers(self) -> None:
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            prev = signal.getsignal(sig)
+            if prev == signal.SIG_IGN:
+                continue
+            self._prev_handlers[sig] = prev
+            signal.signal(sig, self._on_signal)
+
+    def _remove_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, prev in self._prev_handlers.items():
+            if signal.getsignal(sig) == self._on_signal:
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._prev_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Restoring here could deadlock on a lock the interrupted code holds, so the handler
+        # only raises: the exception unwinds (releasing locks) and __exit__ restores.
+        logger.warning("sweep: %s received, restoring GPU settings", signal.Signals(signum).name)
+        prev = self._prev_handlers.get(signum)
+        if callable(prev):
+            prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
+            return
+        raise SystemExit(128 + signum)
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+class Workload(Protocol):
+    """What the sweep runs at each setting."""
+
+    kind: str
+    """``"train"`` or ``"infer"``."""
+
+    def step(self) -> tuple[int, float]:
+        """Run one step; return (images processed per GPU, seconds the GPUs were busy)."""
+
+    def quality(self) -> float | None:
+        """Return the IS of the fixed image set at the present setting (None if not measured)."""
+
+
+class ModelPacedWorkload:
+    """Throughput from the simulator's model (simulated GPUs).
+
+    Each step processes ``batch_size`` images per GPU in ``batch_size / (images_per_s_at_max x
+    r)`` seconds, where ``r`` is the lowest :meth:`~power.simulated.SimulatedGPU.
+    relative_throughput` among the GPUs now (they step together). ``inner``, if given, runs
+    for real inside every step (``run_inner``) and supplies :meth:`quality`.
+
+    Args:
+        gpus: Simulated GPUs (need ``relative_throughput()``).
+        kind: ``"train"`` or ``"infer"``.
+        batch_size: Images per GPU per step.
+        images_per_s_at_max: One GPU's throughput at its maximum clock.
+        inner: A real workload (e.g. the job's model on the CPU), or None.
+        run_inner: Run ``inner.step()`` inside every step (else only for :meth:`quality`).
+    """
+
+    def __init__(self, gpus: Sequence[Any], *, kind: str, batch_size: int,
+                 images_per_s_at_max: float, inner: Workload | None = None,
+                 run_inner: bool = False) -> None:
+        if kind not in WORKLOADS:
+            raise ValueError(f"kind must be train or infer, got {kind!r}")
+        if batch_size < 1 or not images_per_s_at_max > 0:
+            raise ValueError("need batch_size >= 1 and images_per_s_at_max > 0")
+        if not all(hasattr(g, "relative_throughput") for g in gpus):
+            raise ValueError("ModelPacedWorkload needs simulated GPUs")
+        self.gpus = list(gpus)
+        self.kind = kind
+        self.batch_size = batch_size
+        self.images_per_s_at_max = float(images_per_s_at_max)
+        self.inner = inner
+        self.run_inner = run_inner and inner is not None
+
+    def step(self) -> tuple[int, float]:
+        """Run the inner step (if any) and return the model's busy time for one batch."""
+        if self.run_inner:
+            self.inner.step()  # type: ignore[union-attr]
+        r = min(g.relative_throughput() for g in self.gpus)
+        return self.batch_size, self.batch_size / (self.images_per_s_at_max * r)
+
+    def quality(self) -> float | None:
+        """The inner workload's quality, if any."""
+        return self.inner.quality() if self.inner is not None else None
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def pareto_flags(points: Sequence[dict[str, Any]]) -> list[bool]:
+    """True for points no other point beats (<= avg_gpu_w and >= images_per_s, one strictly)."""
+    out = []
+    for p in points:
+        dominated = any(
+            q is not p and q["avg_gpu_w"] <= p["avg_gpu_w"]
+            and q["images_per_s"] >= p["images_per_s"]
+            and (q["avg_gpu_w"] < p["avg_gpu_w"] or q["images_per_s"] > p["images_per_s"])
+            for q in points)
+        out.append(not dominated)
+    return out
+
+
+def _run_step(workload: Workload, clock: Clock) -> tuple[int, float]:
+    t0 = clock.now()
+    images, busy_s = workload.step()
+    if busy_s < 0 or not math.isfinite(busy_s):
+        raise ValueError(f"workload step reported busy time {busy_s}")
+    remaining = busy_s - (clock.now() - t0)
+    if remaining > 0:
+        clock.sleep(remaining)  # simulated GPUs: let the model's step time pass
+    return images, busy_s
+
+
+def _label(setting: float, unit: str) -> str:
+    return f"{setting:g}{unit}".replace(".", "p")
+
+
+def measure_point(gpus: Sequence[GPU], workload: Workload, guard: SettingsGuard,
+                  setting: float, *, clock: Clock, warmup_steps: int, steps: int,
+                  warmup_s: float = 0.0, sample_dir: str | os.PathLike[str],
+                  node: NodePower | None = None, sample_hz: float = 10.0) -> dict[str, Any]:
+    """Apply one setting, warm up, measure; return the point (``pareto`` not yet set).
+
+    Warm-up lasts ``warmup_steps`` steps and at least ``warmup_s`` seconds of ``clock``.
+
+    With a :class:`~power.clock.SimClock` power is sampled after every step; otherwise a
+    background sampler runs at ``sample_hz``. Average power comes from the GPUs' energy
+    counters (or the sampler's integral) over the measured steps.
+    """
+    unit = MODES[guard.mode]
+    guard.apply(setting)
+    start = clock.now()
+    done = 0
+    while done < warmup_steps or clock.now() - start < warmup_s:
+        _run_step(workload, clock)
+        done += 1
+    sampler = PowerSampler(gpus, sample_dir, node=node, rate_hz=sample_hz, clock=clock)
+    in_loop = isinstance(clock, SimClock)
+    images, busy_s = 0, 0.0
+    t0 = clock.now()
+    try:
+        if in_loop:
+            sampler.sample_once()
+        else:
+            sampler.start()
+        for _ in range(steps):
+            n, b = _run_step(workload, clock)
+            images += n
+            busy_s += b
+            if in_loop:
+                sampler.sample_once()
+    finally:
+        sampler.stop()
+    duration_s = clock.now() - t0
+    energy = sampler.energy_j()
+    n_gpus = len(gpus)
+    avg_gpu_w = sum(energy["gpus"]) / n_gpus / duration_s if duration_s > 0 else 0.0
+    avg_node_w = ((sum(energy["gpus"]) + energy["node"]) / duration_s if duration_s > 0
+                  else 0.0)
+    peak_gpu_w = _peak_from_csv(Path(sample_dir) / "gpu_power.csv")
+    ips = images / busy_s if busy_s > 0 else 0.0
+    quality = workload.quality() if workload.kind == "infer" else None
+    return {
+        "setting": float(setting), "unit": unit, "images_per_s": ips, "avg_gpu_w": avg_gpu_w,
+        "peak_gpu_w": peak_gpu_w, "avg_node_w": avg_node_w,
+        "j_per_image": avg_gpu_w / ips if ips > 0 else 0.0,
+        "images_per_s_per_w": ips / avg_gpu_w if avg_gpu_w > 0 else 0.0,
+        "is": None if quality is None else float(quality), "pareto": False,
+    }
+
+
+def _peak_from_csv(path: Path) -> float:
+    peak = 0.0
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            peak = max(peak, float(row["power_w"]))
+    return peak
+
+
+# --------------------------------------------------------------------------- results files
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SweepSpec:
+    """What a sweep measures; resuming requires the same spec (settings may differ)."""
+
+    job: str
+    """Job name."""
+    workload: str
+    """``"train"`` or ``"infer"``."""
+    mode: str
+    """``"power_limit"`` or ``"clocks"``."""
+    gpu: str
+    """GPU product name."""
+    gpus: int
+    """GPUs on the node (all get every setting)."""
+    simulated: bool
+    """Simulated GPUs (throughput and power from the model)."""
+    batch_size: int
+    """Images per GPU per step."""
+    warmup_steps: int
+    """Unmeasured steps after each change of setting."""
+    steps: int
+    """Measured steps per setting."""
+    warmup_s: float = 0.0
+    """Warm up for at least this long too (power limits take effect within ~100 ms)."""
+    extra: tuple[tuple[str, str], ...] = ()
+    """Anything else that changes the numbers (e.g. simulated images/s, checkpoint)."""
+
+    def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"workload must be train or infer, got {self.workload!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if (self.batch_size < 1 or self.steps < 1 or self.warmup_steps < 0 or self.gpus < 1
+                or not self.warmup_s >= 0):
+            raise ValueError("need batch_size >= 1, steps >= 1, warmup_steps >= 0, "
+                             "warmup_s >= 0, gpus >= 1")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-able form compared on resume."""
+        d = asdict(self)
+        d["extra"] = {k: v for k, v in self.extra}
+        return d
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def sweep_document(spec: SweepSpec, points: Sequence[dict[str, Any]],
+                   plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the ``sweep.json`` object (points sorted by setting, Pareto flags set)."""
+    pts = sorted((dict(p) for p in points), key=lambda p: p["setting"])
+    for p, flag in zip(pts, pareto_flags(pts)):
+        p["pareto"] = flag
+    return {"job": spec.job, "workload": spec.workload, "mode": spec.mode, "gpu": spec.gpu,
+            "simulated": spec.simulated, "points": [{k: p[k] for k in POINT_KEYS} for p in pts],
+            "plan": plan}
+
+
+def write_sweep(out_dir: str | os.PathLike[str], doc: dict[str, Any],
+                meta: dict[str, Any] | None = None) -> None:
+    """Write ``sweep.json``, ``sweep.csv`` (and ``sweep_meta.json``) atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if meta is not None:
+        _write_atomic(out / "sweep_meta.json", json.dumps(meta, indent=1))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(POINT_KEYS)
+    for p in doc["points"]:
+        w.writerow(["" if p[k] is None else (f"{p[k]:.6g}" if isinstance(p[k], float) else p[k])
+                    for k in POINT_KEYS])
+    _write_atomic(out / "sweep.csv", buf.getvalue())
+    _write_atomic(out / "sweep.json", json.dumps(doc, indent=1))
+    if doc.get("plan") is not None:
+        _write_atomic(out / "plan.json", json.dumps(doc["plan"], indent=1))
+
+
+def load_sweep(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``sweep.json`` from a file or a sweep folder.
+
+    Raises:
+        ValueError: Missing, unreadable, or not a sweep (one line naming the file).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "sweep.json"
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{p}: no sweep.json here") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p}: unreadable sweep ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
+        raise ValueError(f"{p}: not a sweep.json (no points list)")
+    return doc
+
+
+def run_sweep(gpus: Sequence[GPU], workload: Workload, spec: SweepSpec,
+              settings: Sequence[float], out_dir: str | os.PathLike[str], *,
+              clock: Clock | None = None, node: NodePower | None = None,
+              sample_hz: float = 10.0, meta: dict[str, Any] | None = None,
+              on_point: Callable[[dict[str, Any], int, int], None] | None = None,
+              handle_signals: bool = True) -> dict[str, Any]:
+    """Measure every setting not yet in ``out_dir`` and return the ``sweep.json`` object.
+
+    Args:
+        gpus: The node's GPUs (every one gets each setting).
+        workload: What runs (see :class:`Workload`).
+        spec: What is measured; an existing ``out_dir`` must hold the same spec.
+        settings: Power limits (W) or clocks (MHz), checked against the GPUs' range.
+        out_dir: Results folder (created; reused to resume).
+        clock: Time source (default wall time; a :class:`~power.clock.SimClock` with
+            simulated GPUs runs a sweep in milliseconds).
+        node: Node power source for ``avg_node_w`` (None: GPUs only).
+        sample_hz: Background sampling rate on a real clock.
+        meta: Extra facts stored in ``sweep_meta.json`` (e.g. idle power, ranges).
+        on_point: Called as ``on_point(point, done, total)`` after each new point.
+        handle_signals: Restore on SIGINT/SIGTERM (main thread only).
+
+    Raises:
+        ValueError: Settings out of range or a spec mismatch (:class:`SweepMismatchError`).
+        KeyboardInterrupt, SystemExit: On SIGINT/SIGTERM, after restoring the GPUs.
+    """
+    clock = clock or MonotonicClock()
+    check_settings(settings, gpus, spec.mode)
+    out = Path(out_dir)
+    points = resume_points(out, spec)
+    done = {round(p["setting"], 6) for p in points}
+    todo = [s for s in settings if round(s, 6) not in done]
+    if points:
+        logger.info("resuming %s: %d point(s) already measured, %d to go", out, len(points),
+                    len(todo))
+    meta_doc = {"spec": spec.fingerprint(), **(meta or {})}
+    write_sweep(out, sweep_document(spec, points), meta_doc)
+    total = len(points) + len(todo)
+    with SettingsGuard(gpus, spec.mode, record_dir=out, handle_signals=handle_signals) as guard:
+        for s in todo:
+            point = measure_point(gpus, workload, guard, s, clock=clock,
+                                  warmup_steps=spec.warmup_steps, steps=spec.steps,
+                                  warmup_s=spec.warmup_s,
+                                  sample_dir=out / "samples" / _label(s, MODES[spec.mode]),
+                                  node=node, sample_hz=sample_hz)
+            points.append(point)
+            write_sweep(out, sweep_document(spec, points))
+            logger.info("sweep point %g %s: %.1f images/s per GPU, %.1f W avg per GPU",
+                        s, point["unit"], point["images_per_s"], point["avg_gpu_w"])
+            if on_point is not None:
+                on_point(point, len(points), total)
+    return sweep_document(spec, points)
+
+
+def resume_points(out_dir: Path, spec: SweepSpec) -> list[dict[str, Any]]:
+    """Points already measured in ``out_dir`` for ``spec`` ([] for a new folder).
+
+    Raises:
+        SweepMismatchError: The folder holds a sweep of a different spec (names the field).
+    """
+    if not (out_dir / "sweep.json").exists():
+        return []
+    try:
+        meta = json.loads((out_dir / "sweep_meta.json").read_text(encoding="utf-8"))
+        old = meta["spec"]
+    except (OSError, ValueError, KeyError):
+        raise SweepMismatchError(f"{out_dir}: has sweep.json but no readable sweep_meta.json; "
+                                 "use a new --out") from None
+    new = spec.fingerprint()
+    for key in new:
+        if old.get(key) != new[key]:
+            raise SweepMismatchError(
+                f"{out_dir}: holds a sweep with {key}={old.get(key)!r}, this one has "
+                f"{key}={new[key]!r}; use a new --out (or the same settings to resume)")
+    return list(load_sweep(out_dir)["points"])
+
