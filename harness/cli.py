@@ -19,6 +19,11 @@ from harness.errors import UserError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("harness.cli_doctor", "check this machine (and a job's requirements)"),
     "launch": ("harness.cli_launch", "start a job with mpirun, or write a Slurm script"),
+    "train": ("harness.train", "train a FaceSR model (one process, or under mpirun)"),
+    "infer": ("harness.infer", "super-resolve a folder of LR faces (sharded over ranks)"),
+    "evaluate": ("harness.cli_evaluate", "score SR images against HR: IS, PSNR, SSIM, NIQE"),
+    "prepare": ("harness.cli_prepare", "pack face images into training shards, or "
+                "fingerprint an LR set's kernel"),
 }
 
 
@@ -52,12 +57,19 @@ def _load(module: str):  # noqa: ANN202 - a module object
     return importlib.import_module(module)
 
 
-def run_guarded(fn: Callable[[], int], prog: str = "harness") -> int:
-    """Run ``fn``; user errors become one line on stderr and their exit code."""
+def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = False) -> int:
+    """Run ``fn``; user errors become one line on stderr and their exit code.
+
+    Args:
+        fn: The command's body.
+        prog: Name printed before the error.
+        quiet: Do not print the error (ranks other than 0, whose rank 0 says the same).
+    """
     try:
         return fn()
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        if not quiet:
+            print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)

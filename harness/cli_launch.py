@@ -28,13 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="where --scheduler slurm writes the script "
                              "(default: <run_dir>/<name>.sbatch)")
+    parser.add_argument("--args", default="", metavar="'ARGS'",
+                        help="extra arguments for the workload, one quoted string, e.g. "
+                             "--args '--lr embedded:heldout --out sr'")
     parser.add_argument("--python", default=sys.executable,
                         help="Python on the compute nodes (default: this one)")
 
 
 def run(args: argparse.Namespace) -> int:
     job = load_job(args.job, args.overrides)
-    extra: list[str] = []
+    import shlex
+
+    extra: list[str] = shlex.split(args.args)
     for ov in args.overrides:
         extra += ["--set", ov]
     module = MODULES[args.workload]

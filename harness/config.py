@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -73,7 +74,7 @@ class DataConfig:
     holding ``val_HR``/``val_LR``-style ``HR``/``LR`` sub-folders."""
     val: str = "embedded:heldout"
     """Held-out pairs used for validation IS and checkpoint selection (same forms as ``train``)."""
-    lr_kernel: str = "pil_bicubic"
+    lr_kernel: str = "matlab_bicubic"
     """Downsampling kernel used when LR images must be made from HR ones."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Augmentation of training pairs."""
@@ -439,14 +440,17 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             return value
         raise FieldError(key, f"expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise FieldError(key, f"expected a number, got {value!r}")
+        if number is None or not math.isfinite(number):
+            raise FieldError(key, f"expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -147,6 +147,11 @@ class MPIComm:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
 
+    @property
+    def raw(self) -> Any:
+        """The wrapped ``mpi4py`` communicator (for splitting sub-communicators)."""
+        return self._comm
+
     def bcast(self, obj: T, root: int = 0) -> T:
         return self._comm.bcast(obj, root=root)
 

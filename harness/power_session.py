@@ -1,0 +1,167 @@
+"""The power sampler and governor around a train/infer loop (see the ``power`` package).
+
+:func:`power_session` is the only seam between the workloads and ``power/``: a context manager
+that, on local rank 0 of every node, opens that node's GPUs (NVML, simulated or replayed),
+starts the >= 10 Hz sampler and the governor's background control loop (nodes combine their
+power over an MPI communicator of node leaders), and restores every GPU setting on exit —
+normal, exception, SIGINT or SIGTERM. ``summary(images)`` gives the cluster figures that go
+next to IS: average and peak W, energy, images/s/W, J/image and budget crossings.
+
+With simulated GPUs the power figures come from the model in ``power.simulated`` (flagged
+``simulated: true``) while images/s are this machine's real ones.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from harness.config import JobConfig
+from harness.distributed import Comm, DistInfo
+from harness.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class NullPowerSession:
+    """Power measurement switched off (``power.enabled: false``)."""
+
+    def __enter__(self) -> "NullPowerSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_images(self, n: int) -> None:
+        """Count images processed by this rank (for images/s/W and J/image)."""
+
+    def summary(self, images: int) -> dict[str, Any]:
+        """Cluster power figures (collective over all ranks)."""
+        return {"enabled": False}
+
+
+class PowerSession(NullPowerSession):
+    """Sampler + governor on each node leader; every rank counts images."""
+
+    def __init__(self, job: JobConfig, info: DistInfo, comm: Comm, out_dir: Path) -> None:
+        self.job, self.info, self.comm = job, info, comm
+        self.out_dir = Path(out_dir) / "power"
+        self.leader = info.local_rank == 0
+        self._gov = self._sampler = self._gpus = None
+        self._leaders = None
+        if info.world_size > 1:
+            from power import MpiComm
+
+            raw = getattr(comm, "raw", None)
+            if raw is None:
+                raise UserError("power: several ranks need mpi4py to combine node power")
+            self._leaders = MpiComm.node_leaders(raw, info.local_rank)
+
+    def _open_gpus(self):  # noqa: ANN202 - list[GPU]
+        p = self.job.power
+        if p.backend == "nvml":
+            from power import PowerError, open_nvml_gpus
+
+            try:
+                return open_nvml_gpus()
+            except PowerError as exc:
+                raise UserError(f"power.backend: nvml: {exc} (run `harness doctor`; use "
+                                "power.backend: simulated on machines without GPUs)") from None
+        from power import MonotonicClock
+
+        clock = MonotonicClock()
+        if p.backend == "replay":
+            from power import replay_gpus
+
+            if not Path(p.replay_csv).is_file():
+                raise UserError(f"power.replay_csv: {p.replay_csv}: file not found")
+            return replay_gpus(p.replay_csv, clock=clock)
+        from power.simulated import get_profile, make_simulated_gpus, noisy_phase_load
+
+        try:
+            get_profile(p.sim_profile)
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"power.sim_profile: {exc}") from None
+        node = self.info.node_index
+        loads = [noisy_phase_load(seed=1000 * node + i, duration_s=24 * 3600.0)
+                 for i in range(p.sim_gpus_per_node)]
+        return make_simulated_gpus(p.sim_profile, p.sim_gpus_per_node, clock=clock,
+                                   loads=loads, seed=node)
+
+    def __enter__(self) -> "PowerSession":
+        self._images = 0
+        if not self.leader:
+            return self
+        from power import ExternalMeter, Governor, NodePower, PowerSampler, SingleProcessComm
+
+        p = self.job.power
+        node_dir = self.out_dir / f"node{self.info.node_index:03d}"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        self._gpus = self._open_gpus()
+        meter = ExternalMeter(p.meter_command) if p.meter_command else None
+        node = NodePower(cpu_tdp_w=p.cpu_tdp_w, overhead_w=p.node_overhead_w, meter=meter)
+        self._sampler = PowerSampler(self._gpus, node_dir, node=node, rate_hz=p.sample_hz)
+        self._gov = Governor(self._gpus, comm=self._leaders or SingleProcessComm(),
+                             budget_w=p.budget_w, headroom_w=p.headroom_w,
+                             mode="locked_clocks" if p.mode == "clocks" else "power_limit",
+                             other_power_w=node.other_power_w, shared_overhead_w=p.switch_w,
+                             run_dir=node_dir, period_s=1.0 / p.control_hz)
+        self._sampler.__enter__()
+        try:
+            self._gov.__enter__()
+            self._gov.start()
+        except BaseException:
+            self._sampler.__exit__(None, None, None)
+            raise
+        log.info("power: %d %s GPU(s) on node %d, budget %.0f W (headroom %.0f W)",
+                 len(self._gpus), p.backend, self.info.node_index, p.budget_w, p.headroom_w)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if not self.leader or self._gov is None:
+            return None
+        try:
+            self._gov.stop()
+        finally:
+            try:
+                self._gov.__exit__(exc_type, exc, tb)
+            finally:
+                self._sampler.__exit__(exc_type, exc, tb)
+        return None
+
+    def add_images(self, n: int) -> None:
+        self._images += n
+
+    def summary(self, images: int) -> dict[str, Any]:
+        total = int(self.comm.allreduce_sum(self._images))
+        mine = None
+        if self.info.is_master and self._gov is not None:
+            s = self._gov.summary(images=total)
+            p = self.job.power
+            mine = {
+                "enabled": True, "backend": p.backend, "simulated": p.backend == "simulated",
+                "gpus_per_node": len(self._gpus), "budget_w": s["budget_w"],
+                "headroom_w": s["headroom_w"], "avg_cluster_w": s["average_cluster_w"],
+                "peak_cluster_w": s["peak_cluster_w"], "energy_j": s["energy_j"],
+                "crossings": s["crossings"], "crossing_time_s": s["crossing_time_s"],
+                "fail_safe_steps": s["fail_safe_steps"], "images": total,
+                "images_per_s": s.get("images_per_s", 0.0),
+                "images_per_s_per_w": s.get("images_per_s_per_w", 0.0),
+                "j_per_image": s.get("joules_per_image", 0.0),
+                "cpu_power_estimated": self._cpu_estimated(), "dir": str(self.out_dir),
+            }
+        return self.comm.bcast(mine, root=0) or {"enabled": True}
+
+    def _cpu_estimated(self) -> bool:
+        try:
+            return bool(self._sampler.node.read(0.0).estimated)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - informational only
+            return True
+
+
+def power_session(job: JobConfig, info: DistInfo, comm: Comm,
+                  out_dir: Path) -> NullPowerSession:
+    """The power session for this job (a no-op when ``power.enabled`` is false)."""
+    if not job.power.enabled:
+        return NullPowerSession()
+    return PowerSession(job, info, comm, out_dir)
