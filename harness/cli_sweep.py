@@ -147,9 +147,16 @@ def sweep(job: JobConfig, args: argparse.Namespace) -> tuple[dict[str, Any], Pat
     """Run (or resume) the sweep described by ``args``; returns (sweep.json object, folder)."""
     from power.clock import MonotonicClock, SimClock
     from power.node import ExternalMeter, NodePower
-    from power.sweep import (SIM_LOADS, SIM_NOMINAL_IMAGES_PER_S, ModelPacedWorkload,
-                             SweepSpec, check_settings, default_settings, parse_range,
-                             run_sweep)
+    from power.sweep import (
+        SIM_LOADS,
+        SIM_NOMINAL_IMAGES_PER_S,
+        ModelPacedWorkload,
+        SweepSpec,
+        check_settings,
+        default_settings,
+        parse_range,
+        run_sweep,
+    )
 
     p = job.power
     mode = "clocks" if args.clocks else "power_limit"
@@ -251,7 +258,7 @@ def _open_gpus(job: JobConfig, args: argparse.Namespace, clock: Any) -> list:
 
 
 def _torch_workload(job: JobConfig, args: argparse.Namespace, devices: Sequence[str],
-                    batch: int) -> "TorchWorkload":
+                    batch: int) -> TorchWorkload:
     import torch
 
     from harness.data import load_pairs, make_batch
@@ -278,7 +285,7 @@ def _torch_workload(job: JobConfig, args: argparse.Namespace, devices: Sequence[
     return TorchWorkload(job, kind, model, devices, lr, hr, is_pairs)
 
 
-def _infer_model(job: JobConfig, checkpoint: str | None):  # noqa: ANN202 - nn.Module
+def _infer_model(job: JobConfig, checkpoint: str | None):
     from harness.infer import load_generator
     from harness.train import build_generator, model_kwargs
 
@@ -318,6 +325,7 @@ class TorchWorkload:
         self._cuda = any(d.startswith("cuda") for d in self.devices)
         self._is_pairs = is_pairs
         self._rec = None
+        self._hr_emb = None
         for d in self.devices:
             m = copy.deepcopy(model).to(d)
             rep: dict[str, Any] = {"model": m, "lr": lr.to(d), "hr": hr.to(d), "device": d}
@@ -330,7 +338,7 @@ class TorchWorkload:
                 m.eval()
             self.replicas.append(rep)
 
-    def _loss(self, device: str):  # noqa: ANN202 - nn.Module
+    def _loss(self, device: str):
         from kernels.losses import CombinedLoss
 
         lo = self.job.loss
@@ -381,16 +389,24 @@ class TorchWorkload:
         import torch
 
         from harness.infer import super_resolve
-        from harness.recognizers import identity_similarity, load_recognizer
+        from harness.recognizers import load_recognizer
 
         rep = self.replicas[0]
-        if self._rec is None:
-            self._rec = load_recognizer(self.job.eval.recognizer, device=rep["device"])
+        dev = rep["device"]
         lr, hr = self._is_pairs
-        sr = super_resolve(rep["model"], lr.to(rep["device"])).cpu()
-        sr_q = torch.round(sr * 255.0) / 255.0
-        return float(np.mean(identity_similarity(self._rec, sr_q.to(rep["device"]),
-                                                 hr.to(rep["device"]))))
+        if self._rec is None:
+            self._rec = load_recognizer(self.job.eval.recognizer, device=dev)
+            # The HR faces never change: embed them once (IS = cosine of SR vs HR embeddings,
+            # as in harness.recognizers.identity_similarity).
+            with torch.no_grad():
+                self._hr_emb = self._rec.embed(hr.to(dev)).detach().to("cpu", torch.float64)
+        sr = super_resolve(rep["model"], lr.to(dev)).cpu()
+        sr_q = torch.round(sr * 255.0) / 255.0  # as saved 8-bit PNGs would be
+        with torch.no_grad():
+            e_sr = self._rec.embed(sr_q.to(dev)).detach().to("cpu", torch.float64)
+        cos = (e_sr * self._hr_emb).sum(1) / (e_sr.norm(dim=1) * self._hr_emb.norm(dim=1)
+                                              ).clamp_min(1e-12)
+        return float(cos.mean())
 
 
 # --------------------------------------------------------------------------- planning
@@ -423,7 +439,7 @@ def _pick(values: Sequence[Any], i: int, default: Any) -> Any:
 
 
 def make_plan(sweeps: Sequence[tuple[dict[str, Any], dict[str, Any]]], job: JobConfig | None,
-              args: argparse.Namespace):  # noqa: ANN201 - power.planner.Plan
+              args: argparse.Namespace):
     """Plan from one ``(sweep.json, sweep_meta.json)`` per node type with ``args``' limits."""
     from power.planner import InfeasibleError, NodeType, curve_from_points, plan_cluster
 

@@ -252,11 +252,11 @@ def _inside_setting(lo: CurvePoint, hi: CurvePoint, power_w: float, measured: _M
     best = lo.setting
     s = math.floor(b / step) * step
     while s > a:
-        if measured.power_w(s) <= power_w + 1e-9:
-            # Settings between the two vertices: measured power need not be monotone, so take
-            # the highest-throughput fitting one.
-            if measured.images_per_s(s) > measured.images_per_s(best):
-                best = s
+        # Between two vertices measured power need not be monotone: take the
+        # highest-throughput setting that fits.
+        if (measured.power_w(s) <= power_w + 1e-9
+                and measured.images_per_s(s) > measured.images_per_s(best)):
+            best = s
         s -= step
     return best
 
@@ -486,7 +486,7 @@ def _explain(node_plans: Sequence[NodePlan], types: Sequence[_Type], *, budget_w
             continue
         caps = Counter(c for n in mine for c in n.caps)
         used = sum(len(n.caps) for n in mine)
-        common, n_common = caps.most_common(1)[0]
+        common, _n_common = caps.most_common(1)[0]
         head = (f"{len(mine)} node{'s' if len(mine) > 1 else ''}"
                 + (f" ({ty.spec.name})" if len(types) > 1 else "")
                 + f" x {ty.spec.gpus_per_node} GPUs")

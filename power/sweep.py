@@ -49,10 +49,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from power.clock import Clock, MonotonicClock, SimClock
-from power.errors import OutOfRangeError, PowerError
+from power.errors import PowerError
 from power.gpu import GPU
 from power.node import NodePower
 from power.sampler import PowerSampler
@@ -118,7 +118,7 @@ def parse_range(text: str, *, option: str = "--limits") -> list[float]:
             raise ValueError(f"{option} {text!r}: STEP must be > 0")
         if a > b:
             raise ValueError(f"{option} {text!r}: START must be <= STOP")
-        n = int(math.floor((b - a) / step + 1e-9)) + 1
+        n = math.floor((b - a) / step + 1e-9) + 1
         if n > MAX_POINTS:
             raise ValueError(f"{option} {text!r}: {n} points; at most {MAX_POINTS}")
         values = [round(a + i * step, 6) for i in range(n)]
@@ -215,7 +215,7 @@ class SettingsGuard:
         self._prev_handlers: dict[int, Any] = {}
         self.restore_errors: list[str] = []
 
-    def __enter__(self) -> SettingsGuard:
+    def __enter__(self) -> Self:
         self.original_limits_mw = [g.get_power_limit_mw() for g in self.gpus]
         self._entered, self._restored = True, False
         if self.record_dir is not None:
@@ -244,11 +244,11 @@ class SettingsGuard:
             raise RuntimeError("SettingsGuard.apply outside its with block")
         for g in self.gpus:
             if self.mode == "power_limit":
-                g.set_power_limit_mw(int(round(setting * 1000)))
+                g.set_power_limit_mw(round(setting * 1000))
             else:
                 lo, _hi = g.get_clock_range_mhz()
                 self._clocks_touched = True
-                g.lock_gpu_clocks_mhz(lo, int(round(setting)))
+                g.lock_gpu_clocks_mhz(lo, round(setting))
 
     def restore(self) -> None:
         """Put back every original limit and unlock clocks (idempotent)."""
@@ -332,6 +332,9 @@ class ModelPacedWorkload:
         run_inner: Run ``inner.step()`` inside every step (else only for :meth:`quality`).
     """
 
+    simulated = True
+    """Throughput comes from the model (the sweep may let warm-up time pass without steps)."""
+
     def __init__(self, gpus: Sequence[Any], *, kind: str, batch_size: int,
                  images_per_s_at_max: float, inner: Workload | None = None,
                  run_inner: bool = False) -> None:
@@ -397,7 +400,8 @@ def measure_point(gpus: Sequence[GPU], workload: Workload, guard: SettingsGuard,
                   node: NodePower | None = None, sample_hz: float = 10.0) -> dict[str, Any]:
     """Apply one setting, warm up, measure; return the point (``pareto`` not yet set).
 
-    Warm-up lasts ``warmup_steps`` steps and at least ``warmup_s`` seconds of ``clock``.
+    Warm-up lasts ``warmup_steps`` steps and at least ``warmup_s`` seconds of ``clock`` (with a
+    ``simulated`` workload the rest of that time just passes, as the GPUs' load is modelled).
 
     With a :class:`~power.clock.SimClock` power is sampled after every step; otherwise a
     background sampler runs at ``sample_hz``. Average power comes from the GPUs' energy
@@ -408,6 +412,10 @@ def measure_point(gpus: Sequence[GPU], workload: Workload, guard: SettingsGuard,
     start = clock.now()
     done = 0
     while done < warmup_steps or clock.now() - start < warmup_s:
+        if done >= warmup_steps and getattr(workload, "simulated", False):
+            # Simulated GPUs settle with time whether or not steps run: skip slow real steps.
+            clock.sleep(warmup_s - (clock.now() - start))
+            break
         _run_step(workload, clock)
         done += 1
     sampler = PowerSampler(gpus, sample_dir, node=node, rate_hz=sample_hz, clock=clock)
