@@ -182,15 +182,18 @@ def check_split(n_items: int, global_batch: int, world: int, source: str) -> Non
 
 
 def augment_pair(lr: np.ndarray, hr: np.ndarray, cfg: AugmentConfig,
-                 rng: np.random.Generator, scale: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                 rng: np.random.Generator, scale: int = 4
+                 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Apply the same random flip, shift and colour change to an (LR, HR) pair.
 
     Shifts move the LR by whole pixels and the HR by ``scale`` times as many, with edge
-    replication, so the pair stays aligned. Returns float32 HxWx3 arrays in [0, 1].
+    replication, so the pair stays aligned. Returns float32 HxWx3 arrays in [0, 1] and whether
+    the pair was mirrored.
     """
     lr_f = lr.astype(np.float32) / 255.0
     hr_f = hr.astype(np.float32) / 255.0
-    if cfg.hflip and rng.random() < 0.5:
+    flipped = bool(cfg.hflip and rng.random() < 0.5)
+    if flipped:
         lr_f, hr_f = lr_f[:, ::-1], hr_f[:, ::-1]
     if cfg.shift_px:
         dy, dx = (int(v) for v in rng.integers(-cfg.shift_px, cfg.shift_px + 1, size=2))
@@ -200,7 +203,12 @@ def augment_pair(lr: np.ndarray, hr: np.ndarray, cfg: AugmentConfig,
         j = cfg.color_jitter
         b, c, s = (1.0 + float(v) for v in rng.uniform(-j, j, size=3))
         lr_f, hr_f = _jitter(lr_f, b, c, s), _jitter(hr_f, b, c, s)
-    return np.ascontiguousarray(lr_f), np.ascontiguousarray(hr_f)
+    return np.ascontiguousarray(lr_f), np.ascontiguousarray(hr_f), flipped
+
+
+def only_flips(cfg: AugmentConfig) -> bool:
+    """True when augmentation can only mirror a pair (so HR targets take two forms each)."""
+    return cfg.shift_px == 0 and cfg.color_jitter == 0
 
 
 def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -224,22 +232,27 @@ def _jitter(img: np.ndarray, brightness: float, contrast: float,
 
 
 def make_batch(pairs: PairSet, indices: Sequence[int], cfg: AugmentConfig | None,
-               rng: np.random.Generator):  # noqa: ANN201 - returns torch tensors
-    """Stack (augmented) pairs into float tensors ``(lr, hr)`` of shape (N,3,h,w)/(N,3,H,W)."""
+               rng: np.random.Generator, return_flips: bool = False):  # noqa: ANN201
+    """Stack (augmented) pairs into float tensors ``(lr, hr)`` of shape (N,3,h,w)/(N,3,H,W).
+
+    With ``return_flips`` also returns the list of per-item mirror flags.
+    """
     import torch
 
-    lrs, hrs = [], []
+    lrs, hrs, flips = [], [], []
     for i in indices:
         lr, hr = pairs.lr[i], pairs.hr[i]
         if cfg is not None:
-            lr_f, hr_f = augment_pair(lr, hr, cfg, rng)
+            lr_f, hr_f, flipped = augment_pair(lr, hr, cfg, rng)
         else:
             lr_f, hr_f = lr.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0
+            flipped = False
         lrs.append(lr_f)
         hrs.append(hr_f)
+        flips.append(flipped)
     lr_t = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).contiguous()
     hr_t = torch.from_numpy(np.stack(hrs)).permute(0, 3, 1, 2).contiguous()
-    return lr_t, hr_t
+    return (lr_t, hr_t, flips) if return_flips else (lr_t, hr_t)
 
 
 def epoch_of(step: int, n_items: int, global_batch: int) -> float:

@@ -57,25 +57,26 @@ class PowerSession(NullPowerSession):
                 raise UserError("power: several ranks need mpi4py to combine node power")
             self._leaders = MpiComm.node_leaders(raw, info.local_rank)
 
-    def _open_gpus(self):  # noqa: ANN202 - list[GPU]
+    def _open_gpus(self):  # noqa: ANN202 - (list[GPU], power.Clock)
+        """This node's GPUs and the clock that the sampler and governor must share."""
+        from power import MonotonicClock
+
         p = self.job.power
         if p.backend == "nvml":
             from power import PowerError, open_nvml_gpus
 
             try:
-                return open_nvml_gpus()
+                return open_nvml_gpus(), MonotonicClock()
             except PowerError as exc:
                 raise UserError(f"power.backend: nvml: {exc} (run `harness doctor`; use "
                                 "power.backend: simulated on machines without GPUs)") from None
-        from power import MonotonicClock
-
-        clock = MonotonicClock()
         if p.backend == "replay":
             from power import replay_gpus
 
             if not Path(p.replay_csv).is_file():
                 raise UserError(f"power.replay_csv: {p.replay_csv}: file not found")
-            return replay_gpus(p.replay_csv, clock=clock)
+            clock = MonotonicClock(start_at_zero=True)
+            return replay_gpus(p.replay_csv, clock=clock), clock
         from power.simulated import get_profile, make_simulated_gpus, noisy_phase_load
 
         try:
@@ -83,10 +84,12 @@ class PowerSession(NullPowerSession):
         except (KeyError, ValueError) as exc:
             raise UserError(f"power.sim_profile: {exc}") from None
         node = self.info.node_index
-        loads = [noisy_phase_load(seed=1000 * node + i, duration_s=24 * 3600.0)
+        # GPUs idle for the first second (the workload is still starting), then train-like.
+        loads = [noisy_phase_load(seed=1000 * node + i, duration_s=24 * 3600.0, warmup_s=1.0)
                  for i in range(p.sim_gpus_per_node)]
+        clock = MonotonicClock(start_at_zero=True)  # after the loads: their t=0 is now
         return make_simulated_gpus(p.sim_profile, p.sim_gpus_per_node, clock=clock,
-                                   loads=loads, seed=node)
+                                   loads=loads, seed=node), clock
 
     def __enter__(self) -> "PowerSession":
         self._images = 0
@@ -97,18 +100,21 @@ class PowerSession(NullPowerSession):
         p = self.job.power
         node_dir = self.out_dir / f"node{self.info.node_index:03d}"
         node_dir.mkdir(parents=True, exist_ok=True)
-        self._gpus = self._open_gpus()
+        self._gpus, clock = self._open_gpus()
         meter = ExternalMeter(p.meter_command) if p.meter_command else None
         node = NodePower(cpu_tdp_w=p.cpu_tdp_w, overhead_w=p.node_overhead_w, meter=meter)
-        self._sampler = PowerSampler(self._gpus, node_dir, node=node, rate_hz=p.sample_hz)
+        self._sampler = PowerSampler(self._gpus, node_dir, node=node, rate_hz=p.sample_hz,
+                                     clock=clock)
         self._gov = Governor(self._gpus, comm=self._leaders or SingleProcessComm(),
                              budget_w=p.budget_w, headroom_w=p.headroom_w,
                              mode="locked_clocks" if p.mode == "clocks" else "power_limit",
                              other_power_w=node.other_power_w, shared_overhead_w=p.switch_w,
-                             run_dir=node_dir, period_s=1.0 / p.control_hz)
+                             run_dir=node_dir, period_s=1.0 / p.control_hz, clock=clock)
         self._sampler.__enter__()
         try:
             self._gov.__enter__()
+            if p.mode != "clocks":
+                self._start_capped(node)
             self._gov.start()
         except BaseException:
             self._sampler.__exit__(None, None, None)
@@ -116,6 +122,24 @@ class PowerSession(NullPowerSession):
         log.info("power: %d %s GPU(s) on node %d, budget %.0f W (headroom %.0f W)",
                  len(self._gpus), p.backend, self.info.node_index, p.budget_w, p.headroom_w)
         return self
+
+    def _start_capped(self, node) -> None:  # noqa: ANN001 - power.NodePower
+        """Before the first control period, cap every GPU at an even share of the budget.
+
+        Uncapped GPUs could cross the budget in the time the governor needs for its first
+        reading; starting from the even share (never above each GPU's current limit), the
+        governor then raises the caps while there is room.
+        """
+        p = self.job.power
+        leaders = self._leaders.size if self._leaders is not None else 1
+        counts = (self._leaders.allgather(len(self._gpus)) if self._leaders is not None
+                  else [len(self._gpus)])
+        others = node.other_power_w(0.0) * leaders + p.switch_w
+        share_mw = 1000.0 * (p.budget_w - p.headroom_w - others) / max(sum(counts), 1)
+        for gpu in self._gpus:
+            lo, hi = gpu.get_power_limit_constraints_mw()
+            target = int(min(max(share_mw, lo), hi, gpu.get_power_limit_mw()))
+            gpu.set_power_limit_mw(target)
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
         if not self.leader or self._gov is None:

@@ -30,7 +30,8 @@ import numpy as np
 from harness import checkpoint as ckpt
 from harness.cli import add_job_arguments, run_guarded, setup_logging
 from harness.config import JobConfig, load_job
-from harness.data import PairSet, batch_indices, check_split, load_pairs, make_batch
+from harness.data import (PairSet, batch_indices, check_split, load_pairs, make_batch,
+                          only_flips)
 from harness.distributed import (Comm, DistInfo, get_comm, get_dist_info,
                                  init_torch_distributed, shard, shutdown_torch_distributed)
 from harness.errors import UserError
@@ -336,6 +337,9 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
                        "best_is": best_is if best_is > -math.inf else None})
         return res
 
+    # HR targets take only two forms each when augmentation just mirrors: embed them once.
+    emb_cache = (EmbeddingCache(loss_rec) if job.loss.identity and loss_rec is not None
+                 and only_flips(job.data.augment) else None)
     # Fault injection for tests of the divergence path (documented in the README's testing notes).
     fault_nan_step = int(os.environ.get("HARNESS_FAULT_NAN_STEP", "0") or 0)
     display = _Progress(enabled=progress and info.is_master, total=t.steps, start=start_step)
@@ -351,12 +355,15 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
             t0 = time.perf_counter()
             idx = batch_indices(len(train_set), t.batch_size, step, info.rank,
                                 info.world_size, t.seed)
-            lr, hr = make_batch(train_set, idx, job.data.augment,
-                                np.random.default_rng([t.seed, step, info.rank]))
+            lr, hr, flips = make_batch(train_set, idx, job.data.augment,
+                                       np.random.default_rng([t.seed, step, info.rank]),
+                                       return_flips=True)
             lr, hr = lr.to(device), hr.to(device)
+            hr_emb = (emb_cache.lookup([(i, f) for i, f in zip(idx, flips)], hr)
+                      if emb_cache is not None else None)
             with autocast:
                 sr = engine_model(lr)
-                loss, terms = loss_fn(sr.float(), hr)
+                loss, terms = loss_fn(sr.float(), hr, hr_embeddings=hr_emb)
             if fault_nan_step == step + 1:
                 loss = loss * float("nan")
                 terms["total"] = float("nan")
@@ -436,6 +443,26 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
         _print_summary(summary)
     shutdown_torch_distributed()
     return summary
+
+
+class EmbeddingCache:
+    """Recognizer embeddings of HR targets, keyed by (pair index, mirrored)."""
+
+    def __init__(self, recognizer) -> None:  # noqa: ANN001 - Recognizer
+        self.recognizer = recognizer
+        self._rows: dict[tuple[int, bool], Any] = {}
+
+    def lookup(self, keys: list[tuple[int, bool]], hr):  # noqa: ANN001, ANN201 - tensors
+        """Embeddings of the batch ``hr`` whose items are ``keys``; computes what is missing."""
+        import torch
+
+        missing = [j for j, k in enumerate(keys) if k not in self._rows]
+        if missing:
+            with torch.no_grad():
+                rows = self.recognizer.embed(hr[missing]).detach()
+            for j, row in zip(missing, rows):
+                self._rows[keys[j]] = row
+        return torch.stack([self._rows[k] for k in keys])
 
 
 def param_checksum(model) -> str:  # noqa: ANN001 - nn.Module

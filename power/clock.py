@@ -22,11 +22,19 @@ class Clock(Protocol):
 
 
 class MonotonicClock:
-    """Wall time from :func:`time.monotonic`; :meth:`sleep` really sleeps."""
+    """Wall time from :func:`time.monotonic`; :meth:`sleep` really sleeps.
+
+    Args:
+        start_at_zero: Count from the moment of construction instead of the system's
+            monotonic origin (simulated loads are functions of this time).
+    """
+
+    def __init__(self, start_at_zero: bool = False) -> None:
+        self._origin = time.monotonic() if start_at_zero else 0.0
 
     def now(self) -> float:
-        """Return :func:`time.monotonic`."""
-        return time.monotonic()
+        """Return :func:`time.monotonic` (minus the origin)."""
+        return time.monotonic() - self._origin
 
     def sleep(self, seconds: float) -> None:
         """Sleep for ``seconds`` (no-op when not positive)."""
