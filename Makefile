@@ -34,6 +34,7 @@ demo: $(STAMP)
 	$(BIN)/harness launch jobs/demo.yaml
 	$(BIN)/harness launch jobs/demo.yaml --workload infer --args "--lr embedded:heldout \
 	  --out $(DEMO_RUN)/infer --checkpoint $(DEMO_RUN)/checkpoints/best.pt --quiet"
+	$(BIN)/harness report $(DEMO_RUN) -o $(DEMO_RUN)/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

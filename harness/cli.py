@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("harness.cli_evaluate", "score SR images against HR: IS, PSNR, SSIM, NIQE"),
     "prepare": ("harness.cli_prepare", "pack face images into training shards, or "
                 "fingerprint an LR set's kernel"),
+    "report": ("reports.cli", "render the judges' HTML report from run directories"),
     "power-sweep": ("harness.cli_sweep", "measure images/s and W at a series of GPU caps; "
                     "plan nodes and caps under the budget"),
 }

@@ -1,0 +1,381 @@
+"""Read run and sweep directories into plain data for the report (no torch, no pynvml).
+
+Every reader is tolerant: a missing or unreadable file becomes None (and a line in
+:attr:`RunData.problems`), so a report of a half-finished run still renders. Only a path that
+is not a run directory at all raises :class:`~harness.errors.UserError`.
+
+The file formats are those written by :mod:`harness.runs`, :mod:`harness.train`,
+:mod:`harness.infer` / :mod:`harness.evaluate` and :mod:`power.sampler` /
+:mod:`power.governor`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NodePower", "PowerData", "RunData", "SweepData", "load_run", "load_sweep",
+           "read_power_dir"]
+
+
+@dataclass(slots=True)
+class NodePower:
+    """One node's power files (``power/nodeNNN/``).
+
+    Times are seconds since that node's sampler / governor started.
+    """
+
+    name: str
+    """Folder name, e.g. ``node000``."""
+    gpu_t_s: dict[int, list[float]] = field(default_factory=dict)
+    """Per GPU index: sample times."""
+    gpu_power_w: dict[int, list[float]] = field(default_factory=dict)
+    """Per GPU index: power draw at each sample."""
+    gpu_limit_w: dict[int, list[float]] = field(default_factory=dict)
+    """Per GPU index: power limit (cap) at each sample."""
+    node_t_s: list[float] = field(default_factory=list)
+    """Times of the node samples (CPU, DRAM, overhead)."""
+    node_other_w: list[float] = field(default_factory=list)
+    """Non-GPU power of the node at each node sample."""
+    other_estimated: bool = False
+    """True when the non-GPU power is an estimate (no RAPL / meter)."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """Governor events (``governor_events.jsonl``), in file order."""
+    summary: dict[str, Any] | None = None
+    """``governor_summary.json``."""
+
+    def total_series(self) -> tuple[list[float], list[float]]:
+        """The node's total power (all GPUs + non-GPU) at each GPU sample time."""
+        by_t: dict[float, float] = defaultdict(float)
+        for gpu, ts in self.gpu_t_s.items():
+            for t, w in zip(ts, self.gpu_power_w[gpu]):
+                by_t[t] += w
+        times = sorted(by_t)
+        totals = [by_t[t] + _interp(t, self.node_t_s, self.node_other_w) for t in times]
+        return times, totals
+
+
+@dataclass(slots=True)
+class PowerData:
+    """A run phase's power folder (``power/`` or ``infer/power/``)."""
+
+    path: Path
+    nodes: list[NodePower]
+    summary: dict[str, Any] | None
+    """The ``power`` block of ``summary.json`` (training) or of ``scores.json`` (inference)."""
+
+    @property
+    def budget_w(self) -> float | None:
+        """The cluster budget, from the summary or the governor's start event."""
+        for src in [self.summary or {}] + [n.summary or {} for n in self.nodes]:
+            if _finite(src.get("budget_w")):
+                return float(src["budget_w"])
+        for n in self.nodes:
+            for ev in n.events:
+                if ev.get("event") == "start" and _finite(ev.get("budget_w")):
+                    return float(ev["budget_w"])
+        return None
+
+    @property
+    def headroom_w(self) -> float | None:
+        """The governor's headroom below the budget."""
+        for src in [self.summary or {}] + [n.summary or {} for n in self.nodes]:
+            if _finite(src.get("headroom_w")):
+                return float(src["headroom_w"])
+        return None
+
+    def cluster_series(self) -> tuple[list[float], list[float]]:
+        """Cluster power (sum of node totals) on the union of the nodes' sample times."""
+        series = [n.total_series() for n in self.nodes]
+        series = [s for s in series if s[0]]
+        if not series:
+            return [], []
+        times = sorted({t for ts, _ in series for t in ts})
+        return times, [sum(_interp(t, ts, ws) for ts, ws in series) for t in times]
+
+
+@dataclass(slots=True)
+class RunData:
+    """Everything the report shows about one run directory."""
+
+    path: Path
+    """The directory as given."""
+    name: str
+    """Display name: the resolved directory's name (``smoke-latest`` -> ``smoke-2026…``)."""
+    summary: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
+    job: dict[str, Any] | None = None
+    """The parsed ``job.yaml``."""
+    job_text: str | None = None
+    """``job.yaml`` verbatim."""
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, Any] | None = None
+    """``infer/scores.json``."""
+    infer_dir: Path | None = None
+    train_power: PowerData | None = None
+    infer_power: PowerData | None = None
+    problems: list[str] = field(default_factory=list)
+    """Files that exist but could not be read."""
+
+    @property
+    def job_name(self) -> str:
+        """The job's name from summary, job.yaml or the directory name."""
+        for value in ((self.summary or {}).get("job"), (self.job or {}).get("name")):
+            if isinstance(value, str) and value:
+                return value
+        return self.name
+
+    @property
+    def infer_summary(self) -> dict[str, Any]:
+        """``scores.json``'s summary (empty when missing)."""
+        s = (self.scores or {}).get("summary")
+        return s if isinstance(s, dict) else {}
+
+    @property
+    def infer_meta(self) -> dict[str, Any]:
+        """``scores.json``'s meta (empty when missing)."""
+        m = (self.scores or {}).get("meta")
+        return m if isinstance(m, dict) else {}
+
+    @property
+    def per_image(self) -> list[dict[str, Any]]:
+        """``scores.json``'s per-image records (empty when missing)."""
+        p = (self.scores or {}).get("per_image")
+        return [r for r in p if isinstance(r, dict)] if isinstance(p, list) else []
+
+    def metric(self, name: str) -> dict[str, Any]:
+        """Summary statistics of one inference metric (``is``, ``is_bicubic``, ``psnr``…)."""
+        m = self.infer_summary.get("metrics")
+        v = m.get(name) if isinstance(m, dict) else None
+        return v if isinstance(v, dict) else {}
+
+    @property
+    def inference(self) -> dict[str, Any]:
+        """``scores.json``'s ``meta.inference`` (images, seconds, images/s, power)."""
+        i = self.infer_meta.get("inference")
+        return i if isinstance(i, dict) else {}
+
+    @property
+    def sample_count(self) -> int:
+        """Faces per group (best, median, worst) in the grid: the job's ``report.samples``."""
+        rep = (self.job or {}).get("report")
+        n = rep.get("samples") if isinstance(rep, dict) else None
+        return int(n) if isinstance(n, (int, float)) and 1 <= n <= 50 else 6
+
+
+@dataclass(slots=True)
+class SweepData:
+    """A power sweep (``SWEEP_DIR/sweep.json``)."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        """Measured points with a finite setting and throughput, sorted by setting."""
+        pts = [p for p in self.data.get("points") or [] if isinstance(p, dict)
+               and _finite(p.get("setting")) and _finite(p.get("images_per_s"))]
+        return sorted(pts, key=lambda p: float(p["setting"]))
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        """The chosen cap plan, if the sweep made one."""
+        plan = self.data.get("plan")
+        return plan if isinstance(plan, dict) else None
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _interp(t: float, ts: list[float], ws: list[float]) -> float:
+    """Piecewise-linear value at ``t`` (held at the ends; 0 with no samples)."""
+    if not ts:
+        return 0.0
+    if t <= ts[0]:
+        return ws[0]
+    if t >= ts[-1]:
+        return ws[-1]
+    lo, hi = 0, len(ts) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ts[mid] <= t:
+            lo = mid
+        else:
+            hi = mid
+    span = ts[hi] - ts[lo]
+    if span <= 0:
+        return ws[hi]
+    return ws[lo] + (ws[hi] - ws[lo]) * (t - ts[lo]) / span
+
+
+def _read_json(path: Path, problems: list[str]) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path.name}: unreadable ({exc})")
+        return None
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; bad lines (e.g. a truncated last line) are skipped."""
+    if not path.is_file():
+        return []
+    out: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path.name}: unreadable ({exc})")
+        return []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _float(s: Any) -> float | None:
+    try:
+        v = float(s)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _read_csv(path: Path, problems: list[str]) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        problems.append(f"{path.name}: unreadable ({exc})")
+        return []
+
+
+def _read_node(node_dir: Path, problems: list[str]) -> NodePower:
+    node = NodePower(name=node_dir.name)
+    for row in _read_csv(node_dir / "gpu_power.csv", problems):
+        t, w = _float(row.get("time_s")), _float(row.get("power_w"))
+        try:
+            gpu = int(row.get("gpu") or "")
+        except ValueError:
+            continue
+        if t is None or w is None:
+            continue
+        node.gpu_t_s.setdefault(gpu, []).append(t)
+        node.gpu_power_w.setdefault(gpu, []).append(w)
+        limit = _float(row.get("limit_w"))
+        node.gpu_limit_w.setdefault(gpu, []).append(limit if limit is not None else math.nan)
+    for row in _read_csv(node_dir / "node_power.csv", problems):
+        t, w = _float(row.get("time_s")), _float(row.get("other_w"))
+        if t is None or w is None:
+            continue
+        node.node_t_s.append(t)
+        node.node_other_w.append(w)
+        if str(row.get("estimated", "")).lower() == "true":
+            node.other_estimated = True
+    node.events = _read_jsonl(node_dir / "governor_events.jsonl", problems)
+    node.summary = _read_json(node_dir / "governor_summary.json", problems)
+    return node
+
+
+def read_power_dir(path: Path, summary: dict[str, Any] | None = None) -> PowerData | None:
+    """Read ``path/node*/`` (one folder per node); None when there is no such folder.
+
+    Args:
+        path: A run's ``power/`` or ``infer/power/`` folder.
+        summary: The matching power summary block, kept alongside.
+    """
+    if not path.is_dir():
+        return None if not summary else PowerData(path=path, nodes=[], summary=summary)
+    problems: list[str] = []
+    nodes = [_read_node(d, problems) for d in sorted(path.iterdir())
+             if d.is_dir() and d.name.startswith("node")]
+    for p in problems:
+        log.warning("%s: %s", path, p)
+    return PowerData(path=path, nodes=nodes, summary=summary)
+
+
+def load_run(path: str | Path) -> RunData:
+    """Read one run directory.
+
+    Args:
+        path: ``runs/<name>-<timestamp>`` (or a ``<name>-latest`` link to one).
+
+    Returns:
+        The run's data; missing files are None / empty.
+
+    Raises:
+        UserError: ``path`` is not a directory, or holds neither ``summary.json`` nor
+            ``manifest.json`` (not a run directory).
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{p}: no such run directory")
+    if not (p / "summary.json").is_file() and not (p / "manifest.json").is_file():
+        raise UserError(f"{p}: not a run directory (no summary.json or manifest.json)")
+    run = RunData(path=p, name=p.resolve().name)
+    run.summary = _dict_or_none(_read_json(p / "summary.json", run.problems))
+    run.manifest = _dict_or_none(_read_json(p / "manifest.json", run.problems))
+    job_path = p / "job.yaml"
+    if job_path.is_file():
+        try:
+            run.job_text = job_path.read_text(encoding="utf-8")
+            run.job = _dict_or_none(yaml.safe_load(run.job_text))
+        except (OSError, UnicodeDecodeError) as exc:
+            run.problems.append(f"job.yaml: unreadable ({exc})")
+        except yaml.YAMLError as exc:
+            run.problems.append(f"job.yaml: not valid YAML ({str(exc).splitlines()[0]})")
+    run.metrics = _read_jsonl(p / "metrics.jsonl", run.problems)
+    infer = p / "infer"
+    if infer.is_dir():
+        run.infer_dir = infer
+        run.scores = _dict_or_none(_read_json(infer / "scores.json", run.problems))
+    train_power = (run.summary or {}).get("power")
+    train_power = train_power if isinstance(train_power, dict) else None
+    run.train_power = read_power_dir(p / "power", train_power)
+    infer_power = run.inference.get("power")
+    infer_power = infer_power if isinstance(infer_power, dict) else None
+    if run.infer_dir is not None:
+        run.infer_power = read_power_dir(infer / "power", infer_power)
+    return run
+
+
+def _dict_or_none(v: Any) -> dict[str, Any] | None:
+    return v if isinstance(v, dict) else None
+
+
+def load_sweep(path: str | Path) -> SweepData:
+    """Read a sweep directory (or its ``sweep.json``).
+
+    Raises:
+        UserError: No readable ``sweep.json`` there.
+    """
+    p = Path(path)
+    f = p if p.is_file() else p / "sweep.json"
+    if not f.is_file():
+        raise UserError(f"{p}: no sweep.json (expected a directory written by the power sweep)")
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{f}: unreadable sweep file ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{f}: expected a JSON object")
+    return SweepData(path=f.parent, data=data)
