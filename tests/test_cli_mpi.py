@@ -96,3 +96,19 @@ def test_evaluate_refuses_pi() -> None:
     proc = run_harness("evaluate", "--hr", str(HR), "--sr", str(HR), "--metrics", "is,pi")
     assert proc.returncode == 2
     assert "Ma et al." in proc.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_cli_bicubic_is_on_all_300_pairs(tmp_path: Path) -> None:
+    """`harness evaluate` with PIL-bicubic-upscaled LR as SR: the known IS of 0.650."""
+    sr = tmp_path / "sr"
+    sr.mkdir()
+    for p in sorted(LR.iterdir()):
+        Image.open(p).convert("RGB").resize((96, 112), Image.Resampling.BICUBIC).save(sr / p.name)
+    proc = run_harness("evaluate", "--hr", str(HR), "--sr", str(sr), "--metrics", "is",
+                       "--out", str(tmp_path / "out"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "scores.json").read_text())["summary"]
+    assert summary["count"] == 300
+    assert summary["metrics"]["is"]["mean"] == pytest.approx(0.650, abs=0.01)
+    assert summary["metrics"]["is"]["median"] == pytest.approx(0.664, abs=0.01)
