@@ -85,6 +85,23 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
+def module_main(prog: str, description: str,
+                add_arguments: Callable[[argparse.ArgumentParser], None],
+                run: Callable[[argparse.Namespace], int],
+                argv: Sequence[str] | None = None) -> int:
+    """Entry point of a ``python -m harness.X`` module that ranks of an MPI job run.
+
+    Only rank 0 prints user errors (every rank fails alike; one line is enough).
+    """
+    from harness.distributed import get_dist_info
+
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_guarded(lambda: run(args), prog=prog, quiet=not get_dist_info().is_master)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script."""
     parser = build_parser()

@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from harness import checkpoint as ckpt
-from harness.cli import add_job_arguments, run_guarded, setup_logging
+from harness.cli import add_job_arguments, module_main
 from harness.config import JobConfig, load_job
-from harness.distributed import Comm, DistInfo, get_comm, get_dist_info
+from harness.distributed import get_comm, get_dist_info
 from harness.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -117,7 +116,6 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     Returns:
         On every rank: counts, timing and (when scored) the score summary.
     """
-    import torch
 
     from harness.imageio import from_tensor, list_images, read_rgb, to_tensor, write_png
     from harness.power_session import power_session
@@ -208,14 +206,8 @@ class _bar:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.infer``."""
-    parser = argparse.ArgumentParser(prog="python -m harness.infer",
-                                     description="Sharded FaceSR inference (run under mpirun "
-                                                 "for several ranks).")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    info = get_dist_info()
-    return run_guarded(lambda: run(args), prog="harness.infer", quiet=not info.is_master)
+    return module_main("harness.infer", "Sharded FaceSR inference (run under mpirun "
+                       "for several ranks).", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

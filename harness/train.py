@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from harness import checkpoint as ckpt
-from harness.cli import add_job_arguments, run_guarded, setup_logging
+from harness.cli import add_job_arguments, module_main
 from harness.config import JobConfig, load_job
 from harness.data import (PairSet, batch_indices, check_split, load_pairs, make_batch,
                           only_flips)
@@ -218,7 +218,6 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     train_set = load_pairs(job.data.train, job.data.lr_kernel)
     val_set = load_pairs(job.data.val, job.data.lr_kernel)
     check_split(len(train_set), t.batch_size, info.world_size, job.data.train)
-    local_batch = t.batch_size // info.world_size
 
     if resume:
         run_dir, resume_ckpt = ckpt.resolve_resume(resume)
@@ -349,7 +348,7 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     deadline = t_start + t.max_minutes * 60 if t.max_minutes else math.inf
     val_res: dict[str, float] = {}
     step = start_step
-    stopped_early = False
+    stopped_early = interrupted = False
     with power_session(job, info, comm, run_dir) as power, display:
         for step in range(start_step, t.steps):
             t0 = time.perf_counter()
@@ -409,18 +408,16 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
                 val_res = do_validate(done)
             if t.ckpt_every and done % t.ckpt_every == 0 and done != t.steps:
                 last_saved = save(done) or last_saved
-            out_of_time = comm.bcast(time.perf_counter() > deadline, root=0)
-            if (stop_after is not None and done >= stop_after) or out_of_time:
-                stopped_early = True
+            if stop_after is not None and done >= stop_after:
+                interrupted = stopped_early = True
+                break
+            if comm.bcast(time.perf_counter() > deadline, root=0):
+                stopped_early = True  # out of time: finish like a completed run
                 break
         final_step = step + 1 if t.steps > start_step else start_step
-        if stopped_early:
-            last_saved = save(final_step) or last_saved
-            if final_step < t.steps and not (stop_after is not None):
-                val_res = do_validate(final_step)
-        else:
+        if not interrupted:
             val_res = do_validate(final_step)
-            last_saved = save(final_step) or last_saved
+        last_saved = save(final_step) or last_saved
         elapsed = time.perf_counter() - t_start
         power_summary = power.summary(images_done)
     metrics.close()
@@ -526,14 +523,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.train``."""
-    parser = argparse.ArgumentParser(prog="python -m harness.train",
-                                     description="Data-parallel FaceSR training "
-                                                 "(run under mpirun for several ranks).")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    info = get_dist_info()
-    return run_guarded(lambda: run(args), prog="harness.train", quiet=not info.is_master)
+    return module_main("harness.train", "Data-parallel FaceSR training (run under "
+                       "mpirun for several ranks).", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

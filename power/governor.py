@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from power.clock import Clock, MonotonicClock
@@ -54,6 +54,7 @@ from power.policy import (
     PolicyConfig,
     decide,
 )
+from power.signals import RaisingSignalHandlers
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,6 @@ class Governor:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._other_fn = other_power_w
         self._clock = clock or MonotonicClock()
-        self._handle_signals = handle_signals
         self._busy_max_age_s = busy_max_age_s
 
         n = len(self.gpus)
@@ -189,7 +189,7 @@ class Governor:
         self.error: BaseException | None = None
 
         self._events_fh: Any = None
-        self._prev_handlers: dict[int, Any] = {}
+        self._signals = RaisingSignalHandlers(self._note_signal, enabled=handle_signals)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -209,7 +209,7 @@ class Governor:
             (self.run_dir / f"original_limits.rank{self.comm.rank}.json").write_text(json.dumps(
                 {"uuids": [g.get_uuid() for g in self.gpus],
                  "power_limits_mw": self._original_limits_mw}, indent=1))
-        self._install_signal_handlers()
+        self._signals.install()
         self._log("start", budget_w=self.budget_w, headroom_w=self.headroom_w, mode=self.mode,
                   gpus=len(self.gpus), original_limits_mw=self._original_limits_mw,
                   cluster_wide=False)
@@ -224,7 +224,7 @@ class Governor:
                  tb: TracebackType | None) -> None:
         self.stop()
         self.restore(reason="exit" if exc_type is None else f"exception: {exc_type.__name__}")
-        self._remove_signal_handlers()
+        self._signals.remove()
         self._finish_crossing(self._last_t if self._last_t is not None else self._clock.now())
         if self.run_dir is not None and self.comm.rank == 0:
             (self.run_dir / "governor_summary.json").write_text(
@@ -494,34 +494,9 @@ class Governor:
         self._events_fh.flush()
 
     # --- signals ----------------------------------------------------------------------------
-    def _install_signal_handlers(self) -> None:
-        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            prev = signal.getsignal(sig)
-            if prev == signal.SIG_IGN:
-                continue
-            self._prev_handlers[sig] = prev
-            signal.signal(sig, self._on_signal)
-
-    def _remove_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, prev in self._prev_handlers.items():
-            if signal.getsignal(sig) == self._on_signal:
-                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
-        self._prev_handlers.clear()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Restoring here could deadlock on a lock the interrupted code holds, so the handler
-        # only raises: the exception unwinds (releasing locks) and __exit__ restores.
+    def _note_signal(self, signum: int) -> None:
         self._stop.set()
         self._log("signal", signal=signal.Signals(signum).name, cluster_wide=False)
-        prev = self._prev_handlers.get(signum)
-        if callable(prev):
-            prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
-            return  # a handler that returns chose to keep running: keep governing
-        raise SystemExit(128 + signum)
 
     def _loop(self) -> None:
         next_t = self._clock.now()

@@ -48,10 +48,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Protocol, Self
 
 from power.clock import Clock, MonotonicClock, SimClock
+from power.signals import RaisingSignalHandlers
 from power.errors import PowerError
 from power.gpu import GPU
 from power.node import NodePower
@@ -207,12 +208,11 @@ class SettingsGuard:
         self.gpus = list(gpus)
         self.mode = mode
         self.record_dir = Path(record_dir) if record_dir is not None else None
-        self._handle_signals = handle_signals
         self.original_limits_mw: list[int] = []
         self._clocks_touched = False
         self._entered = False
         self._restored = False
-        self._prev_handlers: dict[int, Any] = {}
+        self._signals = RaisingSignalHandlers(self._note_signal, enabled=handle_signals)
         self.restore_errors: list[str] = []
 
     def __enter__(self) -> Self:
@@ -223,7 +223,7 @@ class SettingsGuard:
             _write_atomic(self.record_dir / "original_settings.json", json.dumps(
                 {"uuids": [g.get_uuid() for g in self.gpus],
                  "power_limits_mw": self.original_limits_mw}, indent=1))
-        self._install_signal_handlers()
+        self._signals.install()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -231,7 +231,7 @@ class SettingsGuard:
         try:
             self.restore()
         finally:
-            self._remove_signal_handlers()
+            self._signals.remove()
 
     def apply(self, setting: float) -> None:
         """Apply ``setting`` (W or MHz) to every GPU.
@@ -270,33 +270,9 @@ class SettingsGuard:
             for e in self.restore_errors:
                 logger.error("restore failed: %s", e)
 
-    def _install_signal_handlers(self) -> None:
-        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            prev = signal.getsignal(sig)
-            if prev == signal.SIG_IGN:
-                continue
-            self._prev_handlers[sig] = prev
-            signal.signal(sig, self._on_signal)
-
-    def _remove_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, prev in self._prev_handlers.items():
-            if signal.getsignal(sig) == self._on_signal:
-                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
-        self._prev_handlers.clear()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Restoring here could deadlock on a lock the interrupted code holds, so the handler
-        # only raises: the exception unwinds (releasing locks) and __exit__ restores.
+    @staticmethod
+    def _note_signal(signum: int) -> None:
         logger.warning("sweep: %s received, restoring GPU settings", signal.Signals(signum).name)
-        prev = self._prev_handlers.get(signum)
-        if callable(prev):
-            prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
-            return
-        raise SystemExit(128 + signum)
 
 
 # --------------------------------------------------------------------------- workloads

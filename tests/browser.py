@@ -94,12 +94,16 @@ class _Pipe:
         want = self.next_id
         deadline = time.monotonic() + timeout_s
         while True:
-            for m in self._read(deadline):
+            reply = None
+            for m in self._read(deadline):  # keep every event read with the reply
                 if m.get("id") == want:
-                    if "error" in m:
-                        raise BrowserError(f"{method}: {m['error']}")
-                    return m.get("result", {})
-                self.events.append(m)
+                    reply = m
+                else:
+                    self.events.append(m)
+            if reply is not None:
+                if "error" in reply:
+                    raise BrowserError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
 
     def wait_event(self, method: str, timeout_s: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -107,14 +111,17 @@ class _Pipe:
             if ev.get("method") == method:
                 return self.events[i]
         while True:
-            for m in self._read(deadline):
+            found = None
+            for m in self._read(deadline):  # keep every event of the batch
                 self.events.append(m)
                 if m.get("method") == "Page.javascriptDialogOpening":
                     # A dialog blocks the page (and its load event) until answered.
                     self.send("Page.handleJavaScriptDialog", {"accept": False},
                               session=m.get("sessionId"))
-                if m.get("method") == method:
-                    return m
+                if m.get("method") == method and found is None:
+                    found = m
+            if found is not None:
+                return found
 
     def drain(self, quiet_s: float = 0.3) -> None:
         """Collect events until none arrive for ``quiet_s``."""

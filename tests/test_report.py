@@ -574,12 +574,18 @@ def test_browser_loads_real_report_offline_with_every_section(
 def test_browser_sees_network_requests_when_a_page_makes_them(chromium: str,
                                                               tmp_path: Path) -> None:
     """Control for the test above: the detector does catch an outside fetch."""
+    import socket
+
+    with socket.socket() as s:  # a free, unrestricted port (Chromium refuses "unsafe" ones
+        s.bind(("127.0.0.1", 0))  # such as 9 before any request event, at random)
+        port = s.getsockname()[1]
+    leak = f"http://127.0.0.1:{port}/x.png"
     page = tmp_path / "leaky.html"
-    page.write_text('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
+    page.write_text(f'<!DOCTYPE html><html><body><img src="{leak}">'
                     '<p id="p">x</p></body></html>')
     result = inspect_page(page, chromium=chromium,
                           expressions={"p": "!!document.getElementById('p')"})
-    assert result.network_requests == ["http://127.0.0.1:9/x.png"]
+    assert result.network_requests == [leak]
     assert result.values["p"] is True
     assert result.console_errors  # the failed load is logged
 
