@@ -22,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[mpi,test]"
+	$(BIN)/pip install -q -e ".[mpi,test,quality]"
 	touch $(STAMP)
 
 DEMO_RUN := runs/demo-latest

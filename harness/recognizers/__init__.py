@@ -8,6 +8,8 @@
   (clcarwin/sphereface_pytorch state dict); see :mod:`.sphereface`.
 - ``"onnx:PATH"``: an ArcFace-style ONNX model via onnxruntime (not differentiable); see
   :mod:`.onnx`.
+- ``"dlib"``: dlib's 128-d ResNet (optional extra ``quality``), an independent second opinion;
+  see :mod:`.dlib_resnet`.
 
 Example:
     >>> rec = load_recognizer("facenet")                       # doctest: +SKIP
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 #: Spec prefixes :func:`load_recognizer` understands.
-RECOGNIZER_NAMES: tuple[str, ...] = ("facenet", "sphere20a", "onnx")
+RECOGNIZER_NAMES: tuple[str, ...] = ("facenet", "sphere20a", "onnx", "dlib")
 
 
 def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -> Recognizer:
@@ -57,6 +59,10 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -
         from harness.recognizers.facenet import FaceNetRecognizer
 
         return FaceNetRecognizer(device=device)
+    if name == "dlib":
+        from harness.recognizers.dlib_resnet import DlibRecognizer
+
+        return DlibRecognizer()
     if name in ("sphere20a", "onnx") and not arg:
         raise UserError(f"recognizer {spec!r}: expected {name}:PATH to a weights file")
     if name == "sphere20a":
@@ -67,4 +73,4 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -
         from harness.recognizers.onnx import OnnxRecognizer
 
         return OnnxRecognizer(arg, device=device)
-    raise UserError(f"unknown recognizer {spec!r}: expected facenet, sphere20a:PATH or onnx:PATH")
+    raise UserError(f"unknown recognizer {spec!r}: expected facenet, sphere20a:PATH, onnx:PATH or dlib")
