@@ -25,7 +25,6 @@ when it started and unlocks them on exit in ``locked_clocks`` mode.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -54,25 +53,11 @@ from power.policy import (
     PolicyConfig,
     decide,
 )
-from power.signals import RaisingSignalHandlers
+from power.signals import RaisingSignalHandlers, signals_blocked
 
 logger = logging.getLogger(__name__)
 
 _NOTABLE = (FAIL_SAFE, INFEASIBLE, OVERSHOOT, BUDGET_SHRINK)
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back (main thread, POSIX) so a second signal cannot cut a restore."""
-    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if not can:
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +264,7 @@ class Governor:
 
         After this the governor no longer changes anything (:meth:`step` returns None).
         """
-        with self._lock, _signals_blocked():
+        with self._lock, signals_blocked():
             if self._closed:
                 return
             self._closed = True

@@ -8,9 +8,10 @@ returns chooses to keep running.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -55,3 +56,18 @@ class RaisingSignalHandlers:
             prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
             return
         raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (main thread, POSIX) so a second signal cannot cut a restore."""
+    can = (hasattr(signal, "pthread_sigmask")
+           and threading.current_thread() is threading.main_thread())
+    if not can:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -36,7 +36,6 @@ workload may run inside each step; its own speed is ignored).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -44,15 +43,14 @@ import logging
 import math
 import os
 import signal
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from power.clock import Clock, MonotonicClock, SimClock
-from power.signals import RaisingSignalHandlers
+from power.signals import RaisingSignalHandlers, signals_blocked
 from power.errors import PowerError
 from power.gpu import GPU
 from power.node import NodePower
@@ -167,21 +165,6 @@ def default_settings(gpus: Sequence[GPU], mode: str, count: int = 9) -> list[flo
 # --------------------------------------------------------------------------- apply / restore
 
 
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back (main thread, POSIX) so a second signal cannot cut a restore."""
-    can = (hasattr(signal, "pthread_sigmask")
-           and threading.current_thread() is threading.main_thread())
-    if not can:
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class SettingsGuard:
     """Applies sweep settings to GPUs and always puts the originals back.
 
@@ -252,7 +235,7 @@ class SettingsGuard:
 
     def restore(self) -> None:
         """Put back every original limit and unlock clocks (idempotent)."""
-        with _signals_blocked():
+        with signals_blocked():
             if not self._entered or self._restored:
                 return
             self._restored = True
