@@ -111,25 +111,37 @@ def check_horovod() -> Check:
 
 
 def check_gpus() -> list[Check]:
-    """NVML availability, GPUs, and permission to change power limits."""
+    """NVML availability, this node's GPUs, and permission to change power limits.
+
+    Permission is probed by setting each GPU's limit to the value it already has.
+    """
+    from power import NoPermissionError, PowerError, open_nvml_gpus, shutdown_nvml
+
     try:
-        from power import nvml_probe
-    except ImportError:
-        return [Check("NVML / GPUs", "warn", "power package has no NVML probe")]
-    probe = nvml_probe()
-    if probe.error:
-        return [Check("NVML / GPUs", "warn", probe.error,
-                      "install the NVIDIA driver and nvidia-ml-py; simulated GPUs work "
-                      "without one")]
-    gpus = ", ".join(probe.gpus) or "no GPUs"
-    checks = [Check("NVML / GPUs", "ok" if probe.gpus else "warn",
-                    f"driver {probe.driver_version}: {gpus}")]
-    if probe.gpus:
-        checks.append(Check("GPU power-limit control", "ok" if probe.can_set_limits else "warn",
-                            "permitted" if probe.can_set_limits else "not permitted",
-                            "" if probe.can_set_limits else
-                            "run as root or allow non-root power-limit changes"))
-    return checks
+        gpus = open_nvml_gpus()
+    except PowerError as exc:
+        return [Check("NVML / GPUs", "warn", f"unavailable ({exc})",
+                      "install the NVIDIA driver and nvidia-ml-py; simulated GPUs "
+                      "(power.backend: simulated) work without one")]
+    try:
+        if not gpus:
+            return [Check("NVML / GPUs", "warn", "NVML works but sees no GPUs",
+                          "check CUDA_VISIBLE_DEVICES")]
+        names = ", ".join(f"{g.index}: {g.get_name()}" for g in gpus)
+        checks = [Check("NVML / GPUs", "ok", names)]
+        try:
+            for g in gpus:
+                g.set_power_limit_mw(g.get_power_limit_mw())
+            checks.append(Check("GPU power-limit control", "ok", "permitted"))
+        except NoPermissionError:
+            checks.append(Check("GPU power-limit control", "warn", "not permitted",
+                                "run as root (or grant the capability) so the governor "
+                                "can set limits"))
+        except PowerError as exc:
+            checks.append(Check("GPU power-limit control", "warn", f"not supported ({exc})"))
+        return checks
+    finally:
+        shutdown_nvml()
 
 
 def check_rapl(root: str = "/sys/class/powercap") -> Check:

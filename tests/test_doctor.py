@@ -1,0 +1,59 @@
+"""harness doctor: GPU checks through the power interface, job requirements, exit codes."""
+from __future__ import annotations
+
+import power
+from harness.config import load_job
+from harness.doctor import check_gpus, job_can_run, run_checks
+from tests.conftest import ROOT, run_harness
+
+
+class _FakeGPU:
+    def __init__(self, index: int, allowed: bool) -> None:
+        self.index, self.allowed, self.set_calls = index, allowed, []
+
+    def get_name(self) -> str:
+        return "Fake H100"
+
+    def get_power_limit_mw(self) -> int:
+        return 700_000
+
+    def set_power_limit_mw(self, mw: int) -> None:
+        if not self.allowed:
+            raise power.NoPermissionError("no permission")
+        self.set_calls.append(mw)
+
+
+def test_gpu_checks_probe_permission_without_changing_limits(monkeypatch) -> None:
+    gpus = [_FakeGPU(0, True), _FakeGPU(1, True)]
+    monkeypatch.setattr(power, "open_nvml_gpus", lambda: gpus)
+    monkeypatch.setattr(power, "shutdown_nvml", lambda: None)
+    checks = {c.name: c for c in check_gpus()}
+    assert checks["NVML / GPUs"].status == "ok"
+    assert "0: Fake H100" in checks["NVML / GPUs"].detail
+    assert checks["GPU power-limit control"].status == "ok"
+    assert all(g.set_calls == [700_000] for g in gpus)  # re-set to the same value only
+
+    monkeypatch.setattr(power, "open_nvml_gpus", lambda: [_FakeGPU(0, False)])
+    checks = {c.name: c for c in check_gpus()}
+    assert checks["GPU power-limit control"].status == "warn"
+    assert checks["GPU power-limit control"].detail == "not permitted"
+
+
+def test_nvml_job_cannot_run_without_gpus() -> None:
+    job = load_job(ROOT / "jobs/asc19-final.yaml")
+    checks = run_checks(job)
+    if any(c.name == "NVML / GPUs" and c.status == "ok" for c in checks):
+        return  # a GPU node: nothing to assert about absence
+    missing = [c for c in checks if c.required and c.status == "missing"]
+    assert any(c.name == "job needs NVML GPUs" for c in missing)
+    assert not job_can_run(checks)
+
+
+def test_doctor_exit_codes() -> None:
+    assert run_harness("doctor", "jobs/smoke.yaml").returncode == 0
+    proc = run_harness("doctor", "jobs/smoke.yaml", "--set", "train.device=cuda")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert proc.returncode == 1
+        assert "job needs CUDA" in proc.stdout
