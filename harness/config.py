@@ -58,10 +58,18 @@ class AugmentConfig:
     """Largest random shift of the pair, in LR pixels (the HR shifts by 4x that)."""
     color_jitter: float = 0.0
     """Largest relative change of brightness/contrast/saturation (0 disables)."""
+    rotate_deg: float = 0.0
+    """Largest rotation of the HR face about its centre, in degrees (0 disables)."""
+    zoom: float = 0.0
+    """Largest relative zoom of the HR face, e.g. 0.1 for 0.9x..1.1x (0 disables). Rotated or
+    zoomed pairs also get a random sub-pixel offset, and their LR is made again from the warped
+    HR with ``data.lr_kernel``, so every warped pair is a new, exactly consistent pair."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.shift_px <= 4, "shift_px", "must be between 0 and 4")
         _check(0.0 <= self.color_jitter <= 0.5, "color_jitter", "must be between 0 and 0.5")
+        _check(0.0 <= self.rotate_deg <= 30.0, "rotate_deg", "must be between 0 and 30")
+        _check(0.0 <= self.zoom <= 0.3, "zoom", "must be between 0 and 0.3")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,6 +105,11 @@ class ModelConfig:
     """Upscaling factor (ASC19: 4)."""
     args: dict[str, float] = field(default_factory=dict)
     """Keyword arguments of the generator, e.g. ``{num_feat: 64, num_blocks: 16}``."""
+    init_from: str = ""
+    """Start from these generator weights instead of random ones (fine-tuning): a checkpoint
+    file (relative paths are taken from the project root if not found from the working
+    directory) or ``shipped`` for the weights in ``kernels/weights`` for this model. Only the
+    generator weights are taken (optimizer, step and schedule start fresh); ``--resume`` wins."""
 
     def __post_init__(self) -> None:
         _check(self.name in ("bicubic", "srresnet", "rrdb"), "name",

@@ -231,7 +231,22 @@ def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
     out.append(_data_check("job training data", job.data.train))
     out.append(_data_check("job validation data", job.data.val))
     out.append(_recognizer_check(job.eval.recognizer))
+    if job.model.init_from:
+        out.append(_init_check(job))
     return out
+
+
+def _init_check(job: JobConfig) -> Check:
+    from harness.errors import UserError
+    from harness.train import resolve_init_from
+
+    try:
+        path = resolve_init_from(job)
+    except (UserError, ValueError) as exc:
+        hint = ("run the stage that makes it first (see the job file's comment)"
+                if job.model.init_from != "shipped" else "")
+        return Check("job initial weights", "missing", str(exc), hint, required=True)
+    return Check("job initial weights", "ok", str(path))
 
 
 def _recognizer_check(spec: str) -> Check:

@@ -107,6 +107,53 @@ def build_generator(name: str, kwargs: dict[str, Any]):  # noqa: ANN201 - nn.Mod
         raise UserError(f"model.args: {exc}") from None
 
 
+def resolve_init_from(job: JobConfig) -> Path:
+    """The checkpoint file named by ``model.init_from`` (see :class:`ModelConfig`).
+
+    Raises:
+        UserError: ``shipped`` without shipped weights for this model, or no such file.
+    """
+    spec = job.model.init_from
+    if spec == "shipped":
+        from kernels.shipped import shipped_checkpoint
+
+        found = shipped_checkpoint(job.model.name, model_kwargs(job))
+        if found is None:
+            raise UserError(f"model.init_from: no shipped weights for {job.model.name} with "
+                            f"{dict(job.model.args)}")
+        return Path(found)
+    path = Path(spec).expanduser()
+    if not path.is_file() and not path.is_absolute():
+        from harness.paths import project_root
+
+        path = project_root() / spec
+    if not path.is_file():
+        raise UserError(f"model.init_from: {spec}: no such checkpoint file")
+    return path
+
+
+def load_initial_weights(model, job: JobConfig) -> Path:  # noqa: ANN001 - nn.Module
+    """Load the generator weights named by ``model.init_from`` into ``model``; returns the file.
+
+    Raises:
+        UserError: missing file, not a checkpoint, or weights of another architecture.
+    """
+    path = resolve_init_from(job)
+    state = ckpt.load(path)
+    kwargs = state.get("model_kwargs")
+    if state.get("model_name", job.model.name) != job.model.name or (
+            kwargs is not None and dict(kwargs) != model_kwargs(job)):
+        raise UserError(f"model.init_from: {path} holds {state.get('model_name')} "
+                        f"{dict(kwargs or {})}, the job builds {job.model.name} "
+                        f"{model_kwargs(job)}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"model.init_from: {path}: weights do not fit "
+                        f"({str(exc).splitlines()[0]})") from None
+    return path
+
+
 def lr_factor(step: int, job: JobConfig) -> float:
     """Learning-rate multiplier at ``step``: linear warm-up, then the chosen schedule."""
     t = job.train
@@ -235,6 +282,10 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     if not params:
         raise UserError(f"model.name: {job.model.name} has no trainable parameters "
                         "(use `harness infer` for the bicubic baseline)")
+    if job.model.init_from and resume_ckpt is None:
+        init_path = load_initial_weights(model, job)
+        if info.is_master:
+            log.info("generator initialised from %s", init_path)
     if device.startswith("cuda") and t.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -356,7 +407,7 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
                                 info.world_size, t.seed)
             lr, hr, flips = make_batch(train_set, idx, job.data.augment,
                                        np.random.default_rng([t.seed, step, info.rank]),
-                                       return_flips=True)
+                                       return_flips=True, lr_kernel=job.data.lr_kernel)
             lr, hr = lr.to(device), hr.to(device)
             hr_emb = (emb_cache.lookup([(i, f) for i, f in zip(idx, flips)], hr)
                       if emb_cache is not None else None)

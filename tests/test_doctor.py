@@ -57,3 +57,21 @@ def test_doctor_exit_codes() -> None:
     if not torch.cuda.is_available():
         assert proc.returncode == 1
         assert "job needs CUDA" in proc.stdout
+
+
+def test_missing_initial_weights_block_the_job(tmp_path) -> None:
+    from harness.doctor import job_requirements
+
+    job = load_job(ROOT / "jobs/smoke.yaml", [f"model.init_from={tmp_path / 'stage1.pt'}"])
+    machine = {c.name: c for c in run_checks(None)}
+    rows = {c.name: c for c in job_requirements(job, machine)}
+    init = rows["job initial weights"]
+    assert init.status == "missing" and init.required
+    assert "no such checkpoint file" in init.detail
+    (tmp_path / "stage1.pt").write_bytes(b"x")
+    rows = {c.name: c for c in job_requirements(job, machine)}
+    assert rows["job initial weights"].status == "ok"
+    job = load_job(ROOT / "jobs/asc19-cpu.yaml", ["model.init_from=shipped"])
+    rows = {c.name: c for c in job_requirements(job, machine)}
+    assert rows["job initial weights"].status == "ok"
+    assert rows["job initial weights"].detail.endswith(".pt")

@@ -159,3 +159,41 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
 def test_untrainable_and_unknown_model_args(tmp_path: Path) -> None:
     line = _one_error_line(_run_train(tmp_path, "--set", "model.args={nonsense: 3}"))
     assert "model.args:" in line and "nonsense" in line
+
+
+def test_init_from_loads_generator_weights(tmp_path: Path) -> None:
+    import torch
+
+    from harness.config import load_job
+    from harness.train import build_generator, load_initial_weights, model_kwargs
+
+    job = load_job(SMOKE)
+    torch.manual_seed(1)
+    source = build_generator("srresnet", model_kwargs(job))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.5)  # the zero-initialised tail would otherwise match any fresh model
+    path = tmp_path / "src.pt"
+    torch.save({"model": source.state_dict(), "model_name": "srresnet",
+                "model_kwargs": model_kwargs(job)}, path)
+    job = load_job(SMOKE, [f"model.init_from={path}"])
+    torch.manual_seed(2)
+    target = build_generator("srresnet", model_kwargs(job))
+    assert load_initial_weights(target, job) == path
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_init_from_runs_and_refuses_other_architectures(tmp_path: Path) -> None:
+    assert _run_train(tmp_path).returncode == 0
+    ckpt_file = _only_run(tmp_path / "runs") / "checkpoints" / "ckpt-000004.pt"
+    proc = _run_train(tmp_path / "b", "--set", f"model.init_from={ckpt_file}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"generator initialised from {ckpt_file}" in proc.stderr
+    line = _one_error_line(_run_train(tmp_path / "c", "--set", f"model.init_from={ckpt_file}",
+                                      "--set", "model.args={num_feat: 16, num_blocks: 1}"))
+    assert "model.init_from:" in line and "num_feat': 8" in line
+    line = _one_error_line(_run_train(tmp_path / "d", "--set", "model.init_from=shipped"))
+    assert "model.init_from: no shipped weights for srresnet" in line
+    line = _one_error_line(_run_train(tmp_path / "e", "--set", "model.init_from=nope.pt"))
+    assert "model.init_from: nope.pt: no such checkpoint file" in line
