@@ -93,6 +93,7 @@ def identity_loss(
     hr: torch.Tensor | None = None,
     *,
     hr_embeddings: torch.Tensor | None = None,
+    sr_embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``1 - mean cosine`` between the recognizer's embeddings of SR and HR faces.
 
@@ -104,6 +105,7 @@ def identity_loss(
         sr: Generator output, ``(N, 3, H, W)``; gradients flow back to it.
         hr: Targets; embedded without gradient. Unused if ``hr_embeddings`` is given.
         hr_embeddings: Precomputed ``(N, D)`` HR embeddings (e.g. cached per dataset).
+        sr_embeddings: ``recognizer.embed(sr)`` if already computed (with gradient).
 
     Returns:
         A scalar tensor in ``[0, 2]``.
@@ -112,7 +114,7 @@ def identity_loss(
         ValueError: If neither ``hr`` nor ``hr_embeddings`` is given, or the batch sizes differ.
     """
     target = _hr_embeddings(recognizer, hr, hr_embeddings)
-    embeddings = recognizer.embed(sr)
+    embeddings = recognizer.embed(sr) if sr_embeddings is None else sr_embeddings
     if embeddings.shape != target.shape:
         raise ValueError(
             f"identity_loss: SR embeddings {tuple(embeddings.shape)} and HR embeddings "
@@ -142,6 +144,7 @@ def feature_loss(
     *,
     kind: FeatureKind = "l1",
     hr_features: Sequence[torch.Tensor] | None = None,
+    sr_features: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Weighted mean over layers of the L1 (or MSE) distance between recognizer activations.
 
@@ -155,6 +158,7 @@ def feature_loss(
             ``sum(w_i * d_i) / sum(w_i)``, so weights set the layers' relative importance only.
         kind: ``"l1"`` (mean absolute difference) or ``"mse"`` (mean squared difference).
         hr_features: Precomputed HR activations for ``layers``.
+        sr_features: ``recognizer.features(sr, layers)`` if already computed (with gradient).
 
     Returns:
         A scalar tensor.
@@ -179,7 +183,8 @@ def feature_loss(
             raise ValueError("feature_loss: pass hr or hr_features")
         with torch.no_grad():
             hr_features = recognizer.features(hr, layers)
-    sr_features = recognizer.features(sr, layers)
+    if sr_features is None:
+        sr_features = recognizer.features(sr, layers)
     if len(sr_features) != len(layers) or len(hr_features) != len(layers):
         raise ValueError(
             f"feature_loss: recognizer returned {len(sr_features)}/{len(hr_features)} feature "
@@ -362,9 +367,17 @@ class CombinedLoss(nn.Module):
         w = self.weights
         if w["pixel"]:
             terms["pixel"] = pixel_loss(sr, hr, self.pixel_kind, self.charbonnier_eps)
+        sr_embeddings = sr_features = None
+        shared = getattr(self.recognizer, "embed_with_features", None)
+        if w["identity"] and w["feature"] and shared is not None:
+            # One recognizer pass gives both terms (and one for HR when neither is cached).
+            sr_embeddings, sr_features = shared(sr, self.feature_layers)
+            if hr_embeddings is None and hr_features is None:
+                with torch.no_grad():
+                    hr_embeddings, hr_features = shared(hr, self.feature_layers)
         if w["identity"]:
             terms["identity"] = identity_loss(
-                self.recognizer, sr, hr, hr_embeddings=hr_embeddings
+                self.recognizer, sr, hr, hr_embeddings=hr_embeddings, sr_embeddings=sr_embeddings
             )
         if w["feature"]:
             terms["feature"] = feature_loss(
@@ -375,6 +388,7 @@ class CombinedLoss(nn.Module):
                 self.feature_layer_weights,
                 kind=self.feature_kind,
                 hr_features=hr_features,
+                sr_features=sr_features,
             )
         if w["adversarial"]:
             terms["adversarial"] = self._generator_adversarial_loss(sr, hr)

@@ -159,6 +159,38 @@ def test_facenet_features_names_and_shapes(facenet):
         facenet.features(hr, ["conv9"])
 
 
+def test_facenet_shared_pass_equals_separate_losses(facenet):
+    """Identity + feature loss from one recognizer pass: same values and SR gradients."""
+    from kernels.losses import CombinedLoss
+
+    hr = _to_tensor(np.stack([_read_rgb(DATA / "val_HR" / name) for name in NAMES[:2]]))
+    lr_up = _to_tensor(np.stack([_bicubic_up(DATA / "val_LR" / name) for name in NAMES[:2]]))
+    layers = ("repeat_1", "mixed_6a")
+    emb, (r1, m6a) = facenet.embed_with_features(hr, layers)
+    torch.testing.assert_close(emb, facenet.embed(hr), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r1, facenet.features(hr, ["repeat_1"])[0], atol=0, rtol=0)
+    results = []
+    for rec in (facenet, _Separate(facenet)):
+        sr = lr_up.clone().requires_grad_(True)
+        loss = CombinedLoss(pixel_weight=1.0, identity_weight=1.0, feature_weight=5.0,
+                            recognizer=rec, feature_layers=layers)
+        total, terms = loss(sr, hr)
+        total.backward()
+        results.append((terms, sr.grad))
+    (shared_terms, shared_grad), (sep_terms, sep_grad) = results
+    assert shared_terms["identity"] > 0.2 and shared_terms["feature"] > 0.01
+    for name in ("pixel", "identity", "feature", "total"):
+        assert shared_terms[name] == pytest.approx(sep_terms[name], abs=1e-6)
+    torch.testing.assert_close(shared_grad, sep_grad, atol=1e-7, rtol=1e-4)
+
+
+class _Separate:
+    """The same recognizer without ``embed_with_features`` (the two-pass path)."""
+
+    def __init__(self, inner) -> None:
+        self.embed, self.features = inner.embed, inner.features
+
+
 def test_facenet_other_sizes_are_padded_to_square(facenet):
     from harness.recognizers.facenet import preprocess
 

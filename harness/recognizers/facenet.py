@@ -230,3 +230,12 @@ class FaceNetRecognizer(Recognizer):
         """Activations of the named layers (see :data:`FEATURE_LAYERS` for names and shapes)."""
         check_images(images)
         return self.model.features(preprocess(images.to(self.device, torch.float32)), layers)
+
+    def embed_with_features(
+        self, images: torch.Tensor, layers: Sequence[str]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`embed` and :meth:`features` from one forward pass (the feature + identity
+        losses share it)."""
+        check_images(images)
+        return self.model.embed_with_features(
+            preprocess(images.to(self.device, torch.float32)), layers)

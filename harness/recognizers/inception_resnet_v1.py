@@ -232,10 +232,12 @@ class InceptionResnetV1(nn.Module):
         ]
 
     def _run(
-        self, x: torch.Tensor, wanted: Sequence[str]
+        self, x: torch.Tensor, wanted: Sequence[str], to_end: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         want = set(wanted)
         last = max((FEATURE_LAYERS.index(name) for name in want), default=len(FEATURE_LAYERS) - 1)
+        if to_end:
+            last = len(FEATURE_LAYERS) - 1
         taken: dict[str, torch.Tensor] = {}
         for index, (name, module) in enumerate(self._stages()):
             if index > last:
@@ -272,6 +274,22 @@ class InceptionResnetV1(nn.Module):
             )
         _, taken = self._run(x, layers)
         return [taken[name] for name in layers]
+
+    def embed_with_features(
+        self, x: torch.Tensor, layers: Sequence[str]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The embedding and the named activations from one forward pass.
+
+        Raises:
+            ValueError: A name is not in :data:`FEATURE_LAYERS`.
+        """
+        unknown = [name for name in layers if name not in FEATURE_LAYERS]
+        if unknown:
+            raise ValueError(
+                f"unknown FaceNet layer(s) {unknown}; valid: {', '.join(FEATURE_LAYERS)}"
+            )
+        x, taken = self._run(x, layers, to_end=True)
+        return F.normalize(x, dim=1, eps=1e-5), [taken[name] for name in layers]
 
 
 # --- weights from the frozen graph ------------------------------------------------------------
