@@ -182,14 +182,20 @@ def check_split(n_items: int, global_batch: int, world: int, source: str) -> Non
 
 
 def augment_pair(lr: np.ndarray, hr: np.ndarray, cfg: AugmentConfig,
-                 rng: np.random.Generator, scale: int = 4
-                 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Apply the same random flip, shift and colour change to an (LR, HR) pair.
+                 rng: np.random.Generator, scale: int = 4,
+                 lr_kernel: str = "matlab_bicubic") -> tuple[np.ndarray, np.ndarray, bool]:
+    """Apply the same random warp, flip, shift and colour change to an (LR, HR) pair.
 
-    Shifts move the LR by whole pixels and the HR by ``scale`` times as many, with edge
-    replication, so the pair stays aligned. Returns float32 HxWx3 arrays in [0, 1] and whether
-    the pair was mirrored.
+    A warp (``rotate_deg``/``zoom``) turns the HR about its centre and makes the LR again from
+    it with ``lr_kernel``. Shifts move the LR by whole pixels and the HR by ``scale`` times as
+    many, with edge replication, so the pair stays aligned. Returns float32 HxWx3 arrays in
+    [0, 1] and whether the pair was mirrored.
     """
+    if cfg.rotate_deg or cfg.zoom:
+        hr = warp_hr(hr, angle_deg=float(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg)),
+                     zoom=1.0 + float(rng.uniform(-cfg.zoom, cfg.zoom)),
+                     offset_px=tuple(float(v) for v in rng.uniform(-scale / 2, scale / 2, 2)))
+        lr = downscale(hr, lr_kernel, scale)
     lr_f = lr.astype(np.float32) / 255.0
     hr_f = hr.astype(np.float32) / 255.0
     flipped = bool(cfg.hflip and rng.random() < 0.5)
@@ -208,7 +214,20 @@ def augment_pair(lr: np.ndarray, hr: np.ndarray, cfg: AugmentConfig,
 
 def only_flips(cfg: AugmentConfig) -> bool:
     """True when augmentation can only mirror a pair (so HR targets take two forms each)."""
-    return cfg.shift_px == 0 and cfg.color_jitter == 0
+    return cfg.shift_px == 0 and cfg.color_jitter == 0 and cfg.rotate_deg == 0 and cfg.zoom == 0
+
+
+def warp_hr(hr: np.ndarray, angle_deg: float, zoom: float,
+            offset_px: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Rotate (counter-clockwise) and zoom a uint8 HxWx3 image about its centre, then move it
+    by ``offset_px`` (dx, dy); bicubic, borders reflected; returns uint8 of the same size."""
+    import cv2
+
+    h, w = hr.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle_deg, zoom)
+    matrix[:, 2] += offset_px
+    return cv2.warpAffine(np.ascontiguousarray(hr), matrix, (w, h), flags=cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REFLECT_101)
 
 
 def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -232,10 +251,12 @@ def _jitter(img: np.ndarray, brightness: float, contrast: float,
 
 
 def make_batch(pairs: PairSet, indices: Sequence[int], cfg: AugmentConfig | None,
-               rng: np.random.Generator, return_flips: bool = False):  # noqa: ANN201
+               rng: np.random.Generator, return_flips: bool = False,
+               lr_kernel: str = "matlab_bicubic"):  # noqa: ANN201
     """Stack (augmented) pairs into float tensors ``(lr, hr)`` of shape (N,3,h,w)/(N,3,H,W).
 
-    With ``return_flips`` also returns the list of per-item mirror flags.
+    With ``return_flips`` also returns the list of per-item mirror flags. ``lr_kernel`` makes
+    the LR of warped pairs (see :func:`augment_pair`).
     """
     import torch
 
@@ -243,7 +264,7 @@ def make_batch(pairs: PairSet, indices: Sequence[int], cfg: AugmentConfig | None
     for i in indices:
         lr, hr = pairs.lr[i], pairs.hr[i]
         if cfg is not None:
-            lr_f, hr_f, flipped = augment_pair(lr, hr, cfg, rng)
+            lr_f, hr_f, flipped = augment_pair(lr, hr, cfg, rng, lr_kernel=lr_kernel)
         else:
             lr_f, hr_f = lr.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0
             flipped = False

@@ -59,6 +59,27 @@ def test_augmentation_keeps_pairs_aligned() -> None:
         assert np.abs(again[inner] - lr_u8[inner].astype(float)).mean() < 1.0
 
 
+def test_warp_makes_new_consistent_pairs() -> None:
+    from harness.data import warp_hr
+    from harness.prepare import downscale
+
+    pairs = load_pairs("embedded:heldout")
+    hr0 = pairs.hr[0]
+    assert np.array_equal(warp_hr(hr0, 0.0, 1.0), hr0)
+    # A 90-degree turn of a square patch about its centre is exact: compare with np.rot90.
+    square = np.ascontiguousarray(hr0[8:104])
+    np.testing.assert_array_equal(warp_hr(square, 90.0, 1.0), np.rot90(square))
+    cfg = AugmentConfig(hflip=False, rotate_deg=10.0, zoom=0.1)
+    assert not only_flips(cfg)
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        lr, hr, _ = augment_pair(pairs.lr[i], pairs.hr[i], cfg, rng)
+        hr_u8 = np.round(hr * 255).astype(np.uint8)
+        assert np.abs(hr_u8.astype(float) - pairs.hr[i]).mean() > 3.0  # really moved
+        lr_u8 = np.round(lr * 255).astype(np.uint8)
+        np.testing.assert_array_equal(lr_u8, downscale(hr_u8, "matlab_bicubic"))
+
+
 def test_flip_flags_and_only_flips() -> None:
     pairs = load_pairs("embedded:heldout")
     cfg = AugmentConfig(hflip=True)
