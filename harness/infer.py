@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``harness infer`` / ``python -m harness.infer``."""
-    add_job_arguments(parser, required=False)  # default: jobs/asc19-cpu.yaml (shipped weights)
+    add_job_arguments(parser, required=False)  # default: jobs/asc19-cpu-ft.yaml (shipped weights)
     parser.add_argument("--lr", required=True, metavar="DIR",
                         help="folder of LR images, or embedded:heldout / embedded:train / "
                              "embedded:all (copied to OUT/inputs/{LR,HR} and scored)")
@@ -57,7 +57,7 @@ def _default_job() -> str:
     """The quality recipe, whose model's weights ship with the project."""
     from harness.paths import project_root
 
-    return str(project_root() / "jobs" / "asc19-cpu.yaml")
+    return str(project_root() / "jobs" / "asc19-cpu-ft.yaml")
 
 
 def load_generator(job: JobConfig, checkpoint: str | None, device: str):  # noqa: ANN201

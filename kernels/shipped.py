@@ -1,7 +1,8 @@
 """Weights shipped with the project (``kernels/weights/``), found by model name and arguments.
 
 ``kernels/weights/MANIFEST.json`` lists each shipped checkpoint with the model name and
-keyword arguments it was trained for, its SHA-256 and the recipe (job file) that produced it.
+keyword arguments it was trained for, its SHA-256 and the recipe (job files, first stage first)
+that produced it.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/ship_weights.py runs/asc19-cpu-latest/checkpoints/best.pt \\
-        --name asc19-cpu-srresnet64x8 --recipe jobs/asc19-cpu.yaml --note "trained on ..."
+        --name asc19-cpu-srresnet64x8 --recipe jobs/asc19-cpu.yaml --recipe jobs/asc19-cpu-ft.yaml --note "..."
 
 Only the model's weights are kept (no optimizer state), with the model name and keyword
 arguments, so ``harness infer`` finds them by model and loads them with
@@ -30,7 +30,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--name", required=True, help="file stem under kernels/weights/")
-    ap.add_argument("--recipe", required=True, help="job file that produced the checkpoint")
+    ap.add_argument("--recipe", required=True, action="append",
+                    help="job file that produced the checkpoint; repeat for a multi-stage "
+                    "recipe, first stage first")
     ap.add_argument("--score", action="append", default=[], metavar="KEY=VALUE",
                     help="measured figures to record, e.g. heldout_is_facenet=0.80")
     ap.add_argument("--note", default="", help="how it was trained (data, steps, split)")
