@@ -269,6 +269,8 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     if resume:
         run_dir, resume_ckpt = ckpt.resolve_resume(resume)
     else:
+        if job.model.init_from:
+            resolve_init_from(job)  # a missing file is reported before a run folder exists
         run_dir, resume_ckpt = create_run_dir(job, comm, run_parent), None
     ckpt_dir = run_dir / "checkpoints"
     write_manifest(run_dir, job, info, comm, device=device, threads=threads,

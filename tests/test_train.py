@@ -197,3 +197,4 @@ def test_init_from_runs_and_refuses_other_architectures(tmp_path: Path) -> None:
     assert "model.init_from: no shipped weights for srresnet" in line
     line = _one_error_line(_run_train(tmp_path / "e", "--set", "model.init_from=nope.pt"))
     assert "model.init_from: nope.pt: no such checkpoint file" in line
+    assert not (tmp_path / "e" / "runs").exists()  # refused before any run folder is made
