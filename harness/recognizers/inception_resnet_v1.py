@@ -234,6 +234,11 @@ class InceptionResnetV1(nn.Module):
     def _run(
         self, x: torch.Tensor, wanted: Sequence[str], to_end: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        unknown = [name for name in wanted if name not in FEATURE_LAYERS]
+        if unknown:
+            raise ValueError(
+                f"unknown FaceNet layer(s) {unknown}; valid: {', '.join(FEATURE_LAYERS)}"
+            )
         want = set(wanted)
         last = max((FEATURE_LAYERS.index(name) for name in want), default=len(FEATURE_LAYERS) - 1)
         if to_end:
@@ -257,9 +262,7 @@ class InceptionResnetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the L2-normalised embedding (TF ``embeddings``), shape (N, embedding_dim)."""
-        x, _ = self._run(x, ())
-        # TF: x * rsqrt(max(sum(x^2), 1e-10)) == x / max(|x|, 1e-5)
-        return F.normalize(x, dim=1, eps=1e-5)
+        return self.embed_with_features(x, ())[0]
 
     def features(self, x: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
         """Returns the activations named in ``layers`` (see :data:`FEATURE_LAYERS`), in order.
@@ -267,11 +270,6 @@ class InceptionResnetV1(nn.Module):
         Raises:
             ValueError: A name is not in :data:`FEATURE_LAYERS`.
         """
-        unknown = [name for name in layers if name not in FEATURE_LAYERS]
-        if unknown:
-            raise ValueError(
-                f"unknown FaceNet layer(s) {unknown}; valid: {', '.join(FEATURE_LAYERS)}"
-            )
         _, taken = self._run(x, layers)
         return [taken[name] for name in layers]
 
@@ -283,12 +281,8 @@ class InceptionResnetV1(nn.Module):
         Raises:
             ValueError: A name is not in :data:`FEATURE_LAYERS`.
         """
-        unknown = [name for name in layers if name not in FEATURE_LAYERS]
-        if unknown:
-            raise ValueError(
-                f"unknown FaceNet layer(s) {unknown}; valid: {', '.join(FEATURE_LAYERS)}"
-            )
         x, taken = self._run(x, layers, to_end=True)
+        # TF: x * rsqrt(max(sum(x^2), 1e-10)) == x / max(|x|, 1e-5)
         return F.normalize(x, dim=1, eps=1e-5), [taken[name] for name in layers]
 
 
