@@ -242,7 +242,7 @@ def _init_check(job: JobConfig) -> Check:
 
     try:
         path = resolve_init_from(job)
-    except (UserError, ValueError) as exc:
+    except UserError as exc:
         hint = ("run the stage that makes it first (see the job file's comment)"
                 if job.model.init_from != "shipped" else "")
         return Check("job initial weights", "missing", str(exc), hint, required=True)

@@ -111,13 +111,16 @@ def resolve_init_from(job: JobConfig) -> Path:
     """The checkpoint file named by ``model.init_from`` (see :class:`ModelConfig`).
 
     Raises:
-        UserError: ``shipped`` without shipped weights for this model, or no such file.
+        UserError: ``shipped`` without (intact) shipped weights for this model, or no such file.
     """
     spec = job.model.init_from
     if spec == "shipped":
         from kernels.shipped import shipped_checkpoint
 
-        found = shipped_checkpoint(job.model.name, model_kwargs(job))
+        try:
+            found = shipped_checkpoint(job.model.name, model_kwargs(job))
+        except ValueError as exc:  # checksum mismatch
+            raise UserError(f"model.init_from: {exc}") from None
         if found is None:
             raise UserError(f"model.init_from: no shipped weights for {job.model.name} with "
                             f"{dict(job.model.args)}")
