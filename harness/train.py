@@ -135,13 +135,12 @@ def resolve_init_from(job: JobConfig) -> Path:
     return path
 
 
-def load_initial_weights(model, job: JobConfig) -> Path:  # noqa: ANN001 - nn.Module
-    """Load the generator weights named by ``model.init_from`` into ``model``; returns the file.
+def load_initial_weights(model, job: JobConfig, path: Path) -> None:  # noqa: ANN001 - nn.Module
+    """Load the generator weights in ``path`` (see :func:`resolve_init_from`) into ``model``.
 
     Raises:
-        UserError: missing file, not a checkpoint, or weights of another architecture.
+        UserError: not a checkpoint, or weights of another architecture than the job's.
     """
-    path = resolve_init_from(job)
     state = ckpt.load(path)
     kwargs = state.get("model_kwargs")
     if state.get("model_name", job.model.name) != job.model.name or (
@@ -154,7 +153,6 @@ def load_initial_weights(model, job: JobConfig) -> Path:  # noqa: ANN001 - nn.Mo
     except RuntimeError as exc:
         raise UserError(f"model.init_from: {path}: weights do not fit "
                         f"({str(exc).splitlines()[0]})") from None
-    return path
 
 
 def lr_factor(step: int, job: JobConfig) -> float:
@@ -269,11 +267,12 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     val_set = load_pairs(job.data.val, job.data.lr_kernel)
     check_split(len(train_set), t.batch_size, info.world_size, job.data.train)
 
+    init_path = None
     if resume:
         run_dir, resume_ckpt = ckpt.resolve_resume(resume)
     else:
-        if job.model.init_from:
-            resolve_init_from(job)  # a missing file is reported before a run folder exists
+        if job.model.init_from:  # resolved before a run folder exists, so a typo leaves none
+            init_path = resolve_init_from(job)
         run_dir, resume_ckpt = create_run_dir(job, comm, run_parent), None
     ckpt_dir = run_dir / "checkpoints"
     write_manifest(run_dir, job, info, comm, device=device, threads=threads,
@@ -287,8 +286,8 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     if not params:
         raise UserError(f"model.name: {job.model.name} has no trainable parameters "
                         "(use `harness infer` for the bicubic baseline)")
-    if job.model.init_from and resume_ckpt is None:
-        init_path = load_initial_weights(model, job)
+    if init_path is not None:
+        load_initial_weights(model, job, init_path)
         if info.is_master:
             log.info("generator initialised from %s", init_path)
     if device.startswith("cuda") and t.channels_last:

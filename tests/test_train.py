@@ -165,7 +165,8 @@ def test_init_from_loads_generator_weights(tmp_path: Path) -> None:
     import torch
 
     from harness.config import load_job
-    from harness.train import build_generator, load_initial_weights, model_kwargs
+    from harness.train import (build_generator, load_initial_weights, model_kwargs,
+                               resolve_init_from)
 
     job = load_job(SMOKE)
     torch.manual_seed(1)
@@ -179,7 +180,8 @@ def test_init_from_loads_generator_weights(tmp_path: Path) -> None:
     job = load_job(SMOKE, [f"model.init_from={path}"])
     torch.manual_seed(2)
     target = build_generator("srresnet", model_kwargs(job))
-    assert load_initial_weights(target, job) == path
+    assert resolve_init_from(job) == path
+    load_initial_weights(target, job, path)
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
 
