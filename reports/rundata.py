@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from harness.errors import UserError
+from harness.runs import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -234,20 +235,12 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     """Records of a JSON-lines file; bad lines (e.g. a truncated last line) are skipped."""
     if not path.is_file():
         return []
-    out: list[dict[str, Any]] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        records = read_metrics(path)
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{path.name}: unreadable ({exc})")
         return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    return [rec for rec in records if isinstance(rec, dict)]
 
 
 def _float(s: Any) -> float | None:
