@@ -2,7 +2,7 @@
 
 The official ASC19 ``evaluation_script/evaluate.py`` reads each HR/SR pair with OpenCV and runs
 the recognizer on that pair alone. The harness scores pre-loaded tensors ``--batch-size`` pairs
-at a time with :func:`harness.recognizers.identity_similarity`. Both use the same network:
+at a time with :func:`harness.scoring.identity.identity_similarity`. Both use the same network:
 sphere20a with random weights (the real weights are not redistributable) and the FaceNet port.
 SR images are the bicubic-upscaled ASC19 validation LR images.
 
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.recognizers import identity_similarity, load_recognizer
-from harness.recognizers.sphereface import Sphere20a
+from harness.scoring.identity import identity_similarity
+from harness.scoring.recognizers import load_recognizer
+from harness.scoring.recognizers.sphereface import Sphere20a
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "asc19-val"
 

@@ -7,12 +7,12 @@ Loading always uses ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.fileio import atomic_write
 
 CKPT_RE = re.compile(r"^ckpt-(\d{6,})\.pt$")
 BEST_NAME = "best.pt"
@@ -27,19 +27,7 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """Save ``obj`` to ``path`` via a temporary file and ``os.replace``."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda fh: torch.save(obj, fh), fsync=True)
 
 
 def load(path: str | Path) -> dict[str, Any]:

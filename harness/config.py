@@ -30,7 +30,7 @@ from typing import Any, Literal, Union
 
 from harness.errors import UserError
 
-#: Data sources that name the embedded ASC19 validation set (see ``harness.data``).
+#: Data sources that name the embedded ASC19 validation set (see ``harness.data.pairs``).
 EMBEDDED_SOURCES = ("embedded:train", "embedded:heldout", "embedded:all")
 
 

@@ -110,6 +110,9 @@ def dist_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
 class Comm(Protocol):
     """The collective operations the harness needs (a subset of mpi4py's lowercase API)."""
 
+    rank: int
+    size: int
+
     def bcast(self, obj: T, root: int = 0) -> T: ...
     def allgather(self, obj: T) -> list[T]: ...
     def gather(self, obj: T, root: int = 0) -> list[T] | None: ...
@@ -305,3 +308,47 @@ def print0(info: DistInfo, *args: Any, **kwargs: Any) -> None:
     """``print`` on global rank 0 only."""
     if info.is_master:
         print(*args, **kwargs, flush=True)
+
+
+# --------------------------------------------------------------------------- training engines
+
+
+def init_horovod(info: DistInfo) -> Any:
+    """Import and start Horovod (``train.backend: horovod``); returns ``horovod.torch``.
+
+    Raises:
+        UserError: Horovod is not installed, or sees another world size than the launcher.
+    """
+    try:
+        import horovod.torch as hvd
+    except ImportError:
+        raise UserError("train.backend: horovod, but Horovod is not installed (see README: "
+                        "build 0.28.1 with C++17), or use train.backend: ddp") from None
+    hvd.init()
+    if hvd.size() != info.world_size:
+        raise UserError(f"Horovod sees {hvd.size()} ranks, the launcher {info.world_size}")
+    return hvd
+
+
+class Reducer:
+    """Averages small lists of floats over ranks with the training engine's collectives."""
+
+    def __init__(self, backend: str, world: int) -> None:
+        self.backend, self.world = backend, world
+
+    def mean(self, values: Sequence[float]) -> list[float]:
+        """The element-wise mean of ``values`` over all ranks (every rank gets it)."""
+        if self.world == 1:
+            return list(values)
+        import torch
+
+        t = torch.tensor(list(values), dtype=torch.float64)
+        if self.backend == "horovod":
+            import horovod.torch as hvd
+
+            t = hvd.allreduce(t, op=hvd.Sum)
+        else:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return (t / self.world).tolist()

@@ -238,7 +238,7 @@ def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
 
 def _init_check(job: JobConfig) -> Check:
     from harness.errors import UserError
-    from harness.train import resolve_init_from
+    from harness.training.loop import resolve_init_from
 
     try:
         path = resolve_init_from(job)

@@ -23,6 +23,39 @@ from harness.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def open_gpus(job: JobConfig, clock: Any, *, loads: Any = None, seed: int = 0,
+              state_path: str | None = None) -> list:
+    """This node's GPUs for ``power.backend``: NVML, a replayed trace, or simulated GPUs of
+    ``power.sim_profile`` (with ``loads``, ``seed`` and optional persisted ``state_path``).
+
+    Raises:
+        UserError: no NVML GPU, a missing trace, or an unknown simulation profile.
+    """
+    p = job.power
+    if p.backend == "nvml":
+        from power import PowerError, open_nvml_gpus
+
+        try:
+            return open_nvml_gpus()
+        except PowerError as exc:
+            raise UserError(f"power.backend: nvml: {exc} (run `harness doctor`; use "
+                            "power.backend: simulated on machines without GPUs)") from None
+    if p.backend == "replay":
+        from power import replay_gpus
+
+        if not Path(p.replay_csv).is_file():
+            raise UserError(f"power.replay_csv: {p.replay_csv}: file not found")
+        return replay_gpus(p.replay_csv, clock=clock)
+    from power.simulated import get_profile, make_simulated_gpus
+
+    try:
+        get_profile(p.sim_profile)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"power.sim_profile: {exc}") from None
+    return make_simulated_gpus(p.sim_profile, p.sim_gpus_per_node, clock=clock, loads=loads,
+                               seed=seed, state_path=state_path)
+
+
 class NullPowerSession:
     """Power measurement switched off (``power.enabled: false``)."""
 
@@ -63,33 +96,19 @@ class PowerSession(NullPowerSession):
 
         p = self.job.power
         if p.backend == "nvml":
-            from power import PowerError, open_nvml_gpus
-
-            try:
-                return open_nvml_gpus(), MonotonicClock()
-            except PowerError as exc:
-                raise UserError(f"power.backend: nvml: {exc} (run `harness doctor`; use "
-                                "power.backend: simulated on machines without GPUs)") from None
+            clock = MonotonicClock()
+            return open_gpus(self.job, clock), clock
         if p.backend == "replay":
-            from power import replay_gpus
-
-            if not Path(p.replay_csv).is_file():
-                raise UserError(f"power.replay_csv: {p.replay_csv}: file not found")
             clock = MonotonicClock(start_at_zero=True)
-            return replay_gpus(p.replay_csv, clock=clock), clock
-        from power.simulated import get_profile, make_simulated_gpus, noisy_phase_load
+            return open_gpus(self.job, clock), clock
+        from power.simulated import noisy_phase_load
 
-        try:
-            get_profile(p.sim_profile)
-        except (KeyError, ValueError) as exc:
-            raise UserError(f"power.sim_profile: {exc}") from None
         node = self.info.node_index
         # GPUs idle for the first second (the workload is still starting), then train-like.
         loads = [noisy_phase_load(seed=1000 * node + i, duration_s=24 * 3600.0, warmup_s=1.0)
                  for i in range(p.sim_gpus_per_node)]
         clock = MonotonicClock(start_at_zero=True)  # after the loads: their t=0 is now
-        return make_simulated_gpus(p.sim_profile, p.sim_gpus_per_node, clock=clock,
-                                   loads=loads, seed=node), clock
+        return open_gpus(self.job, clock, loads=loads, seed=node), clock
 
     def __enter__(self) -> "PowerSession":
         self._images = 0

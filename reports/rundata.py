@@ -5,7 +5,7 @@ Every reader is tolerant: a missing or unreadable file becomes None (and a line 
 is not a run directory at all raises :class:`~harness.errors.UserError`.
 
 The file formats are those written by :mod:`harness.runs`, :mod:`harness.train`,
-:mod:`harness.infer` / :mod:`harness.evaluate` and :mod:`power.sampler` /
+:mod:`harness.infer` / :mod:`harness.scoring.evaluate` and :mod:`power.sampler` /
 :mod:`power.governor`.
 """
 from __future__ import annotations

@@ -59,7 +59,7 @@ def test_prepare_two_ranks_then_train_on_the_shards(mpirun: str, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     index = json.loads((out / "index.json").read_text())
     assert index["count"] == 10 and index["kernel"] == "matlab_bicubic"
-    from harness.prepare import PackedPairs
+    from harness.data.shards import PackedPairs
 
     packed = PackedPairs(out)
     lr, hr = packed[0]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness.config import AugmentConfig
-from harness.data import (augment_pair, batch_indices, batches_per_epoch, check_split,
+from harness.data.pairs import (augment_pair, batch_indices, batches_per_epoch, check_split,
                           load_pairs, make_batch, materialize_split, only_flips)
 from harness.errors import UserError
 
@@ -45,7 +45,7 @@ def test_check_split_messages() -> None:
 
 
 def test_augmentation_keeps_pairs_aligned() -> None:
-    from harness.prepare import downscale
+    from harness.data.degradation import downscale
 
     pairs = load_pairs("embedded:heldout")
     cfg = AugmentConfig(hflip=True, shift_px=2, color_jitter=0.0)
@@ -60,8 +60,8 @@ def test_augmentation_keeps_pairs_aligned() -> None:
 
 
 def test_warp_makes_new_consistent_pairs() -> None:
-    from harness.data import warp_hr
-    from harness.prepare import downscale
+    from harness.data.pairs import warp_hr
+    from harness.data.degradation import downscale
 
     pairs = load_pairs("embedded:heldout")
     hr0 = pairs.hr[0]

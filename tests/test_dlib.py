@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.imageio import to_tensor
-from harness.recognizers import identity_similarity, load_recognizer
+from harness.data.imageio import to_tensor
+from harness.scoring.identity import identity_similarity
+from harness.scoring.recognizers import load_recognizer
 from tests.conftest import ROOT
 
 HAVE_DLIB = all(importlib.util.find_spec(m) is not None

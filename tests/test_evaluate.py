@@ -1,4 +1,4 @@
-"""Tests for harness.evaluate on the embedded ASC19 validation images.
+"""Tests for harness.scoring.evaluate on the embedded ASC19 validation images.
 
 IS is computed with a tiny stand-in recognizer (real tensors, real cosines); the real FaceNet
 run is marked slow.
@@ -20,19 +20,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness import metrics as M
+from harness.scoring import metrics as M
 from harness.errors import UserError
-from harness.evaluate import (
+from harness.distributed import shard, unshard
+from harness.scoring.evaluate import (
     evaluate_dirs,
     render_table,
     score_pairs,
-    shard_slice,
     summarize,
     validate_metrics,
     write_scores,
 )
-from harness.imageio import pair_by_name, pil_bicubic_upscale, read_rgb, write_png
-from harness.recognizers import Recognizer
+from harness.data.imageio import pair_by_name, pil_bicubic_upscale, read_rgb, write_png
+from harness.scoring.recognizers import Recognizer
 
 ROOT = Path(__file__).resolve().parent.parent
 HR_DIR = ROOT / "data" / "asc19-val" / "val_HR"
@@ -123,10 +123,10 @@ def test_wrong_size_is_resized_with_warning(
     big = Image.open(sr_tree / "sr" / "303.png").resize((100, 120), Image.Resampling.BICUBIC)
     big.save(sr_tree / "sr" / "303.png")
     pairs = pair_by_name(sr_tree / "hr", sr_tree / "sr")[:5]
-    with caplog.at_level(logging.WARNING, logger="harness.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="harness.scoring.evaluate"):
         records = score_pairs(pairs, recognizer=TinyRecognizer(), metrics={"is", "psnr"})
     assert [r["sr_resized"] for r in records] == [False, False, True, False, False]
-    warnings = [r for r in caplog.records if r.name == "harness.evaluate"]
+    warnings = [r for r in caplog.records if r.name == "harness.scoring.evaluate"]
     assert (
         len(warnings) == 1
         and "1 of 5" in warnings[0].getMessage()
@@ -159,19 +159,16 @@ def test_sharding_equals_single_process(sr_tree: Path) -> None:
     pairs = pair_by_name(sr_tree / "hr", sr_tree / "sr", sr_tree / "lr")
     rec = TinyRecognizer()
     whole = score_pairs(pairs, recognizer=rec, metrics=FAST, batch_size=7)
-    parts = []
-    for rank in range(3):
-        parts.extend(
-            score_pairs(
-                pairs[shard_slice(len(pairs), rank, 3)], recognizer=rec, metrics=FAST, batch_size=7
-            )
-        )
+    parts = unshard(
+        [score_pairs(shard(pairs, rank, 3), recognizer=rec, metrics=FAST, batch_size=7)
+         for rank in range(3)]
+    )
     assert [r["name"] for r in parts] == NAMES
     for a, b in zip(whole, parts, strict=True):
         assert a.keys() == b.keys()
         for k in a:
             assert a[k] == pytest.approx(b[k], abs=1e-6), k
-    assert [shard_slice(10, r, 3) for r in range(3)] == [slice(0, 3), slice(3, 6), slice(6, 10)]
+    assert [shard(list(range(10)), r, 3) for r in range(3)] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
 
 
 def test_summarize_and_gain() -> None:
@@ -229,31 +226,22 @@ def test_evaluate_dirs_two_ranks_equal_one(sr_tree: Path) -> None:
     single = evaluate_dirs(sr_tree / "hr", sr_tree / "sr", sr_tree / "one", **kwargs)
     held: dict[int, list] = {}
 
-    def gather_rank1(records: list) -> None:
-        held[1] = records
-        return None
+    class FakeComm:
+        """Rank ``rank`` of two; rank 1 runs first and leaves its records for rank 0."""
 
-    assert (
-        evaluate_dirs(
-            sr_tree / "hr",
-            sr_tree / "sr",
-            sr_tree / "two",
-            rank=1,
-            world_size=2,
-            gather=gather_rank1,
-            **kwargs,
-        )
-        is None
-    )
-    two = evaluate_dirs(
-        sr_tree / "hr",
-        sr_tree / "sr",
-        sr_tree / "two",
-        rank=0,
-        world_size=2,
-        gather=lambda recs: [recs, held[1]],
-        **kwargs,
-    )
+        size = 2
+
+        def __init__(self, rank: int) -> None:
+            self.rank = rank
+
+        def gather(self, records: list, root: int = 0) -> list | None:
+            held[self.rank] = records
+            return [held[0], held[1]] if self.rank == 0 else None
+
+    assert evaluate_dirs(sr_tree / "hr", sr_tree / "sr", sr_tree / "two", comm=FakeComm(1),
+                         **kwargs) is None
+    two = evaluate_dirs(sr_tree / "hr", sr_tree / "sr", sr_tree / "two", comm=FakeComm(0),
+                        **kwargs)
     assert [r["name"] for r in two["records"]] == NAMES
     assert two["summary"] == single["summary"]
     doc = json.loads((sr_tree / "two" / "scores.json").read_text())
@@ -263,7 +251,7 @@ def test_evaluate_dirs_two_ranks_equal_one(sr_tree: Path) -> None:
 
 @pytest.mark.slow
 def test_facenet_bicubic_identity_similarity(sr_tree: Path) -> None:
-    from harness.recognizers import load_recognizer
+    from harness.scoring.recognizers import load_recognizer
 
     pairs = pair_by_name(sr_tree / "hr", sr_tree / "sr")
     records = score_pairs(

@@ -1,4 +1,4 @@
-"""Tests for harness.imageio on the embedded ASC19 validation images."""
+"""Tests for harness.data.imageio on the embedded ASC19 validation images."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from harness.errors import UserError
-from harness.imageio import (
+from harness.data.degradation import downscale
+from harness.data.imageio import (
     Pair,
     from_tensor,
     list_images,
     pair_by_name,
-    pil_bicubic_downscale,
     pil_bicubic_upscale,
     read_rgb,
     to_tensor,
@@ -100,7 +100,7 @@ def test_pair_by_name_missing_and_extra(tmp_path: Path, caplog: pytest.LogCaptur
     assert "\n" not in msg
     # extra SR files are ignored with one warning
     _copy(names, HR_DIR, tmp_path / "sr")
-    with caplog.at_level(logging.WARNING, logger="harness.imageio"):
+    with caplog.at_level(logging.WARNING, logger="harness.data.imageio"):
         pairs = pair_by_name(tmp_path / "hr", tmp_path / "sr")
     assert len(pairs) == 14
     assert "ignoring 2 SR images" in caplog.text and "400, 401" in caplog.text
@@ -132,12 +132,12 @@ def test_pil_bicubic_resampling_on_real_pairs() -> None:
     assert up.shape == (112, 96, 3) and up.dtype == np.uint8
     mse = np.mean((up.astype(np.float64) - hr) ** 2)
     assert 10 * np.log10(255**2 / mse) == pytest.approx(27.775, abs=0.01)  # measured
-    down = pil_bicubic_downscale(hr, 4)
+    down = downscale(hr, "pil_bicubic", 4)
     assert down.shape == (28, 24, 3)
     mae = np.abs(down.astype(np.int16) - lr).mean()
     assert 0.1 < mae < 0.6  # close to, not exactly, the organiser's LR
     with pytest.raises(ValueError):
-        pil_bicubic_downscale(hr[:-1], 4)
+        downscale(hr[:-1], "pil_bicubic", 4)
 
 
 def test_tensor_roundtrip() -> None:

@@ -1,4 +1,4 @@
-"""Tests for harness.metrics on the embedded ASC19 validation images."""
+"""Tests for harness.scoring.metrics on the embedded ASC19 validation images."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from harness import metrics as M
+from harness.data.degradation import matlab_imresize
+from harness.scoring import metrics as M
 from harness.errors import UserError
 
 skm = pytest.importorskip("skimage.metrics")
@@ -108,7 +109,7 @@ def test_matlab_imresize_reproduces_organiser_lr() -> None:
     for name in NAMES:
         hr = _rgb(HR_DIR / f"{name}.png")
         lr = _rgb(LR_DIR / f"{name}.png")
-        out = np.clip(np.round(M.matlab_imresize(hr, 0.25)), 0, 255).astype(np.uint8)
+        out = np.clip(np.round(matlab_imresize(hr, 0.25)), 0, 255).astype(np.uint8)
         assert out.shape == lr.shape
         np.testing.assert_array_equal(out, lr)
 
@@ -119,7 +120,7 @@ def test_matlab_imresize_interior_matches_pil_float() -> None:
     rng = np.random.default_rng(0)
     img = rng.random((64, 80)).astype(np.float32)
     for scale, border in ((0.5, 3), (0.25, 3), (2.0, 3)):
-        ours = M.matlab_imresize(img, scale)
+        ours = matlab_imresize(img, scale)
         size = (round(80 * scale), round(64 * scale))
         pil = np.asarray(Image.fromarray(img, mode="F").resize(size, Image.Resampling.BICUBIC))
         assert ours.shape == pil.shape
@@ -127,10 +128,10 @@ def test_matlab_imresize_interior_matches_pil_float() -> None:
             ours[border:-border, border:-border], pil[border:-border, border:-border], atol=1e-5
         )
     # constant in, constant out; output size is ceil(in * scale); channels are kept
-    out = M.matlab_imresize(np.full((7, 9, 3), 0.7), 0.5)
+    out = matlab_imresize(np.full((7, 9, 3), 0.7), 0.5)
     assert out.shape == (4, 5, 3)
     np.testing.assert_allclose(out, 0.7)
-    assert M.matlab_imresize(np.zeros((10, 12)), output_hw=(3, 5)).shape == (3, 5)
+    assert matlab_imresize(np.zeros((10, 12)), output_hw=(3, 5)).shape == (3, 5)
 
 
 def _astronaut() -> np.ndarray:

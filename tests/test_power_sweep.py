@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli_sweep import main as sweep_main
+from harness.commands.power_sweep import main as sweep_main
 from power.clock import SimClock
 from power.node import NodePower
 from power.simulated import (
@@ -278,7 +278,7 @@ def test_cli_infer_sweep_scores_identity_similarity(tmp_path, capsys):
 def test_sigint_restores_limits_and_rerun_resumes(tmp_path):
     job = write_job(tmp_path)
     state, out = tmp_path / "gpus.json", tmp_path / "o"
-    args = [sys.executable, "-m", "harness.cli_sweep", "--job", str(job), "--limits",
+    args = [sys.executable, "-m", "harness.commands.power_sweep", "--job", str(job), "--limits",
             "200:550:50", "--out", str(out), "--warmup-s", "0.2", "--steps", "20",
             "--sim-images-per-s", "200", "--batch-size", "4", "--no-plan", "--quiet"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -1,4 +1,4 @@
-"""Tests for harness.prepare on embedded ASC19 faces and synthetic FFHQ-like squares."""
+"""Tests for harness.data.shards on embedded ASC19 faces and synthetic FFHQ-like squares."""
 
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ import pytest
 from PIL import Image
 
 from harness.errors import UserError
-from harness.imageio import read_rgb
-from harness.prepare import (
-    KERNELS,
+from harness.data.imageio import read_rgb
+from harness.data.degradation import DEGRADATIONS, downscale, fingerprint
+from harness.data.shards import (
     PackedPairs,
     crop_box,
-    downscale,
-    fingerprint,
     make_hr,
     merge_index,
     prepare,
@@ -93,11 +91,11 @@ def test_make_hr_recovers_the_asc19_framing(side: int, min_psnr: float) -> None:
 def test_kernels_shapes_and_values() -> None:
     hr = read_rgb(HR_DIR / "301.png")
     lr = read_rgb(LR_DIR / "301.png")
-    for name in KERNELS:
+    for name in DEGRADATIONS:
         out = downscale(hr, name)
         assert out.shape == (28, 24, 3) and out.dtype == np.uint8, name
     assert np.array_equal(downscale(hr), lr)  # the default reproduces the organiser's LR
-    with pytest.raises(UserError, match="unknown kernel"):
+    with pytest.raises(UserError, match="unknown degradation"):
         downscale(hr, "box")
 
 
@@ -119,7 +117,7 @@ def test_prepare_single_process(
     src_tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="harness.prepare"):
+    with caplog.at_level(logging.WARNING, logger="harness.data.shards"):
         result = prepare(src_tree, out, kernel="pil_bicubic", shard_size=4, progress=False)
     assert result["written"] == 10 and result["skipped"] == ["asc/broken.png"]
     assert "1 of 11 files could not be decoded" in caplog.text
@@ -192,7 +190,7 @@ def test_prepare_errors(tmp_path: Path) -> None:
     (tmp_path / "bad" / "a.png").write_bytes(b"junk")
     with pytest.raises(UserError, match="none of 1 image files"):
         prepare(tmp_path / "bad", tmp_path / "out", progress=False)
-    with pytest.raises(UserError, match="unknown kernel"):
+    with pytest.raises(UserError, match="unknown degradation"):
         prepare(tmp_path / "bad", tmp_path / "out", kernel="box", progress=False)
     with pytest.raises(UserError, match="run 'harness prepare'"):
         PackedPairs(tmp_path / "empty")

@@ -1,4 +1,4 @@
-"""Tests for harness.recognizers: FaceNet port vs cv2.dnn, sphere20a vs the official loop, ONNX."""
+"""Tests for harness.scoring.recognizers: FaceNet port vs cv2.dnn, sphere20a vs the official loop, ONNX."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.errors import UserError
-from harness.recognizers import identity_similarity, load_recognizer
+from harness.scoring.identity import identity_similarity
+from harness.scoring.recognizers import load_recognizer
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "asc19-val"
 NAMES = [f"{i}.png" for i in range(301, 601)]
@@ -32,7 +33,7 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def facenet_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.recognizers.facenet import load_facenet_state_dict
+    from harness.scoring.recognizers.facenet import load_facenet_state_dict
 
     cache = tmp_path_factory.mktemp("facenet-cache")
     load_facenet_state_dict(cache=cache)  # converts the packaged graph once for this module
@@ -41,7 +42,7 @@ def facenet_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def facenet(facenet_cache: Path):
-    from harness.recognizers.facenet import FaceNetRecognizer, load_facenet_state_dict
+    from harness.scoring.recognizers.facenet import FaceNetRecognizer, load_facenet_state_dict
 
     return FaceNetRecognizer(state_dict=load_facenet_state_dict(cache=facenet_cache))
 
@@ -49,13 +50,13 @@ def facenet(facenet_cache: Path):
 @pytest.fixture(scope="module")
 def cv2_facenet():
     cv2 = pytest.importorskip("cv2")
-    from harness.recognizers.facenet import graph_path
+    from harness.scoring.recognizers.facenet import graph_path
 
     return cv2.dnn.readNetFromTensorflow(str(graph_path()))
 
 
 def _cv2_embed(net, images: np.ndarray) -> np.ndarray:
-    from harness.recognizers.facenet import preprocess_numpy
+    from harness.scoring.recognizers.facenet import preprocess_numpy
 
     out = []
     for img in images:
@@ -72,8 +73,8 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_graphdef_reads_packaged_facenet_graph():
-    from harness.recognizers.facenet import graph_path
-    from harness.recognizers.graphdef import read_graphdef
+    from harness.scoring.recognizers.facenet import graph_path
+    from harness.scoring.recognizers.graphdef import read_graphdef
 
     graph = read_graphdef(graph_path())
     ops = [node.op for node in graph.nodes.values()]
@@ -85,7 +86,7 @@ def test_graphdef_reads_packaged_facenet_graph():
 
 
 def test_graphdef_rejects_garbage():
-    from harness.recognizers.graphdef import GraphDefError, parse_graphdef
+    from harness.scoring.recognizers.graphdef import GraphDefError, parse_graphdef
 
     with pytest.raises(GraphDefError):
         parse_graphdef(b"\x0a\xff\xff\xff\x0f garbage")
@@ -192,7 +193,7 @@ class _Separate:
 
 
 def test_facenet_other_sizes_are_padded_to_square(facenet):
-    from harness.recognizers.facenet import preprocess
+    from harness.scoring.recognizers.facenet import preprocess
 
     img = torch.rand(1, 3, 112, 96)
     x = preprocess(img)
@@ -281,7 +282,7 @@ def _official_loop(
 
 @pytest.fixture(scope="module")
 def sphere_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.recognizers.sphereface import Sphere20a
+    from harness.scoring.recognizers.sphereface import Sphere20a
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("sphere") / "sphere20a_random.pth"
@@ -290,7 +291,7 @@ def sphere_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sphere20a_state_dict_keys_match_clcarwin():
-    from harness.recognizers.sphereface import Sphere20a
+    from harness.scoring.recognizers.sphereface import Sphere20a
 
     keys = list(Sphere20a().state_dict())
     assert keys[:4] == ["conv1_1.weight", "conv1_1.bias", "relu1_1.weight", "conv1_2.weight"]
@@ -462,8 +463,8 @@ def test_importing_recognizers_loads_no_cv2_or_onnxruntime():
     import sys
 
     code = (
-        "import sys, harness.recognizers, harness.recognizers.facenet, "
-        "harness.recognizers.sphereface, harness.recognizers.onnx; "
+        "import sys, harness.scoring.recognizers, harness.scoring.recognizers.facenet, "
+        "harness.scoring.recognizers.sphereface, harness.scoring.recognizers.onnx; "
         "print('cv2' in sys.modules, 'onnxruntime' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -471,7 +472,7 @@ def test_importing_recognizers_loads_no_cv2_or_onnxruntime():
 
 
 def test_prewhiten_floor_for_flat_images():
-    from harness.recognizers.facenet import preprocess
+    from harness.scoring.recognizers.facenet import preprocess
 
     x = preprocess(torch.full((1, 3, 112, 96), 0.5))
     assert x.abs().max() < 0.05  # (x - mean) / max(0, 1/sqrt(N)) ~ 0: bicubic rounding only

@@ -239,9 +239,9 @@ def _section_text(html_text: str, section_id: str) -> str:
 
 
 def test_reports_package_imports_neither_torch_nor_pynvml() -> None:
-    code = ("import sys, reports, reports.cli, reports.render, reports.plots, reports.rundata, "
+    code = ("import sys, reports, harness.commands.report, reports.render, reports.plots, reports.rundata, "
             "reports.images, reports.markup\n"
-            "bad = [m for m in ('torch', 'pynvml', 'harness.train', 'power.nvml') "
+            "bad = [m for m in ('torch', 'pynvml', 'harness.training.loop', 'power.nvml') "
             "if m in sys.modules]\nprint(bad)\nsys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False, cwd=ROOT, timeout=120)

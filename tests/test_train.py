@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from harness.runs import read_metrics
-from tests.conftest import ROOT, mpi_env, run_harness, run_mpi
+from tests.conftest import ROOT, run_harness, run_mpi
 
 SMOKE = str(ROOT / "jobs/smoke.yaml")
 
@@ -165,7 +165,7 @@ def test_init_from_loads_generator_weights(tmp_path: Path) -> None:
     import torch
 
     from harness.config import load_job
-    from harness.train import (build_generator, load_initial_weights, model_kwargs,
+    from harness.generators import (build_generator, load_initial_weights, model_kwargs,
                                resolve_init_from)
 
     job = load_job(SMOKE)

@@ -2,21 +2,21 @@
 
 The contest score is the mean IS: the cosine similarity of a face recognizer's embeddings of
 each SR image and its HR original. Alongside it this module measures PSNR/SSIM (RGB and the
-BT.601 Y channel), RMSE and NIQE (see :mod:`harness.metrics`) and, when the LR inputs are
+BT.601 Y channel), RMSE and NIQE (see :mod:`harness.scoring.metrics`) and, when the LR inputs are
 given, the same metrics for the PIL bicubic upscale of LR: the baseline any model must beat.
 
 Library use (the ``harness evaluate`` command wraps :func:`evaluate_dirs`)::
 
-    from harness.imageio import pair_by_name
-    from harness.recognizers import load_recognizer
+    from harness.data.imageio import pair_by_name
+    from harness.scoring.recognizers import load_recognizer
     pairs = pair_by_name("data/asc19-val/val_HR", "out/sr", lr_dir="data/asc19-val/val_LR")
     records = score_pairs(pairs, recognizer=load_recognizer("facenet"), metrics={"is", "psnr"})
     summary = summarize(records)
     write_scores("out/eval", records, summary, meta={"model": "edsr"})
 
-Sharding: :func:`score_pairs` treats every pair independently, so rank ``r`` of ``w`` may score
-``pairs[shard_slice(len(pairs), r, w)]`` and the records concatenated in rank order equal those
-of one process.
+Sharding: :func:`score_pairs` treats every pair independently, so rank ``r`` of ``w`` scores
+``harness.distributed.shard(pairs, r, w)`` and ``unshard`` of the gathered parts equals the
+records of one process.
 
 SR images whose size differs from their HR are resized to the HR size with OpenCV's
 ``INTER_CUBIC`` (what the official ASC19 scorer does), and one warning says how many.
@@ -30,22 +30,23 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness import metrics as _m
+from harness.scoring import metrics as _m
+from harness.distributed import Comm, get_comm, shard, unshard
 from harness.errors import UserError
-from harness.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_rgb, to_tensor
+from harness.fileio import write_text_atomic
+from harness.data.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_rgb
+from harness.scoring.identity import identity_similarity_arrays
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from harness.recognizers import Recognizer
+    from harness.scoring.recognizers import Recognizer
 
 __all__ = [
     "ALL_METRICS",
@@ -53,7 +54,6 @@ __all__ = [
     "evaluate_dirs",
     "render_table",
     "score_pairs",
-    "shard_slice",
     "summarize",
     "validate_metrics",
     "write_scores",
@@ -105,47 +105,10 @@ def validate_metrics(metrics: Iterable[str]) -> list[str]:
     return [m for m in ALL_METRICS if m in wanted]
 
 
-def shard_slice(n_items: int, rank: int, world_size: int) -> slice:
-    """Contiguous block of ``range(n_items)`` for ``rank``; blocks in rank order cover it exactly.
-
-    Args:
-        n_items: Number of items to split.
-        rank: This process's rank, ``0 <= rank < world_size``.
-        world_size: Number of processes.
-
-    Returns:
-        The slice for this rank (block sizes differ by at most one).
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"bad rank {rank} for world_size {world_size}")
-    return slice(n_items * rank // world_size, n_items * (rank + 1) // world_size)
-
-
 def _resize_to(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     import cv2
 
     return cv2.resize(img, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_CUBIC)
-
-
-def _identity(
-    recognizer: Recognizer, srs: Sequence[np.ndarray], hrs: Sequence[np.ndarray], batch_size: int
-) -> np.ndarray:
-    """Per-pair IS; pairs are grouped by HR size because a tensor batch needs one size."""
-    from harness.recognizers import identity_similarity
-
-    out = np.empty(len(hrs), dtype=np.float64)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, hr in enumerate(hrs):
-        groups.setdefault(hr.shape, []).append(i)
-    for idx in groups.values():
-        sims = identity_similarity(
-            recognizer,
-            to_tensor([srs[i] for i in idx]),
-            to_tensor([hrs[i] for i in idx]),
-            batch_size,
-        )
-        out[idx] = sims
-    return out
 
 
 def _quality(
@@ -179,7 +142,7 @@ def score_pairs(
     """Scores each pair; records come back in the order of ``pairs``.
 
     Args:
-        pairs: From :func:`harness.imageio.pair_by_name` (or any subset of it).
+        pairs: From :func:`harness.data.imageio.pair_by_name` (or any subset of it).
         recognizer: Face recognizer for ``"is"`` (may be None when IS is not asked for).
         metrics: Names from :data:`ALL_METRICS`.
         batch_size: Images read and embedded at a time.
@@ -221,14 +184,14 @@ def score_pairs(
 
         rows = _quality(names, srs, hrs, shave, "")
         if "is" in names:
-            for row, value in zip(rows, _identity(recognizer, srs, hrs, batch_size), strict=True):
+            for row, value in zip(rows, identity_similarity_arrays(recognizer, srs, hrs, batch_size), strict=True):
                 row["is"] = float(value)
         if with_lr:
             bic_rows = _quality(
                 names, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], shave, BICUBIC_SUFFIX
             )
             if "is" in names:
-                sims = _identity(
+                sims = identity_similarity_arrays(
                     recognizer, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], batch_size
                 )
                 for row, value in zip(bic_rows, sims, strict=True):
@@ -325,18 +288,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_scores(
     out_dir: str | Path,
     records: Sequence[Mapping[str, Any]],
@@ -360,7 +311,7 @@ def write_scores(
     out = Path(out_dir)
     json_path, csv_path = out / "scores.json", out / "per_image.csv"
     doc = {"meta": dict(meta or {}), "summary": summary, "per_image": list(records)}
-    _atomic_write_text(json_path, json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(json_path, json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
     columns = ["name"] + [k for r in records for k in r if k != "name"]
     columns = list(dict.fromkeys(columns))
     buf = io.StringIO()
@@ -368,7 +319,7 @@ def write_scores(
     writer.writeheader()
     for rec in records:
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in rec.items()})
-    _atomic_write_text(csv_path, buf.getvalue())
+    write_text_atomic(csv_path, buf.getvalue())
     return json_path, csv_path
 
 
@@ -426,9 +377,7 @@ def evaluate_dirs(
     metrics: Iterable[str] = DEFAULT_METRICS,
     batch_size: int = 64,
     shave: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    gather: Callable[[list[dict[str, Any]]], list[list[dict[str, Any]]] | None] | None = None,
+    comm: Comm | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     meta: Mapping[str, Any] | None = None,
@@ -444,10 +393,8 @@ def evaluate_dirs(
         metrics: Names from :data:`ALL_METRICS`.
         batch_size: Images per batch.
         shave: Border pixels ignored by the image-quality metrics.
-        rank: This process's rank.
-        world_size: Number of processes; each scores a contiguous block of the pairs.
-        gather: With ``world_size > 1``: sends this rank's records to rank 0 and returns the list
-            of every rank's records there (None on other ranks), like ``comm.gather(x, root=0)``.
+        comm: The job's communicator (default: :func:`harness.distributed.get_comm`); each rank
+            scores its :func:`~harness.distributed.shard` of the pairs and rank 0 gathers them.
         device: Device for a recognizer given by name.
         progress: Called with the number of pairs finished after each batch.
         meta: Extra fields for ``scores.json``'s ``meta``.
@@ -456,13 +403,13 @@ def evaluate_dirs(
         On rank 0, ``{"summary", "records", "paths"}``; None on other ranks.
     """
     names = validate_metrics(metrics)
-    if world_size > 1 and gather is None:
-        raise ValueError("world_size > 1 needs a gather function")
+    comm = comm or get_comm()
+    rank, world_size = comm.rank, comm.size
     pairs = pair_by_name(hr_dir, sr_dir, lr_dir)
-    mine = pairs[shard_slice(len(pairs), rank, world_size)]
+    mine = shard(pairs, rank, world_size)
     rec_obj = recognizer
     if "is" in names and (rec_obj is None or isinstance(rec_obj, str)):
-        from harness.recognizers import load_recognizer
+        from harness.scoring.recognizers import load_recognizer
 
         rec_obj = load_recognizer(rec_obj or "facenet", device=device)
     records = score_pairs(
@@ -473,13 +420,10 @@ def evaluate_dirs(
         shave=shave,
         progress=progress,
     )
-    if world_size > 1:
-        parts = gather(records)
-        if rank != 0:
-            return None
-        records = [r for part in (parts or []) for r in part]
-    elif rank != 0:
+    parts = comm.gather(records, root=0) if world_size > 1 else [records]
+    if rank != 0:
         return None
+    records = unshard(parts)
     summary = summarize(records)
     paths: tuple[Path, Path] | None = None
     if out_dir is not None:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.recognizers.graphdef import Graph
+from harness.scoring.recognizers.graphdef import Graph
 
 FEATURE_LAYERS: tuple[str, ...] = (
     "conv2d_1a",

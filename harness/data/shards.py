@@ -4,9 +4,9 @@
 their 128x128 thumbnails, or ASC19-style 96x112 crops — and for each image:
 
 1. makes the 96x112 (W x H) HR crop with the ASC19 framing (see :func:`crop_box`);
-2. makes the 24x28 LR image with a selectable kernel (:data:`KERNELS`). The default,
+2. makes the 24x28 LR image with a selectable kernel (:data:`harness.data.degradation.DEGRADATIONS`). The default,
    ``matlab_bicubic`` (MATLAB ``imresize(hr, 1/4)``, antialiased bicubic), reproduces the
-   organiser's ASC19 LR images bit for bit (:func:`fingerprint` on the 300 validation pairs:
+   organiser's ASC19 LR images bit for bit (:func:`harness.data.degradation.fingerprint` on the 300 validation pairs:
    MAE 0.000; PIL's antialiased BICUBIC comes next with MAE 0.29 grey levels);
 3. appends both to packed shards ``hr-00000.npy`` (N, 112, 96, 3) uint8 and ``lr-00000.npy``
    (N, 28, 24, 3) uint8, described by ``index.json`` (names, shard and offset of each item,
@@ -35,28 +35,25 @@ import json
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from harness.data.degradation import DEFAULT_DEGRADATION, check_degradation, downscale
 from harness.errors import UserError
-from harness.imageio import IMAGE_SUFFIXES, pair_by_name, read_rgb
+from harness.fileio import atomic_write, write_json_atomic
+from harness.data.imageio import IMAGE_SUFFIXES, read_rgb
 
 __all__ = [
     "ASC19_TEMPLATE",
     "CROPS",
-    "DEFAULT_KERNEL",
     "HR_SIZE_WH",
-    "KERNELS",
     "LR_SIZE_WH",
     "PackedPairs",
     "crop_box",
-    "downscale",
-    "fingerprint",
     "make_hr",
     "merge_index",
     "prepare",
@@ -164,67 +161,6 @@ def make_hr(img: np.ndarray, crop: str = "asc19") -> np.ndarray:
     return np.asarray(out)
 
 
-# --------------------------------------------------------------------------------------------
-# Downscaling kernels
-# --------------------------------------------------------------------------------------------
-def _pil(resample: Image.Resampling) -> Callable[[np.ndarray, int], np.ndarray]:
-    def down(hr: np.ndarray, factor: int) -> np.ndarray:
-        h, w = hr.shape[:2]
-        return np.asarray(Image.fromarray(hr).resize((w // factor, h // factor), resample))
-
-    return down
-
-
-def _cv2(flag_name: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    def down(hr: np.ndarray, factor: int) -> np.ndarray:
-        import cv2
-
-        h, w = hr.shape[:2]
-        return cv2.resize(hr, (w // factor, h // factor), interpolation=getattr(cv2, flag_name))
-
-    return down
-
-
-def _matlab(hr: np.ndarray, factor: int) -> np.ndarray:
-    from harness.metrics import matlab_imresize
-
-    out = matlab_imresize(hr, 1.0 / factor, antialiasing=True)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-#: Downscaling kernels by name: ``fn(hr uint8 HxWx3, factor) -> uint8``. PIL filters are
-#: antialiased (support scaled by the factor); OpenCV's INTER_CUBIC is not. ``matlab_bicubic``
-#: (:func:`harness.metrics.matlab_imresize`, rounded) is what made the ASC19 LR images.
-KERNELS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    "pil_bicubic": _pil(Image.Resampling.BICUBIC),
-    "pil_bilinear": _pil(Image.Resampling.BILINEAR),
-    "pil_lanczos": _pil(Image.Resampling.LANCZOS),
-    "cv2_cubic": _cv2("INTER_CUBIC"),
-    "cv2_area": _cv2("INTER_AREA"),
-    "nearest": _pil(Image.Resampling.NEAREST),
-    "matlab_bicubic": _matlab,
-}
-#: The kernel that reproduces the organiser's LR images (see :func:`fingerprint`).
-DEFAULT_KERNEL = "matlab_bicubic"
-
-
-def downscale(hr: np.ndarray, kernel: str = DEFAULT_KERNEL, factor: int = SCALE) -> np.ndarray:
-    """Shrinks an HR image by ``factor`` with a named kernel from :data:`KERNELS`.
-
-    Args:
-        hr: ``(H, W, 3)`` uint8 image, sides divisible by ``factor``.
-        kernel: Kernel name.
-        factor: Integer factor.
-
-    Returns:
-        ``(H/factor, W/factor, 3)`` uint8 image.
-    """
-    if kernel not in KERNELS:
-        raise UserError(f"unknown kernel {kernel!r}: choose from {', '.join(KERNELS)}")
-    h, w = hr.shape[:2]
-    if h % factor or w % factor:
-        raise ValueError(f"{w}x{h} is not divisible by {factor}")
-    return KERNELS[kernel](np.ascontiguousarray(hr), factor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,26 +193,7 @@ def walk_images(src_dir: str | Path) -> list[Path]:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _save_json(path: Path, doc: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: np.save(fh, arr))
 
 
 def _prefix(rank: int, world_size: int) -> str:
@@ -316,7 +233,7 @@ def prepare(
     src_dir: str | Path,
     out_dir: str | Path,
     *,
-    kernel: str = DEFAULT_KERNEL,
+    kernel: str = DEFAULT_DEGRADATION,
     crop: str = "asc19",
     rank: int = 0,
     world_size: int = 1,
@@ -329,7 +246,7 @@ def prepare(
     Args:
         src_dir: Folder tree of face images (any depth).
         out_dir: Output folder (created).
-        kernel: LR kernel, one of :data:`KERNELS` (default: the organiser's, see above).
+        kernel: LR degradation, one of :data:`harness.data.degradation.DEGRADATIONS` (default: the organiser's, see above).
         crop: Crop policy, one of :data:`CROPS`.
         rank: This process's rank; it handles files ``i`` with ``i % world_size == rank``.
         world_size: Number of processes.
@@ -346,8 +263,7 @@ def prepare(
     Raises:
         UserError: Bad kernel/crop, missing or empty source, or ``out_dir`` already prepared.
     """
-    if kernel not in KERNELS:
-        raise UserError(f"unknown kernel {kernel!r}: choose from {', '.join(KERNELS)}")
+    check_degradation(kernel)
     if crop not in CROPS:
         raise UserError(f"unknown crop {crop!r}: choose from {', '.join(CROPS)}")
     if world_size < 1 or not 0 <= rank < world_size:
@@ -434,9 +350,9 @@ def prepare(
         "reframed": reframed,
     }
     if world_size == 1:
-        _save_json(index_path, _merge([partial]))
+        write_json_atomic(index_path, _merge([partial]), indent=1)
     else:
-        _save_json(index_path, partial)
+        write_json_atomic(index_path, partial, indent=1)
     return {
         "rank": rank,
         "files": len(mine),
@@ -511,7 +427,7 @@ def merge_index(out_dir: str | Path) -> dict[str, Any]:
             raise UserError(f"{path}: missing; rank {r} of {world_size} did not finish prepare")
         partials.append(json.loads(path.read_text(encoding="utf-8")))
     index = _merge(partials)
-    _save_json(out / "index.json", index)
+    write_json_atomic(out / "index.json", index, indent=1)
     return index
 
 
@@ -591,49 +507,3 @@ class PackedPairs:
 # --------------------------------------------------------------------------------------------
 # Which kernel made these LR images?
 # --------------------------------------------------------------------------------------------
-def fingerprint(
-    hr_dir: str | Path,
-    lr_dir: str | Path,
-    *,
-    kernels: Sequence[str] | None = None,
-    limit: int | None = None,
-) -> list[tuple[str, float]]:
-    """Guesses the downscaling kernel of an HR/LR set: mean absolute error per candidate.
-
-    Each HR image (matched to LR by file stem) is shrunk by every kernel and compared with the
-    given LR image.
-
-    Args:
-        hr_dir: HR images.
-        lr_dir: LR images, an integer factor smaller.
-        kernels: Candidate names (default: all of :data:`KERNELS`).
-        limit: Use only the first this many pairs.
-
-    Returns:
-        ``[(kernel, mae in grey levels), ...]`` best (smallest) first.
-
-    Raises:
-        UserError: Missing images or a size that is not an integer multiple.
-    """
-    names = list(kernels) if kernels is not None else list(KERNELS)
-    for k in names:
-        if k not in KERNELS:
-            raise UserError(f"unknown kernel {k!r}: choose from {', '.join(KERNELS)}")
-    pairs = pair_by_name(hr_dir, lr_dir)
-    if limit is not None:
-        pairs = pairs[:limit]
-    sums = dict.fromkeys(names, 0.0)
-    count = 0
-    for p in pairs:
-        hr, lr = read_rgb(p.hr), read_rgb(p.sr)
-        fh, fw = hr.shape[0] / lr.shape[0], hr.shape[1] / lr.shape[1]
-        if fh != fw or fh != int(fh):
-            raise UserError(
-                f"{p.sr}: {lr.shape[1]}x{lr.shape[0]} is not an integer fraction of "
-                f"HR {hr.shape[1]}x{hr.shape[0]}"
-            )
-        for k in names:
-            diff = downscale(hr, k, int(fh)).astype(np.int16) - lr.astype(np.int16)
-            sums[k] += float(np.abs(diff).sum())
-        count += lr.size
-    return sorted(((k, sums[k] / count) for k in names), key=lambda kv: kv[1])

@@ -7,10 +7,9 @@ offered here and never estimated.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from typing import Any
 
-from harness.distributed import Comm, DistInfo, get_comm, get_dist_info
+from harness.distributed import get_comm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,32 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write scores.json and per_image.csv (default: --sr)")
 
 
-def evaluate_dirs(*, hr_dir: str, sr_dir: str, lr_dir: str | None, recognizer: str,
-                  metrics: Sequence[str], out_dir: str | None, batch_size: int, shave: int,
-                  info: DistInfo | None = None, comm: Comm | None = None,
-                  extra_meta: dict[str, Any] | None = None,
-                  print_table: bool = True) -> dict[str, Any] | None:
-    """Score a folder pair sharded over this job's ranks; rank 0 writes and prints the table."""
-    from harness import evaluate
-
-    info = info or get_dist_info()
-    comm = comm or get_comm()
-    result = evaluate.evaluate_dirs(
-        hr_dir, sr_dir, out_dir, lr_dir=lr_dir, recognizer=recognizer, metrics=metrics,
-        batch_size=batch_size, shave=shave, rank=info.rank, world_size=info.world_size,
-        gather=(lambda recs: comm.gather(recs, root=0)) if info.world_size > 1 else None,
-        meta=extra_meta)
-    if result is not None and print_table:
-        from rich.console import Console
-
-        console = Console()
-        console.print(evaluate.render_table(result["summary"], title=f"Scores of {sr_dir}"))
-        if result.get("paths"):
-            console.print("wrote " + ", ".join(str(p) for p in result["paths"]))
-    comm.barrier()
-    return result["summary"] if result is not None else None
-
-
 def run(args: argparse.Namespace) -> int:
     from harness.errors import UserError
 
@@ -66,7 +39,25 @@ def run(args: argparse.Namespace) -> int:
     if "pi" in metrics:
         raise UserError("--metrics pi: the perceptual index needs the Ma et al. model, which "
                         "is not shipped with the harness; use niqe, or supply the model")
-    evaluate_dirs(hr_dir=args.hr, sr_dir=args.sr, lr_dir=args.lr, recognizer=args.recognizer,
-                  metrics=metrics, out_dir=args.out or args.sr, batch_size=args.batch_size,
-                  shave=args.shave)
+    from harness.scoring.evaluate import evaluate_dirs
+
+    result = evaluate_dirs(args.hr, args.sr, args.out or args.sr, lr_dir=args.lr,
+                           recognizer=args.recognizer, metrics=metrics,
+                           batch_size=args.batch_size, shave=args.shave)
+    print_scores(result, args.sr)
+    get_comm().barrier()
     return 0
+
+
+def print_scores(result: dict[str, Any] | None, sr_dir: str) -> None:
+    """The score table and the files written (rank 0's result; None elsewhere prints nothing)."""
+    if result is None:
+        return
+    from rich.console import Console
+
+    from harness.scoring.evaluate import render_table
+
+    console = Console()
+    console.print(render_table(result["summary"], title=f"Scores of {sr_dir}"))
+    if result.get("paths"):
+        console.print("wrote " + ", ".join(str(p) for p in result["paths"]))

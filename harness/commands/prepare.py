@@ -6,14 +6,15 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness.prepare import CROPS, DEFAULT_KERNEL, KERNELS
+    from harness.data.degradation import DEFAULT_DEGRADATION, DEGRADATIONS
+    from harness.data.shards import CROPS
 
     parser.add_argument("src", nargs="?", metavar="SRC",
                         help="folder tree of face images (FFHQ 1024x1024 or 128x128, ASC19 "
                              "96x112 crops, ...)")
     parser.add_argument("--out", metavar="DIR", help="output folder for the packed shards")
-    parser.add_argument("--kernel", default=DEFAULT_KERNEL, choices=sorted(KERNELS),
-                        help=f"LR downsampling kernel (default: {DEFAULT_KERNEL}, which "
+    parser.add_argument("--kernel", default=DEFAULT_DEGRADATION, choices=sorted(DEGRADATIONS),
+                        help=f"LR degradation (default: {DEFAULT_DEGRADATION}, which "
                              "reproduces the organiser's LR images exactly)")
     parser.add_argument("--crop", default="asc19", choices=CROPS,
                         help="how square aligned faces become 96x112 crops (default: asc19 "
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from harness.distributed import get_comm, get_dist_info
     from harness.errors import UserError
-    from harness import prepare
+    from harness.data import degradation, shards
 
     console = Console()
     if args.fingerprint:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--fingerprint needs --hr DIR and --lr DIR")
         from rich.table import Table
 
-        ranking = prepare.fingerprint(args.hr, args.lr, limit=args.limit)
+        ranking = degradation.fingerprint(args.hr, args.lr, limit=args.limit)
         table = Table(title=f"LR kernel fingerprint of {args.lr}")
         table.add_column("kernel")
         table.add_column("mean abs. error (grey levels)", justify="right")
@@ -53,13 +54,13 @@ def run(args: argparse.Namespace) -> int:
     if not (args.src and args.out):
         raise UserError("prepare needs SRC and --out DIR (or --fingerprint --hr --lr)")
     info, comm = get_dist_info(), get_comm()
-    result = prepare.prepare(args.src, args.out, kernel=args.kernel, crop=args.crop,
+    result = shards.prepare(args.src, args.out, kernel=args.kernel, crop=args.crop,
                              rank=info.rank, world_size=info.world_size,
                              shard_size=args.shard_size, progress=info.is_master,
                              overwrite=args.overwrite)
     comm.barrier()
     if info.world_size > 1 and info.is_master:
-        result = prepare.merge_index(args.out)
+        result = shards.merge_index(args.out)
     if info.is_master:
         n = result.get("count", result.get("written", "?"))
         skipped = result.get("skipped") or []

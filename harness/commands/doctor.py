@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from harness.commands.common import add_overrides
 from harness.config import load_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", nargs="?", metavar="JOB",
                         help="also check what this job needs (exit code 0 only if it can run)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a job value (repeatable)")
+    add_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from harness.errors import UserError
-from harness.recognizers.base import Recognizer, check_images
+from harness.scoring.recognizers.base import Recognizer, check_images
 
 logger = logging.getLogger(__name__)
 

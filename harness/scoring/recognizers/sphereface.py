@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import UserError
-from harness.recognizers.base import NOMINAL_SIZE_HW, Recognizer, check_images
+from harness.scoring.recognizers.base import NOMINAL_SIZE_HW, Recognizer, check_images
 
 logger = logging.getLogger(__name__)
 

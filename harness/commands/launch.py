@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.commands.common import add_overrides
 from harness.config import load_job
 from harness.errors import UserError
 from harness.launcher import format_command, mpirun_command, sbatch_script
@@ -16,9 +17,7 @@ MODULES = {"train": "harness.train", "infer": "harness.infer"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", metavar="JOB", help="YAML job file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override a job value; passed on to every rank (repeatable)")
+    add_overrides(parser, "override a job value; passed on to every rank (repeatable)")
     parser.add_argument("--workload", choices=sorted(MODULES), default="train",
                         help="what the ranks run (default: train)")
     parser.add_argument("--dry-run", action="store_true",

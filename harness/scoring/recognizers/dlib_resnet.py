@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from harness.errors import UserError
-from harness.recognizers.base import Recognizer
+from harness.scoring.recognizers.base import Recognizer
 
 
 class DlibRecognizer(Recognizer):

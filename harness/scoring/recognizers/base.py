@@ -1,9 +1,6 @@
-"""The face-recognizer interface and identity similarity (IS), the ASC19 FaceSR score.
+"""The face-recognizer interface: RGB face crops in, L2-normalised embeddings out.
 
-IS of a super-resolved image against its high-resolution original is the cosine of the two
-images' recognizer embeddings; the contest score is its mean over all pairs. The official
-script embeds one pair per forward pass; :func:`identity_similarity` embeds ``batch_size``
-pairs per pass, which gives the same numbers (see ``tests/test_recognizers.py``) much faster.
+Identity similarity itself is computed in :mod:`harness.scoring.identity`.
 """
 
 from __future__ import annotations
@@ -11,7 +8,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 #: Nominal input size (height, width) of every recognizer: the ASC19 96x112 face crop.
@@ -86,40 +82,3 @@ class Recognizer(abc.ABC):
         return f"{type(self).__name__}(name={self.name!r}, embedding_dim={self.embedding_dim})"
 
 
-def identity_similarity(
-    rec: Recognizer, sr: torch.Tensor, hr: torch.Tensor, batch_size: int = 64
-) -> np.ndarray:
-    """Per-pair identity similarity: cosine of ``rec`` embeddings of SR vs HR.
-
-    Args:
-        rec: The recognizer.
-        sr: (N, 3, H, W) float RGB in [0, 1], the super-resolved images.
-        hr: (N, 3, H, W) float RGB in [0, 1], the originals, same order.
-        batch_size: Pairs per forward pass (each pass embeds 2 * batch_size images).
-
-    Returns:
-        (N,) float64 cosines; their mean is the contest score.
-
-    Raises:
-        ValueError: Shapes or dtypes do not match, or ``batch_size < 1``.
-    """
-    check_images(sr, "sr")
-    check_images(hr, "hr")
-    if sr.shape[0] != hr.shape[0]:
-        raise ValueError(f"sr has {sr.shape[0]} images but hr has {hr.shape[0]}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    out = np.empty(sr.shape[0], dtype=np.float64)
-    with torch.no_grad():
-        for start in range(0, sr.shape[0], batch_size):
-            stop = min(start + batch_size, sr.shape[0])
-            if sr.shape[2:] == hr.shape[2:]:
-                both = rec.embed(torch.cat([sr[start:stop], hr[start:stop]]))
-                e_sr, e_hr = both[: stop - start], both[stop - start :]
-            else:
-                e_sr, e_hr = rec.embed(sr[start:stop]), rec.embed(hr[start:stop])
-            e_sr = e_sr.detach().to("cpu", torch.float64)
-            e_hr = e_hr.detach().to("cpu", torch.float64)
-            cos = (e_sr * e_hr).sum(1) / (e_sr.norm(dim=1) * e_hr.norm(dim=1)).clamp_min(1e-12)
-            out[start:stop] = cos.numpy()
-    return out

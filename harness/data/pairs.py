@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import AugmentConfig
+from harness.data.degradation import downscale
 from harness.errors import UserError
 from harness.paths import embedded_asc19_dir
 
@@ -65,7 +66,7 @@ def _find_sub(root: Path, options: Sequence[str]) -> Path | None:
 
 
 def _read_folder_pairs(root: Path, lr_kernel: str, label: str) -> PairSet:
-    from harness.imageio import list_images, read_rgb
+    from harness.data.imageio import list_images, read_rgb
 
     hr_dir = _find_sub(root, ("val_HR", "HR", "hr")) or root
     lr_dir = _find_sub(root, ("val_LR", "LR", "lr"))
@@ -89,13 +90,6 @@ def _read_folder_pairs(root: Path, lr_kernel: str, label: str) -> PairSet:
     return PairSet(tuple(names), lrs, hrs, label)
 
 
-def downscale(hr: np.ndarray, kernel: str, factor: int = 4) -> np.ndarray:
-    """LR image made from HR by a named kernel (see ``harness.prepare``)."""
-    from harness import prepare
-
-    return prepare.downscale(hr, kernel, factor)
-
-
 def load_pairs(source: str, lr_kernel: str = "matlab_bicubic") -> PairSet:
     """Load the pairs a job's ``data.train``/``data.val`` names.
 
@@ -116,7 +110,7 @@ def load_pairs(source: str, lr_kernel: str = "matlab_bicubic") -> PairSet:
     if not root.is_dir():
         raise UserError(f"data source {source}: no such folder")
     if (root / "index.json").is_file():
-        from harness.prepare import PackedPairs
+        from harness.data.shards import PackedPairs
 
         packed = PackedPairs(root)
         if len(packed) == 0:

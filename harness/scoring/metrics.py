@@ -3,7 +3,7 @@
 Conventions shared by every function here:
 
 * Images are ``uint8`` arrays of shape ``(H, W, 3)`` in **RGB** order (what
-  :func:`harness.imageio.read_rgb` returns). Greyscale ``(H, W)`` arrays are accepted too.
+  :func:`harness.data.imageio.read_rgb` returns). Greyscale ``(H, W)`` arrays are accepted too.
 * ``y_channel=True`` converts to the luma of ITU-R BT.601 the way MATLAB's ``rgb2ycbcr`` does
   (studio range 16..235), exactly as BasicSR's ``bgr2ycbcr(img, y_only=True)``; like BasicSR the
   Y values are kept as floats (not rounded) for PSNR/SSIM.
@@ -20,7 +20,7 @@ with a MATLAB-compatible antialiased bicubic ``imresize`` by 0.5 (:func:`matlab_
 the pristine model in ``data/niqe/niqe_pris_params.npz``.
 
 Example:
-    >>> from harness.imageio import read_rgb          # doctest: +SKIP
+    >>> from harness.data.imageio import read_rgb          # doctest: +SKIP
     >>> hr, sr = read_rgb("HR/301.png"), read_rgb("SR/301.png")          # doctest: +SKIP
     >>> psnr(sr, hr), ssim(sr, hr, y_channel=True), niqe(sr)          # doctest: +SKIP
 """
@@ -36,11 +36,12 @@ import numpy as np
 from scipy.ndimage import convolve, convolve1d
 from scipy.special import gamma
 
+from harness.data.degradation import matlab_imresize
 from harness.errors import UserError
+from harness.paths import data_dir
 
 __all__ = [
-    "data_dir",
-    "matlab_imresize",
+
     "niqe",
     "perceptual_index",
     "psnr",
@@ -199,100 +200,9 @@ def ssim(sr: np.ndarray, hr: np.ndarray, *, y_channel: bool = False, shave: int 
 # --------------------------------------------------------------------------------------------
 # MATLAB-compatible imresize
 # --------------------------------------------------------------------------------------------
-def _cubic(x: np.ndarray) -> np.ndarray:
-    """Keys' cubic convolution kernel with a = -0.5 (MATLAB's 'bicubic')."""
-    ax = np.abs(x)
-    ax2, ax3 = ax**2, ax**3
-    return (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * (
-        (ax > 1) & (ax <= 2)
-    )
-
-
-def _resize_matrix(in_len: int, out_len: int, scale: float, antialiasing: bool) -> np.ndarray:
-    """``(out_len, in_len)`` matrix M such that ``M @ x`` is MATLAB's 1-D bicubic resize of x.
-
-    Mirrors MATLAB's ``contributions()``: output pixel k (1-based) samples the input at
-    ``u = k / scale + 0.5 * (1 - 1 / scale)``; when shrinking with antialiasing the kernel is
-    stretched by ``1 / scale``; out-of-range taps are folded back by symmetric padding.
-    """
-    kernel_width = 4.0
-    shrink_aa = scale < 1 and antialiasing
-    if shrink_aa:
-        kernel_width /= scale
-    x = np.arange(1, out_len + 1, dtype=np.float64)
-    u = x / scale + 0.5 * (1.0 - 1.0 / scale)
-    left = np.floor(u - kernel_width / 2.0)
-    taps = int(math.ceil(kernel_width)) + 2
-    indices = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]
-    distance = u[:, None] - indices
-    weights = scale * _cubic(distance * scale) if shrink_aa else _cubic(distance)
-    weights /= weights.sum(axis=1, keepdims=True)
-    # Symmetric padding exactly as MATLAB: aux = [1:n, n:-1:1], idx = aux(mod(idx-1, 2n)+1).
-    aux = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
-    cols = aux[np.mod(indices.astype(np.int64) - 1, 2 * in_len)]
-    matrix = np.zeros((out_len, in_len), dtype=np.float64)
-    rows = np.repeat(np.arange(out_len), taps)
-    np.add.at(matrix, (rows, cols.ravel()), weights.ravel())
-    return matrix
-
-
-def matlab_imresize(
-    img: np.ndarray,
-    scale: float | None = None,
-    *,
-    output_hw: tuple[int, int] | None = None,
-    antialiasing: bool = True,
-) -> np.ndarray:
-    """Bicubic resize identical (to float precision) to MATLAB's ``imresize(img, scale)``.
-
-    Unlike OpenCV or PIL, this uses MATLAB's symmetric border handling, and when shrinking
-    (with ``antialiasing``) a kernel stretched by ``1/scale``. No rounding or clipping is done.
-
-    Args:
-        img: ``(H, W)`` or ``(H, W, C)`` array (any real dtype; computed in float64).
-        scale: Factor applied to both sides; the output is ``ceil(H*scale) x ceil(W*scale)``.
-        output_hw: Output ``(height, width)`` instead of ``scale`` (per-axis scale out/in).
-        antialiasing: Widen the kernel when shrinking, as MATLAB does by default.
-
-    Returns:
-        float64 array of the new size with the same number of dimensions.
-    """
-    arr = np.asarray(img, dtype=np.float64)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"expected an (H, W) or (H, W, C) array, got shape {arr.shape}")
-    in_h, in_w = arr.shape[:2]
-    if output_hw is not None:
-        out_h, out_w = int(output_hw[0]), int(output_hw[1])
-        scale_h, scale_w = out_h / in_h, out_w / in_w
-    elif scale is not None and scale > 0:
-        out_h, out_w = math.ceil(in_h * scale), math.ceil(in_w * scale)
-        scale_h = scale_w = float(scale)
-    else:
-        raise ValueError("give a positive scale or output_hw")
-    m_h = _resize_matrix(in_h, out_h, scale_h, antialiasing)
-    m_w = _resize_matrix(in_w, out_w, scale_w, antialiasing)
-    out = np.tensordot(m_h, arr, axes=(1, 0))  # (out_h, W, ...)
-    out = np.tensordot(m_w, out, axes=(1, 1))  # (out_w, out_h, ...)
-    return np.swapaxes(out, 0, 1)
-
-
 # --------------------------------------------------------------------------------------------
 # NIQE
 # --------------------------------------------------------------------------------------------
-def data_dir(override: str | Path | None = None) -> Path:
-    """The project's ``data/`` folder (``<repo root>/data``, the parent of the ``harness`` package).
-
-    Args:
-        override: Use this folder instead (e.g. when the package is installed elsewhere).
-
-    Returns:
-        Path of the data folder (not checked for existence).
-    """
-    if override is not None:
-        return Path(override)
-    return Path(__file__).resolve().parent.parent / "data"
-
-
 @functools.lru_cache(maxsize=4)
 def _load_niqe_params(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = Path(path)
@@ -311,8 +221,9 @@ def _load_niqe_params(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def niqe_params_path(data_root: str | Path | None = None) -> Path:
-    """Path of ``niqe_pris_params.npz`` under :func:`data_dir` (``data_root`` overrides it)."""
-    return data_dir(data_root) / "niqe" / "niqe_pris_params.npz"
+    """Path of ``niqe_pris_params.npz`` under the project's ``data/`` (``data_root`` overrides it)."""
+    root = Path(data_root) if data_root is not None else data_dir()
+    return root / "niqe" / "niqe_pris_params.npz"
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from harness.errors import UserError
+from harness.fileio import atomic_write
 
 if TYPE_CHECKING:  # torch is imported lazily: reading images must not pay its import time
     import torch
@@ -35,7 +34,6 @@ __all__ = [
     "from_tensor",
     "list_images",
     "pair_by_name",
-    "pil_bicubic_downscale",
     "pil_bicubic_upscale",
     "read_rgb",
     "to_tensor",
@@ -210,17 +208,7 @@ def write_png(path: str | Path, arr: np.ndarray) -> Path:
         The destination path.
     """
     img = Image.fromarray(_check_image(arr))
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return atomic_write(path, lambda fh: img.save(fh, format="PNG"))
 
 
 def pil_bicubic_upscale(lr: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
@@ -235,28 +223,6 @@ def pil_bicubic_upscale(lr: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """
     img = Image.fromarray(_check_image(lr))
     return np.asarray(img.resize((int(size_wh[0]), int(size_wh[1])), Image.Resampling.BICUBIC))
-
-
-def pil_bicubic_downscale(hr: np.ndarray, factor: int = 4) -> np.ndarray:
-    """Shrinks by an integer factor with PIL's antialiased BICUBIC filter.
-
-    Close to, but not exactly, how the ASC19 LR images were made (MAE 0.29 grey levels against
-    them); :func:`harness.prepare.downscale` with ``"matlab_bicubic"`` reproduces them exactly.
-
-    Args:
-        hr: ``(H, W, 3)`` uint8 image whose sides are multiples of ``factor``.
-        factor: Downscaling factor.
-
-    Returns:
-        ``(H/factor, W/factor, 3)`` uint8 image.
-    """
-    a = _check_image(hr)
-    h, w = a.shape[:2]
-    if factor < 1 or h % factor or w % factor:
-        raise ValueError(f"{w}x{h} is not divisible by factor {factor}")
-    return np.asarray(
-        Image.fromarray(a).resize((w // factor, h // factor), Image.Resampling.BICUBIC)
-    )
 
 
 def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -296,3 +262,8 @@ def from_tensor(batch: torch.Tensor) -> list[np.ndarray]:
         raise ValueError(f"expected an (N, 3, H, W) tensor, got {tuple(batch.shape)}")
     arr = batch.detach().float().clamp(0.0, 1.0).mul(255.0).round().to("cpu", dtype=torch.uint8)
     return list(arr.permute(0, 2, 3, 1).contiguous().numpy())
+
+
+def quantize_8bit(batch: torch.Tensor) -> torch.Tensor:
+    """What saving ``batch`` (values in [0, 1]) as 8-bit PNGs and reading it back gives."""
+    return to_tensor(from_tensor(batch))

@@ -1,0 +1,73 @@
+"""What every subcommand shares: the ``--job``/``--set`` options and the one entry wrapper.
+
+A subcommand module in this package exposes ``add_arguments(parser)`` and ``run(args) -> int``
+and nothing else of interest; it parses and calls the library. Library code never imports
+this package.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from harness.errors import UserError
+
+
+def add_overrides(parser: argparse.ArgumentParser,
+                  help_text: str = "override a job value, e.g. --set train.lr=2e-4 "
+                                   "(repeatable)") -> None:
+    """Repeatable ``--set KEY=VALUE`` job overrides (``args.overrides``)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help=help_text)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, *, required: bool = True,
+                      job_help: str = "YAML job file (see jobs/)") -> None:
+    """``--job JOB`` and repeatable ``--set KEY=VALUE`` overrides."""
+    parser.add_argument("--job", required=required, metavar="JOB", help=job_help)
+    add_overrides(parser)
+
+
+def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = False) -> int:
+    """Run ``fn``; user errors become one line on stderr and their exit code.
+
+    Args:
+        fn: The command's body.
+        prog: Name printed before the error.
+        quiet: Do not print the error (ranks other than 0, whose rank 0 says the same).
+    """
+    try:
+        return fn()
+    except UserError as exc:
+        if not quiet:
+            print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Plain logging to stderr for the command line."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def module_main(prog: str, description: str,
+                add_arguments: Callable[[argparse.ArgumentParser], None],
+                run: Callable[[argparse.Namespace], int],
+                argv: Sequence[str] | None = None) -> int:
+    """Entry point of a ``python -m harness.X`` module that ranks of an MPI job run.
+
+    Only rank 0 prints user errors (every rank fails alike; one line is enough).
+    """
+    from harness.distributed import get_dist_info
+
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_guarded(lambda: run(args), prog=prog, quiet=not get_dist_info().is_master)
+
+

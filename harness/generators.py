@@ -1,0 +1,158 @@
+"""Generators (the SR networks in ``kernels/``) as a job uses them: build, load, place, run.
+
+Every command that touches a generator comes here: training builds one from the job and may
+start it from ``model.init_from``; inference, the power sweep and ``harness doctor`` load a
+checkpoint or the weights shipped in ``kernels/weights``. One place also decides the device and
+the CPU threads of a rank, so training and inference agree.
+
+Example::
+
+    model, source = load_generator(job, checkpoint=None, device="cpu")   # shipped weights
+    sr = super_resolve(model, lr_batch, tta_flip=True)                   # (N, 3, 4H, 4W)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import checkpoint as ckpt
+from harness.config import JobConfig
+from harness.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.distributed import DistInfo
+
+
+def resolve_device(choice: str, info: DistInfo) -> str:
+    """``cpu`` or ``cuda:N`` for this rank (``auto`` picks CUDA when present)."""
+    import torch
+
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise UserError("train.device: cuda requested but torch sees no GPU "
+                        "(run `harness doctor`)")
+    return f"cuda:{info.local_rank % torch.cuda.device_count()}"
+
+
+def set_threads(job: JobConfig, info: DistInfo) -> int:
+    """Set torch's CPU threads for this rank and return the number."""
+    import torch
+
+    n = job.train.threads_per_rank or max(1, (os.cpu_count() or 1) // info.local_world_size)
+    torch.set_num_threads(n)
+    return n
+
+
+def model_kwargs(job: JobConfig) -> dict[str, Any]:
+    """Generator keyword arguments: integral numbers become ints."""
+    out: dict[str, Any] = {"scale": job.model.scale}
+    for k, v in job.model.args.items():
+        out[k] = int(v) if float(v).is_integer() else float(v)
+    return out
+
+
+def build_generator(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """Build a generator, turning bad names/arguments into a user error on ``model``."""
+    from kernels import build_model
+
+    try:
+        return build_model(name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"model.args: {exc}") from None
+
+
+def _load_weights(model: torch.nn.Module, state: dict[str, Any], where: str) -> None:
+    """``model.load_state_dict(state["model"])``; a mismatch is one line naming ``where``."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{where}: weights do not fit ({str(exc).splitlines()[0]})") from None
+
+
+def resolve_init_from(job: JobConfig) -> Path:
+    """The checkpoint file named by ``model.init_from`` (see :class:`ModelConfig`).
+
+    Raises:
+        UserError: ``shipped`` without (intact) shipped weights for this model, or no such file.
+    """
+    spec = job.model.init_from
+    if spec == "shipped":
+        from kernels.shipped import shipped_checkpoint
+
+        try:
+            found = shipped_checkpoint(job.model.name, model_kwargs(job))
+        except ValueError as exc:  # checksum mismatch
+            raise UserError(f"model.init_from: {exc}") from None
+        if found is None:
+            raise UserError(f"model.init_from: no shipped weights for {job.model.name} with "
+                            f"{dict(job.model.args)}")
+        return Path(found)
+    path = Path(spec).expanduser()
+    if not path.is_file() and not path.is_absolute():
+        from harness.paths import project_root
+
+        path = project_root() / spec
+    if not path.is_file():
+        raise UserError(f"model.init_from: {spec}: no such checkpoint file")
+    return path
+
+
+def load_initial_weights(model: torch.nn.Module, job: JobConfig, path: Path) -> None:
+    """Load the generator weights in ``path`` (see :func:`resolve_init_from`) into ``model``.
+
+    Raises:
+        UserError: not a checkpoint, or weights of another architecture than the job's.
+    """
+    state = ckpt.load(path)
+    kwargs = state.get("model_kwargs")
+    if state.get("model_name", job.model.name) != job.model.name or (
+            kwargs is not None and dict(kwargs) != model_kwargs(job)):
+        raise UserError(f"model.init_from: {path} holds {state.get('model_name')} "
+                        f"{dict(kwargs or {})}, the job builds {job.model.name} "
+                        f"{model_kwargs(job)}")
+    _load_weights(model, state, f"model.init_from: {path}")
+
+
+def load_generator(job: JobConfig, checkpoint: str | None,
+                   device: str) -> tuple[torch.nn.Module, str]:
+    """The generator with its weights: from a checkpoint (its own model spec wins) or shipped.
+
+    Returns:
+        The model in eval mode on ``device``, and where its weights came from.
+
+    Raises:
+        UserError: no weights available for a trainable model, or a bad checkpoint.
+    """
+    path = checkpoint or job.infer.checkpoint or None
+    if path is None:
+        from kernels.shipped import shipped_checkpoint
+
+        path = shipped_checkpoint(job.model.name, model_kwargs(job))
+    if path is None:
+        model = build_generator(job.model.name, model_kwargs(job))
+        if any(p.requires_grad for p in model.parameters()):
+            raise UserError(f"no --checkpoint given and no shipped weights for model "
+                            f"{job.model.name} with {dict(job.model.args)}: train one first "
+                            "(harness train) or pass --checkpoint")
+        return model.to(device).eval(), "untrained (no parameters)"
+    state = ckpt.load(path)
+    name = state.get("model_name", job.model.name)
+    model = build_generator(name, dict(state.get("model_kwargs", model_kwargs(job))))
+    _load_weights(model, state, f"{path} (model {name})")
+    return model.to(device).eval(), str(path)
+
+
+def super_resolve(model: torch.nn.Module, lr: torch.Tensor,
+                  tta_flip: bool = False) -> torch.Tensor:
+    """SR of a batch, clamped to [0, 1]; with ``tta_flip`` the mirror's output is averaged in."""
+    import torch
+
+    with torch.no_grad():
+        sr = model(lr).float()
+        if tta_flip:
+            sr = 0.5 * (sr + model(lr.flip(-1)).float().flip(-1))
+    return sr.clamp(0.0, 1.0)

@@ -1,0 +1,76 @@
+"""Identity similarity (IS), the ASC19 FaceSR score: the one implementation.
+
+IS of a super-resolved image against its high-resolution original is the cosine of the two
+images' recognizer embeddings; the contest score is its mean over all pairs. The official
+script embeds one pair per forward pass; :func:`identity_similarity` embeds ``batch_size``
+pairs per pass, which gives the same numbers (see ``tests/scoring/test_recognizers.py``) much
+faster. Training validation, ``harness evaluate``, ``harness infer --hr`` and the power sweep
+all score through this module.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from harness.scoring.recognizers.base import Recognizer, check_images
+
+
+def cosines(e_sr: torch.Tensor, e_hr: torch.Tensor) -> np.ndarray:
+    """Row-wise cosine of two (N, D) embedding batches, computed in float64 on the CPU."""
+    a = e_sr.detach().to("cpu", torch.float64)
+    b = e_hr.detach().to("cpu", torch.float64)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).numpy()
+
+
+def identity_similarity(
+    rec: Recognizer, sr: torch.Tensor, hr: torch.Tensor, batch_size: int = 64
+) -> np.ndarray:
+    """Per-pair identity similarity: cosine of ``rec`` embeddings of SR vs HR.
+
+    Args:
+        rec: The recognizer.
+        sr: (N, 3, H, W) float RGB in [0, 1], the super-resolved images.
+        hr: (N, 3, H, W) float RGB in [0, 1], the originals, same order.
+        batch_size: Pairs per forward pass (each pass embeds 2 * batch_size images).
+
+    Returns:
+        (N,) float64 cosines; their mean is the contest score.
+
+    Raises:
+        ValueError: Shapes or dtypes do not match, or ``batch_size < 1``.
+    """
+    check_images(sr, "sr")
+    check_images(hr, "hr")
+    if sr.shape[0] != hr.shape[0]:
+        raise ValueError(f"sr has {sr.shape[0]} images but hr has {hr.shape[0]}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = np.empty(sr.shape[0], dtype=np.float64)
+    with torch.no_grad():
+        for start in range(0, sr.shape[0], batch_size):
+            stop = min(start + batch_size, sr.shape[0])
+            if sr.shape[2:] == hr.shape[2:]:
+                both = rec.embed(torch.cat([sr[start:stop], hr[start:stop]]))
+                e_sr, e_hr = both[: stop - start], both[stop - start :]
+            else:
+                e_sr, e_hr = rec.embed(sr[start:stop]), rec.embed(hr[start:stop])
+            out[start:stop] = cosines(e_sr, e_hr)
+    return out
+
+
+def identity_similarity_arrays(rec: Recognizer, srs: Sequence[np.ndarray],
+                               hrs: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    """Per-pair IS of uint8 ``(H, W, 3)`` images; pairs are grouped by HR size (a tensor batch
+    needs one size), each SR already at its HR's size."""
+    from harness.data.imageio import to_tensor
+
+    out = np.empty(len(hrs), dtype=np.float64)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, hr in enumerate(hrs):
+        groups.setdefault(hr.shape, []).append(i)
+    for idx in groups.values():
+        out[idx] = identity_similarity(rec, to_tensor([srs[i] for i in idx]),
+                                       to_tensor([hrs[i] for i in idx]), batch_size)
+    return out

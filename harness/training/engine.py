@@ -1,0 +1,240 @@
+"""The training engine of one rank: the replica, its optimiser and losses, and one step.
+
+:func:`build_engine` makes, in a fixed order (the random draws of a seeded run depend on it),
+the generator (optionally started from ``model.init_from``), its data-parallel wrapper (DDP over
+gloo/NCCL, or Horovod), the recognizer(s) for the identity/feature losses and for validation,
+the optional discriminator, the loss, and the optimiser with its learning-rate schedule.
+:meth:`Engine.step` runs one optimiser step; :meth:`Engine.state` and :meth:`Engine.restore`
+are what a checkpoint holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import JobConfig
+from harness.distributed import (Comm, DistInfo, Reducer, init_horovod,
+                                 init_torch_distributed)
+from harness.errors import UserError
+from harness.generators import build_generator, load_initial_weights, model_kwargs
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def lr_factor(step: int, job: JobConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then the chosen schedule."""
+    t = job.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return 1.0
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    if t.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return 0.1 ** int(progress * 3)  # step: x0.1 at 1/3 and 2/3 of training
+
+
+class EmbeddingCache:
+    """Recognizer embeddings of HR targets, keyed by (pair index, mirrored)."""
+
+    def __init__(self, recognizer: Any) -> None:
+        self.recognizer = recognizer
+        self._rows: dict[tuple[int, bool], Any] = {}
+
+    def lookup(self, keys: list[tuple[int, bool]], hr: torch.Tensor) -> torch.Tensor:
+        """Embeddings of the batch ``hr`` whose items are ``keys``; computes what is missing."""
+        missing = [j for j, k in enumerate(keys) if k not in self._rows]
+        if missing:
+            with torch.no_grad():
+                rows = self.recognizer.embed(hr[missing]).detach()
+            for j, row in zip(missing, rows):
+                self._rows[keys[j]] = row
+        return torch.stack([self._rows[k] for k in keys])
+
+
+def param_checksum(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers (equal on every in-sync replica)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Engine:
+    """Everything one rank trains with. ``model`` is the bare generator, ``wrapped`` the
+    data-parallel module the forward pass goes through."""
+
+    job: JobConfig
+    device: str
+    model: torch.nn.Module
+    wrapped: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    opt: Any
+    sched: Any
+    reducer: Reducer
+    loss_fn: Any
+    loss_rec: Any = None
+    eval_rec: Any = None
+    disc: Any = None
+    disc_opt: Any = None
+    hvd: Any = None
+
+    def step(self, lr: torch.Tensor, hr: torch.Tensor, hr_emb: torch.Tensor | None,
+             autocast: Any, poison: bool = False) -> dict[str, float]:
+        """One optimiser step on this rank's batch; returns the loss terms averaged over ranks.
+
+        Args:
+            poison: Make the loss NaN (fault injection for tests of the divergence path).
+
+        Raises:
+            TrainingDiverged: the loss is not finite on some rank (checked before any update).
+        """
+        with autocast:
+            sr = self.wrapped(lr)
+            loss, terms = self.loss_fn(sr.float(), hr, hr_embeddings=hr_emb)
+        if poison:
+            loss = loss * float("nan")
+            terms["total"] = float("nan")
+        names = sorted(terms)
+        reduced = self.reducer.mean([terms[n] for n in names] +
+                                    [0.0 if math.isfinite(terms["total"]) else 1.0])
+        if reduced[-1] > 0:
+            raise TrainingDiverged("loss became non-finite", exit_code=3)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._optimizer_step()
+        if self.disc is not None:
+            self.disc_opt.zero_grad(set_to_none=True)
+            self.loss_fn.discriminator_loss(sr.detach().float(), hr).backward()
+            self.disc_opt.step()
+        return dict(zip(names, reduced[:-1]))
+
+    def _optimizer_step(self) -> None:
+        clip = self.job.train.grad_clip
+        if not clip:
+            self.opt.step()
+        elif self.hvd is not None:  # Horovod: reduce gradients first, then clip them
+            self.opt.synchronize()
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+            with self.opt.skip_synchronize():
+                self.opt.step()
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+            self.opt.step()
+
+    def state(self) -> dict[str, Any]:
+        """Model, optimiser, schedule (and discriminator) state for a full checkpoint."""
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict()}
+        if self.disc is not None:
+            state["discriminator"] = self.disc.state_dict()
+            state["discriminator_optimizer"] = self.disc_opt.state_dict()
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`state` saved."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.disc is not None and "discriminator" in state:
+            self.disc.load_state_dict(state["discriminator"])
+            self.disc_opt.load_state_dict(state["discriminator_optimizer"])
+
+
+def _build_model(job: JobConfig, device: str, info: DistInfo, comm: Comm,
+                 init_path: Path | None) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
+    """The generator, its data-parallel wrapper, and Horovod (or None)."""
+    t = job.train
+    model = build_generator(job.model.name, model_kwargs(job)).to(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"model.name: {job.model.name} has no trainable parameters "
+                        "(use `harness infer` for the bicubic baseline)")
+    if init_path is not None:
+        load_initial_weights(model, job, init_path)
+        if info.is_master:
+            log.info("generator initialised from %s", init_path)
+    if device.startswith("cuda") and t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    wrapped = model
+    if info.distributed and t.backend == "ddp":
+        init_torch_distributed(info, comm, backend="nccl" if device.startswith("cuda")
+                               else "gloo")
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        wrapped = DDP(model, device_ids=[torch.device(device).index]
+                      if device.startswith("cuda") else None)
+    hvd = init_horovod(info) if t.backend == "horovod" else None
+    return model, wrapped, hvd
+
+
+def loss_recognizer(job: JobConfig, device: str) -> Any:
+    """The recognizer the identity/feature losses embed with (None when neither is on)."""
+    from harness.scoring.recognizers import load_recognizer
+
+    lo = job.loss
+    return load_recognizer(lo.recognizer, device=device) if lo.identity or lo.feature else None
+
+
+def make_loss(job: JobConfig, device: str, rec: Any = None) -> tuple[Any, Any]:
+    """The job's :class:`~kernels.losses.CombinedLoss` on ``device`` embedding with ``rec``
+    (see :func:`loss_recognizer`), and its discriminator (or None)."""
+    from kernels.losses import CombinedLoss
+
+    lo = job.loss
+    disc = None
+    if lo.adversarial:
+        from kernels.discriminator_arch import VGGStyleDiscriminator
+
+        disc = VGGStyleDiscriminator().to(device)
+    loss_fn = CombinedLoss(pixel_weight=lo.pixel, identity_weight=lo.identity,
+                           feature_weight=lo.feature, adversarial_weight=lo.adversarial,
+                           recognizer=rec, discriminator=disc, pixel_kind=lo.pixel_kind,
+                           feature_layers=lo.feature_layers)
+    return loss_fn, disc
+
+
+def _build_losses(job: JobConfig, device: str) -> dict[str, Any]:
+    """The loss and the networks it needs: recognizers, discriminator and its optimiser."""
+    from harness.scoring.recognizers import load_recognizer
+
+    loss_rec = loss_recognizer(job, device)
+    eval_rec = None
+    if "is" in job.eval.metrics:
+        eval_rec = (loss_rec if loss_rec is not None and job.eval.recognizer == job.loss.recognizer
+                    else load_recognizer(job.eval.recognizer, device=device))
+    loss_fn, disc = make_loss(job, device, loss_rec)
+    disc_opt = (torch.optim.AdamW(disc.parameters(), lr=job.train.lr, betas=(0.9, 0.99))
+                if disc is not None else None)
+    return {"loss_fn": loss_fn, "loss_rec": loss_rec, "eval_rec": eval_rec, "disc": disc,
+            "disc_opt": disc_opt}
+
+
+def build_engine(job: JobConfig, info: DistInfo, comm: Comm, device: str,
+                 init_path: Path | None = None) -> Engine:
+    """Seed torch and build this rank's :class:`Engine` (see the module docstring)."""
+    t = job.train
+    torch.manual_seed(t.seed)
+    model, wrapped, hvd = _build_model(job, device, info, comm, init_path)
+    params = [p for p in model.parameters() if p.requires_grad]
+    reducer = Reducer(t.backend, info.world_size)
+    losses = _build_losses(job, device)
+    opt = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.99), weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, job))
+    if hvd is not None:
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(opt, root_rank=0)
+        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+    return Engine(job=job, device=device, model=model, wrapped=wrapped, params=params, opt=opt,
+                  sched=sched, reducer=reducer, hvd=hvd, **losses)

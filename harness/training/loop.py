@@ -1,0 +1,230 @@
+"""Data-parallel FaceSR training: the run of one job, from its data to its summary.
+
+Every rank bootstraps through :mod:`harness.distributed`, builds its replica with
+:func:`harness.training.engine.build_engine` (``torch.nn.parallel.DistributedDataParallel``
+over gloo on CPU or NCCL on GPU, or Horovod's ``DistributedOptimizer`` with
+``train.backend: horovod``) and steps through :class:`Trainer`. Sampling and augmentation are
+pure functions of (seed, step, rank) (:mod:`harness.data.pairs`), so ``--resume`` continues
+exactly where a run stopped. The command line is :mod:`harness.commands.train`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness import checkpoint as ckpt
+from harness.config import JobConfig
+from harness.data.pairs import PairSet, batch_indices, check_split, load_pairs, make_batch, only_flips
+from harness.distributed import Comm, DistInfo, get_comm, get_dist_info, shutdown_torch_distributed
+from harness.fileio import write_json_atomic
+from harness.generators import model_kwargs, resolve_device, resolve_init_from, set_threads
+from harness.runs import MetricsLog, create_run_dir, write_manifest
+from harness.training.engine import (EmbeddingCache, Engine, TrainingDiverged, build_engine,
+                                     param_checksum)
+from harness.training.progress import TrainProgress, print_summary
+from harness.training.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """The state of one run on one rank: engine, data, run folder, best score, checkpoints."""
+
+    def __init__(self, job: JobConfig, info: DistInfo, comm: Comm, engine: Engine,
+                 train_set: PairSet, val_set: PairSet, run_dir: Path) -> None:
+        self.job, self.info, self.comm, self.engine = job, info, comm, engine
+        self.train_set, self.val_set, self.run_dir = train_set, val_set, run_dir
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.start_step, self.best_is, self.best_step = 0, -math.inf, -1
+        self.last_saved: Path | None = None
+        self.val_res: dict[str, float] = {}
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_master)
+        t, loss_rec = job.train, engine.loss_rec
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if engine.device.startswith("cuda") and t.bf16 else nullcontext())
+        # HR targets take only two forms each when augmentation just mirrors: embed them once.
+        self.emb_cache = (EmbeddingCache(loss_rec) if job.loss.identity and loss_rec is not None
+                          and only_flips(job.data.augment) else None)
+        # Fault injection for tests of the divergence path (see the README's testing notes).
+        self.fault_nan_step = int(os.environ.get("HARNESS_FAULT_NAN_STEP", "0") or 0)
+
+    def restore(self, path: Path) -> None:
+        """Continue from the full checkpoint ``path`` (step, best score, RNG of this rank)."""
+        state = ckpt.load(path)
+        self.engine.restore(state)
+        self.start_step = int(state["step"])
+        self.best_is = float(state.get("best_is", -math.inf))
+        self.best_step = int(state.get("best_step", -1))
+        rng_states = state.get("rng", [])
+        if self.info.rank < len(rng_states):
+            torch.set_rng_state(rng_states[self.info.rank])
+        if self.info.is_master:
+            log.info("resuming %s from step %d (%s)", self.run_dir, self.start_step, path)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"model_name": self.job.model.name, "model_kwargs": model_kwargs(self.job),
+                "job": self.job.to_dict()}
+
+    def save(self, step: int) -> None:
+        """Write the full checkpoint after ``step`` (rank 0) and keep the last K."""
+        rngs = self.comm.gather(torch.get_rng_state(), root=0)
+        if not self.info.is_master:
+            return
+        state = {**self.engine.state(), "step": step, "best_is": self.best_is,
+                 "best_step": self.best_step, "rng": rngs, **self._meta()}
+        self.last_saved = ckpt.save_atomic(state, self.ckpt_dir / ckpt.checkpoint_name(step))
+        ckpt.prune(self.ckpt_dir, self.job.train.keep_last)
+
+    def validate(self, step: int) -> None:
+        """Score the held-out pairs; a better IS replaces ``best.pt``."""
+        e = self.engine
+        res = validate(e.model, self.val_set, e.eval_rec, self.info, self.comm, device=e.device,
+                       batch_size=self.job.eval.batch_size, metrics=self.job.eval.metrics)
+        if "val_is" in res and res["val_is"] > self.best_is:
+            self.best_is, self.best_step = res["val_is"], step
+            if self.info.is_master:
+                ckpt.save_atomic({"model": e.model.state_dict(), "step": step,
+                                  "val_is": self.best_is, **self._meta()},
+                                 self.ckpt_dir / ckpt.BEST_NAME)
+        self.metrics.write({"kind": "val", "step": step, **res,
+                            "best_is": self.best_is if self.best_is > -math.inf else None})
+        self.val_res = res
+
+    def step(self, step: int) -> tuple[dict[str, float], int]:
+        """Train on the batch of ``step``; returns the mean loss terms and this rank's images."""
+        t, info, dev = self.job.train, self.info, self.engine.device
+        idx = batch_indices(len(self.train_set), t.batch_size, step, info.rank, info.world_size,
+                            t.seed)
+        lr, hr, flips = make_batch(self.train_set, idx, self.job.data.augment,
+                                   np.random.default_rng([t.seed, step, info.rank]),
+                                   return_flips=True, lr_kernel=self.job.data.lr_kernel)
+        lr, hr = lr.to(dev), hr.to(dev)
+        hr_emb = (self.emb_cache.lookup(list(zip(idx, flips)), hr)
+                  if self.emb_cache is not None else None)
+        try:
+            terms = self.engine.step(lr, hr, hr_emb, self.autocast,
+                                     poison=self.fault_nan_step == step + 1)
+        except TrainingDiverged:
+            where = (f"; last good checkpoint: {self.last_saved}" if self.last_saved
+                     else "; no checkpoint was written yet")
+            raise TrainingDiverged(f"loss became non-finite at step {step + 1}{where}",
+                                   exit_code=3) from None
+        return terms, len(idx)
+
+    def loop(self, power: Any, display: TrainProgress, stop_after: int | None
+             ) -> dict[str, Any]:
+        """Steps from ``start_step`` to the end (or a stop); returns counts and how it ended."""
+        t, comm = self.job.train, self.comm
+        images, t_start = 0, time.perf_counter()
+        deadline = t_start + t.max_minutes * 60 if t.max_minutes else math.inf
+        step, stopped_early = self.start_step, False
+        for step in range(self.start_step, t.steps):
+            t0 = time.perf_counter()
+            terms, mine = self.step(step)
+            lr_now = self.engine.sched.get_last_lr()[0]
+            self.engine.sched.step()
+            dt = time.perf_counter() - t0
+            images += t.batch_size
+            power.add_images(t.batch_size)
+            done = step + 1
+            if done % t.log_every == 0 or done == t.steps:
+                self.metrics.write({"kind": "train", "step": done, "lr": lr_now, "loss": terms,
+                                    "step_time_s": dt, "images_per_s": t.batch_size / dt,
+                                    "time_s": time.perf_counter() - t_start})
+            display.update(done, terms.get("total", float("nan")), self.val_res.get("val_is"))
+            if t.val_every and done % t.val_every == 0 and done != t.steps:
+                self.validate(done)
+            if t.ckpt_every and done % t.ckpt_every == 0 and done != t.steps:
+                self.save(done)
+            if stop_after is not None and done >= stop_after:
+                return {"final_step": done, "images": images, "t_start": t_start,
+                        "stopped_early": True, "interrupted": True}
+            if comm.bcast(time.perf_counter() > deadline, root=0):
+                stopped_early = True  # out of time: finish like a completed run
+                break
+        final = step + 1 if t.steps > self.start_step else self.start_step
+        return {"final_step": final, "images": images, "t_start": t_start,
+                "stopped_early": stopped_early, "interrupted": False}
+
+    def summary(self, ended: dict[str, Any], elapsed: float,
+                power_summary: dict[str, Any]) -> dict[str, Any]:
+        """The run summary every rank returns (``summary.json``)."""
+        t, info, images = self.job.train, self.info, ended["images"]
+        checksums = self.comm.allgather(param_checksum(self.engine.model))
+        best_path = self.ckpt_dir / ckpt.BEST_NAME
+        return {
+            "run_dir": str(self.run_dir), "job": self.job.name, "steps": ended["final_step"],
+            "world_size": info.world_size, "backend": t.backend, "device": self.engine.device,
+            "images": images, "train_time_s": elapsed,
+            "images_per_s": images / elapsed if elapsed > 0 else 0.0,
+            "best_val_is": self.best_is if self.best_is > -math.inf else None,
+            "best_step": self.best_step,
+            **{f"final_{k}": v for k, v in self.val_res.items()},
+            "checkpoint": str(self.last_saved) if self.last_saved else None,
+            "best_checkpoint": str(best_path) if best_path.exists() else None,
+            "stopped_early": ended["stopped_early"], "power": power_summary,
+            "param_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1,
+        }
+
+
+def _open_run(job: JobConfig, info: DistInfo, comm: Comm, resume: str | None,
+              run_parent: str | None) -> tuple[Path, Path | None, Path | None]:
+    """(run folder, checkpoint to resume, ``model.init_from`` weights) for this start."""
+    if resume:
+        run_dir, resume_ckpt = ckpt.resolve_resume(resume)
+        return run_dir, resume_ckpt, None
+    # model.init_from is resolved before a run folder exists, so a typo leaves none.
+    init_path = resolve_init_from(job) if job.model.init_from else None
+    return create_run_dir(job, comm, run_parent), None, init_path
+
+
+def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None = None,
+          stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train the job's generator; returns the run summary (on every rank).
+
+    Raises:
+        UserError: bad data or job for this world size, a diverged loss (after keeping the
+            last good checkpoint), or a missing engine.
+    """
+    from harness.power_session import power_session
+
+    info, comm = get_dist_info(), get_comm()
+    threads = set_threads(job, info)
+    device = resolve_device(job.train.device, info)
+    train_set = load_pairs(job.data.train, job.data.lr_kernel)
+    val_set = load_pairs(job.data.val, job.data.lr_kernel)
+    check_split(len(train_set), job.train.batch_size, info.world_size, job.data.train)
+    run_dir, resume_ckpt, init_path = _open_run(job, info, comm, resume, run_parent)
+    write_manifest(run_dir, job, info, comm, device=device, threads=threads,
+                   extra={"train_pairs": len(train_set), "val_pairs": len(val_set),
+                          "backend": job.train.backend})
+    engine = build_engine(job, info, comm, device, init_path)
+    trainer = Trainer(job, info, comm, engine, train_set, val_set, run_dir)
+    if resume_ckpt is not None:
+        trainer.restore(resume_ckpt)
+    display = TrainProgress(enabled=progress and info.is_master, total=job.train.steps,
+                            start=trainer.start_step)
+    engine.wrapped.train()
+    trainer.last_saved = ckpt.latest(trainer.ckpt_dir)
+    with power_session(job, info, comm, run_dir) as power, display:
+        ended = trainer.loop(power, display, stop_after)
+        if not ended["interrupted"]:
+            trainer.validate(ended["final_step"])
+        trainer.save(ended["final_step"])
+        elapsed = time.perf_counter() - ended["t_start"]
+        power_summary = power.summary(ended["images"])
+    trainer.metrics.close()
+    summary = trainer.summary(ended, elapsed, power_summary)
+    if info.is_master:
+        write_json_atomic(run_dir / "summary.json", summary)
+        print_summary(summary)
+    shutdown_torch_distributed()
+    return summary
