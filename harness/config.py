@@ -93,6 +93,10 @@ class DataConfig:
         _check(bool(self.train), "train", "must not be empty")
         _check(bool(self.val), "val", "must not be empty")
         _check(0 <= self.workers <= 64, "workers", "must be between 0 and 64")
+        from harness.data.degradation import DEGRADATIONS  # the owner of the LR degradations
+
+        _check(self.lr_kernel in DEGRADATIONS, "lr_kernel",
+               f"unknown degradation (expected one of {', '.join(DEGRADATIONS)})")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -112,8 +116,9 @@ class ModelConfig:
     generator weights are taken (optimizer, step and schedule start fresh); ``--resume`` wins."""
 
     def __post_init__(self) -> None:
-        _check(self.name in ("bicubic", "srresnet", "rrdb"), "name",
-               "expected one of bicubic, srresnet, rrdb")
+        from kernels import MODELS  # the owner of the model names
+
+        _check(self.name in MODELS, "name", f"expected one of {', '.join(MODELS)}")
         _check(self.scale in (2, 4), "scale", "must be 2 or 4")
 
 
@@ -230,10 +235,11 @@ class EvalConfig:
     """Images per recognizer forward pass."""
 
     def __post_init__(self) -> None:
-        known = {"is", "psnr", "ssim", "niqe", "rmse"}
+        from harness.scoring.evaluate import ALL_METRICS  # the owner of the metric names
+
         for m in self.metrics:
-            _check(m in known, "metrics", f"unknown metric {m!r} (expected some of "
-                   f"{', '.join(sorted(known))})")
+            _check(m in ALL_METRICS, "metrics", f"unknown metric {m!r} (expected some of "
+                   f"{', '.join(ALL_METRICS)})")
         _check(self.shave >= 0, "shave", "must be >= 0")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
 

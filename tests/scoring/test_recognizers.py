@@ -15,7 +15,7 @@ from harness.errors import UserError
 from harness.scoring.identity import identity_similarity
 from harness.scoring.recognizers import load_recognizer
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "asc19-val"
+DATA = Path(__file__).resolve().parents[2] / "data" / "asc19-val"
 NAMES = [f"{i}.png" for i in range(301, 601)]
 
 

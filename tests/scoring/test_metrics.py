@@ -16,7 +16,7 @@ from harness.errors import UserError
 
 skm = pytest.importorskip("skimage.metrics")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HR_DIR = ROOT / "data" / "asc19-val" / "val_HR"
 LR_DIR = ROOT / "data" / "asc19-val" / "val_LR"
 NAMES = [str(n) for n in range(301, 311)]

@@ -24,7 +24,7 @@ from harness.data.imageio import (
     write_png,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HR_DIR = ROOT / "data" / "asc19-val" / "val_HR"
 LR_DIR = ROOT / "data" / "asc19-val" / "val_LR"
 

@@ -34,7 +34,7 @@ from harness.scoring.evaluate import (
 from harness.data.imageio import pair_by_name, pil_bicubic_upscale, read_rgb, write_png
 from harness.scoring.recognizers import Recognizer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HR_DIR = ROOT / "data" / "asc19-val" / "val_HR"
 LR_DIR = ROOT / "data" / "asc19-val" / "val_LR"
 NAMES = [str(n) for n in range(301, 321)]

@@ -23,7 +23,7 @@ from kernels import (
 )
 from kernels.bicubic_arch import pil_bicubic_matrix
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "asc19-val"
+DATA = Path(__file__).resolve().parents[2] / "data" / "asc19-val"
 
 # Tiny widths so every shape test runs in milliseconds on a CPU.
 TINY_KWARGS: dict[str, dict[str, object]] = {

@@ -16,7 +16,7 @@ from power.replay import load_trace, replay_gpus
 from power.sampler import GPU_COLUMNS, PowerSampler
 from power.simulated import constant_load, make_simulated_gpus
 
-TRACE = Path(__file__).parent / "data" / "power_trace_2gpu.csv"
+TRACE = Path(__file__).parent / "traces" / "power_trace_2gpu.csv"
 
 
 def test_energy_from_counters_and_trapezoid_agree_with_the_truth(tmp_path):

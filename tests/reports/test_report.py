@@ -1,7 +1,7 @@
 """``harness report``: HTML from run directories (synthetic ones, and one real smoke run).
 
 The browser tests (marker ``browser``) open the report in headless Chromium over the DevTools
-protocol (:mod:`tests.browser`): no network request, no console error, every section present,
+protocol (:mod:`tests.reports.browser`): no network request, no console error, every section present,
 and a screenshot saved (its path is printed). They skip when Chromium is missing, except under
 CI (``CI`` set), where a missing Chromium fails.
 """
@@ -23,13 +23,13 @@ import pytest
 from PIL import Image
 
 from harness.errors import UserError
-from reports import cli as report_cli
+from harness.commands import report as report_cli
 from reports.images import bicubic_upscale, find_image, pick_samples
 from reports.markup import el, esc, fmt_num, render
 from reports.plots import thin
 from reports.render import render_report, section_ids, write_report
 from reports.rundata import load_run, load_sweep
-from tests.browser import find_chromium, inspect_page
+from tests.reports.browser import find_chromium, inspect_page
 from tests.conftest import ROOT, run_harness
 
 # --- synthetic run directories ---------------------------------------------------------------
