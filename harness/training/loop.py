@@ -132,8 +132,8 @@ class Trainer:
             lr_now = self.engine.sched.get_last_lr()[0]
             self.engine.sched.step()
             dt = time.perf_counter() - t0
-            images += t.batch_size
-            power.add_images(t.batch_size)
+            images += t.batch_size  # the global batch: every rank counts the whole job's
+            power.add_images(mine)  # the session sums this rank's share over ranks
             done = step + 1
             if done % t.log_every == 0 or done == t.steps:
                 self.metrics.write({"kind": "train", "step": done, "lr": lr_now, "loss": terms,

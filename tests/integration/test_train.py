@@ -30,6 +30,23 @@ def _only_run(parent: Path) -> Path:
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_power_figures_count_the_images_really_processed(mpirun: str, tmp_path: Path,
+                                                         ranks: int) -> None:
+    """images/s/W and J/image come from the images trained on, however many ranks share them."""
+    proc = run_mpi(mpirun, ranks, ["-m", "harness.train", "--job", SMOKE, "--quiet",
+                                   "--run-dir", str(tmp_path), "--set", "train.steps=3",
+                                   "--set", "power.enabled=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((_only_run(tmp_path) / "summary.json").read_text())
+    p = summary["power"]
+    assert summary["images"] == 3 * 4  # 3 steps of the global batch of 4
+    assert p["images"] == summary["images"]
+    assert p["j_per_image"] == pytest.approx(p["energy_j"] / summary["images"], rel=1e-6)
+    assert p["j_per_image"] > 0
+
+
+@pytest.mark.mpi
 def test_two_ranks_stay_in_sync_and_resume_is_exact(mpirun: str, tmp_path: Path) -> None:
     base = ["-m", "harness.train", "--job", SMOKE, "--quiet", "--set", "train.steps=6",
             "--set", "data.augment.shift_px=1"]
