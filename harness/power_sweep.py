@@ -27,19 +27,10 @@ IS_FACES = 16
 
 
 def sweep(job: JobConfig, options: Any) -> tuple[dict[str, Any], Path]:
-    """Run (or resume) the sweep described by ``args``; returns (sweep.json object, folder)."""
+    """Run (or resume) the sweep described by ``options`` (the command's arguments); returns (sweep.json object, folder)."""
     from power.clock import MonotonicClock, SimClock
     from power.node import ExternalMeter, NodePower
-    from power.sweep import (
-        SIM_LOADS,
-        SIM_NOMINAL_IMAGES_PER_S,
-        ModelPacedWorkload,
-        SweepSpec,
-        check_settings,
-        default_settings,
-        parse_range,
-        run_sweep,
-    )
+    from power.sweep import SweepSpec, check_settings, default_settings, parse_range, run_sweep
 
     p = job.power
     mode = "clocks" if options.clocks else "power_limit"
@@ -57,24 +48,7 @@ def sweep(job: JobConfig, options: Any) -> tuple[dict[str, Any], Path]:
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
-    batch = options.batch_size or (max(1, job.train.batch_size // job.launch.world_size)
-                                if options.workload == "train" else job.infer.batch_size)
-    extra: dict[str, str] = {}
-    if options.workload == "infer":
-        extra["checkpoint"] = str(options.checkpoint or job.infer.checkpoint or "")
-    if simulated:
-        base = options.sim_images_per_s or SIM_NOMINAL_IMAGES_PER_S.get(p.sim_profile, 1000.0)
-        if not base > 0:
-            raise UserError(f"--sim-images-per-s: must be > 0, got {base}")
-        extra.update(sim_images_per_s=f"{base:g}", sim_load=f"{SIM_LOADS[options.workload]}")
-        inner = None
-        if options.compute == "real" or options.workload == "infer":
-            inner = _torch_workload(job, options, ["cpu"], batch)
-        workload = ModelPacedWorkload(gpus, kind=options.workload, batch_size=batch,
-                                      images_per_s_at_max=base, inner=inner,
-                                      run_inner=options.compute == "real")
-    else:
-        workload = _torch_workload(job, options, [f"cuda:{i}" for i in range(len(gpus))], batch)
+    batch, extra, workload = _workload(job, options, gpus, simulated)
     spec = SweepSpec(job=job.name, workload=options.workload, mode=mode, gpu=gpus[0].get_name(),
                      gpus=len(gpus), simulated=simulated, batch_size=batch,
                      warmup_steps=options.warmup_steps, steps=options.steps, warmup_s=options.warmup_s,
@@ -112,6 +86,33 @@ def sweep(job: JobConfig, options: Any) -> tuple[dict[str, Any], Path]:
     log.info("sweep of %d point(s) in %.1f s -> %s", len(doc["points"]),
              time.perf_counter() - t0, out)
     return doc, out
+
+
+def _workload(job: JobConfig, options: Any, gpus: list, simulated: bool
+              ) -> tuple[int, dict[str, str], Any]:
+    """(images per GPU per step, extra spec fields, the workload) for the sweep's GPUs."""
+    from power.sweep import SIM_LOADS, SIM_NOMINAL_IMAGES_PER_S, ModelPacedWorkload
+
+    p = job.power
+    batch = options.batch_size or (max(1, job.train.batch_size // job.launch.world_size)
+                                if options.workload == "train" else job.infer.batch_size)
+    extra: dict[str, str] = {}
+    if options.workload == "infer":
+        extra["checkpoint"] = str(options.checkpoint or job.infer.checkpoint or "")
+    if simulated:
+        base = options.sim_images_per_s or SIM_NOMINAL_IMAGES_PER_S.get(p.sim_profile, 1000.0)
+        if not base > 0:
+            raise UserError(f"--sim-images-per-s: must be > 0, got {base}")
+        extra.update(sim_images_per_s=f"{base:g}", sim_load=f"{SIM_LOADS[options.workload]}")
+        inner = None
+        if options.compute == "real" or options.workload == "infer":
+            inner = _torch_workload(job, options, ["cpu"], batch)
+        workload = ModelPacedWorkload(gpus, kind=options.workload, batch_size=batch,
+                                      images_per_s_at_max=base, inner=inner,
+                                      run_inner=options.compute == "real")
+    else:
+        workload = _torch_workload(job, options, [f"cuda:{i}" for i in range(len(gpus))], batch)
+    return batch, extra, workload
 
 
 def _open_gpus(job: JobConfig, options: Any, clock: Any) -> list:

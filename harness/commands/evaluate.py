@@ -23,11 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="facenet (embedded, default), sphere20a:PATH (official ASC19 "
                              "SphereFace weights) or onnx:PATH (ArcFace-style model)")
     parser.add_argument("--metrics", default="is,psnr,ssim",
-                        help="comma list of is, psnr, ssim, niqe, rmse (default: is,psnr,ssim). "
+                        help="comma list of is, psnr, ssim, psnr_y, ssim_y, rmse, niqe (default: "
+                             "is,psnr,ssim). "
                              "PI is not available: it needs the Ma et al. model, which is "
                              "not shipped")
     parser.add_argument("--shave", type=int, default=0, help="border pixels ignored by PSNR/SSIM")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per recognizer pass")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="pairs per recognizer pass (each pass embeds twice as many "
+                             "images; default: 64)")
     parser.add_argument("--out", metavar="DIR",
                         help="where to write scores.json and per_image.csv (default: --sr)")
 

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from harness.data.degradation import DEFAULT_DEGRADATION, check_degradation, downscale
+from harness.distributed import shard
 from harness.errors import UserError
 from harness.fileio import atomic_write, write_json_atomic
 from harness.data.imageio import IMAGE_SUFFIXES, read_rgb
@@ -246,7 +247,8 @@ def prepare(
     Args:
         src_dir: Folder tree of face images (any depth).
         out_dir: Output folder (created).
-        kernel: LR degradation, one of :data:`harness.data.degradation.DEGRADATIONS` (default: the organiser's, see above).
+        kernel: LR degradation, one of :data:`harness.data.degradation.DEGRADATIONS`
+            (default: the organiser's, see above).
         crop: Crop policy, one of :data:`CROPS`.
         rank: This process's rank; it handles files ``i`` with ``i % world_size == rank``.
         world_size: Number of processes.
@@ -275,25 +277,46 @@ def prepare(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = _prefix(rank, world_size)
-    own = [p for p in out.glob("*.npy") if re.fullmatch(rf"(hr|lr)-{prefix}\d{{5}}\.npy", p.name)]
     index_path = out / ("index.json" if world_size == 1 else f"index-r{rank}.json")
-    stale = own + [p for p in (out / "index.json", index_path) if p.exists()]
-    if stale:
-        if not overwrite:
-            raise UserError(
-                f"{out}: already holds prepared data ({stale[0].name}); "
-                "use an empty folder or overwrite"
-            )
-        for p in stale:
-            p.unlink(missing_ok=True)
-
-    mine = [(i, p) for i, p in enumerate(files) if i % world_size == rank]
+    _clear_earlier(out, prefix, index_path, overwrite)
+    mine = shard(list(enumerate(files)), rank, world_size)
     writer = _ShardWriter(out, prefix, shard_size)
+    packed = _pack(src, mine, writer, kernel, crop, progress and rank == 0)
+    partial = {
+        "version": INDEX_VERSION, "rank": rank, "world_size": world_size, "kernel": kernel,
+        "crop": crop, "source": str(src.resolve()), "scale": SCALE,
+        "hr_size_wh": list(HR_SIZE_WH), "lr_size_wh": list(LR_SIZE_WH), "files": len(files),
+        "shards": writer.shards, **packed,
+    }
+    write_json_atomic(index_path, _merge([partial]) if world_size == 1 else partial, indent=1)
+    return {"rank": rank, "files": len(mine), "written": len(packed["items"]),
+            "skipped": packed["skipped"], "reframed": packed["reframed"],
+            "shards": writer.shards, "index": index_path}
+
+
+def _clear_earlier(out: Path, prefix: str, index_path: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, remove) this rank's earlier shards and index in ``out``."""
+    own = [p for p in out.glob("*.npy") if re.fullmatch(rf"(hr|lr)-{prefix}\d{{5}}\.npy", p.name)]
+    stale = own + [p for p in (out / "index.json", index_path) if p.exists()]
+    if stale and not overwrite:
+        raise UserError(f"{out}: already holds prepared data ({stale[0].name}); "
+                        "use an empty folder or overwrite")
+    for p in stale:
+        p.unlink(missing_ok=True)
+
+
+def _pack(src: Path, mine: Sequence[tuple[int, Path]], writer: _ShardWriter, kernel: str,
+          crop: str, progress: bool) -> dict[str, Any]:
+    """Crop, degrade and append every file of ``mine``; undecodable files are skipped.
+
+    Returns:
+        ``{"items", "skipped", "reframed"}`` for the index.
+    """
     items: list[dict[str, Any]] = []
     skipped: list[str] = []
     reframed = 0
     bar = None
-    if progress and rank == 0:
+    if progress:
         from rich.progress import Progress
 
         bar = Progress(transient=True)
@@ -312,8 +335,8 @@ def prepare(
             if (w, h) != HR_SIZE_WH and (w != h or crop == "center"):
                 reframed += 1
             hr = make_hr(img, crop)
-            shard, offset = writer.add(hr, downscale(hr, kernel))
-            items.append({"name": name, "index": i, "shard": shard, "offset": offset})
+            shard_no, offset = writer.add(hr, downscale(hr, kernel))
+            items.append({"name": name, "index": i, "shard": shard_no, "offset": offset})
             if bar is not None:
                 bar.advance(task)
         writer.flush()
@@ -321,47 +344,12 @@ def prepare(
         if bar is not None:
             bar.stop()
     if skipped:
-        log.warning(
-            "%d of %d files could not be decoded and were skipped (first: %s)",
-            len(skipped),
-            len(mine),
-            ", ".join(skipped[:10]),
-        )
+        log.warning("%d of %d files could not be decoded and were skipped (first: %s)",
+                    len(skipped), len(mine), ", ".join(skipped[:10]))
     if reframed and crop == "asc19":
-        log.warning(
-            "%d images were neither square (FFHQ-aligned) nor 96x112: centre-cropped to "
-            "96:112, so their framing may differ from ASC19's",
-            reframed,
-        )
-    partial = {
-        "version": INDEX_VERSION,
-        "rank": rank,
-        "world_size": world_size,
-        "kernel": kernel,
-        "crop": crop,
-        "source": str(src.resolve()),
-        "scale": SCALE,
-        "hr_size_wh": list(HR_SIZE_WH),
-        "lr_size_wh": list(LR_SIZE_WH),
-        "files": len(files),
-        "shards": writer.shards,
-        "items": items,
-        "skipped": skipped,
-        "reframed": reframed,
-    }
-    if world_size == 1:
-        write_json_atomic(index_path, _merge([partial]), indent=1)
-    else:
-        write_json_atomic(index_path, partial, indent=1)
-    return {
-        "rank": rank,
-        "files": len(mine),
-        "written": len(items),
-        "skipped": skipped,
-        "reframed": reframed,
-        "shards": writer.shards,
-        "index": index_path,
-    }
+        log.warning("%d images were neither square (FFHQ-aligned) nor 96x112: centre-cropped "
+                    "to 96:112, so their framing may differ from ASC19's", reframed)
+    return {"items": items, "skipped": skipped, "reframed": reframed}
 
 
 def _merge(partials: Sequence[dict[str, Any]]) -> dict[str, Any]:
