@@ -55,7 +55,12 @@ MAX_INT_DIGITS = 64
 #: Most characters of a value quoted in an error message.
 EXCERPT_CHARS = 60
 
+#: A POSIX environment variable name (what ``export NAME=...`` accepts).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+_SLURM_NAMES = re.compile(r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*")
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 2, 4, 6, 6
@@ -353,34 +358,55 @@ class ReportConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LaunchConfig:
-    """How ``harness launch`` starts the job (mpirun or Slurm)."""
+    """How ``harness launch`` starts the job (an MPI launcher, srun or torchrun; or Slurm).
 
+    Every string here may end up in a shell line or an ``#SBATCH`` line, so control characters
+    (newline, NUL, ...) are refused everywhere, environment names must be POSIX identifiers, and
+    host, partition and account names are limited to the characters such names use.
+    """
+
+    launcher: Literal["openmpi", "mpich", "intelmpi", "srun", "torchrun"] = "openmpi"
+    """What starts the ranks: ``openmpi`` (``mpirun -x``), ``mpich`` or ``intelmpi`` (Hydra
+    ``mpiexec -genv``), ``srun`` (inside a Slurm allocation) or ``torchrun`` (no MPI: one
+    ``torch.distributed.run`` agent per node, rendezvous on the first host)."""
     nodes: int = 1
     """Number of nodes."""
     ranks_per_node: int = 1
-    """MPI ranks per node (one per GPU on a GPU cluster)."""
+    """Ranks per node (one per GPU on a GPU cluster)."""
     gpus_per_node: int = 0
     """GPUs per node requested from the scheduler (0 = none)."""
     hosts: tuple[str, ...] = ()
-    """Host names; empty = run locally (or wherever Slurm places the job)."""
+    """Host names; empty = run locally (or wherever Slurm places the job). With torchrun the
+    first host is the rendezvous endpoint."""
     bind_to: Literal["core", "socket", "numa", "none"] = "core"
-    """Open MPI process binding."""
+    """Process binding, the same meaning for every launcher: Open MPI ``--bind-to``, MPICH
+    ``-bind-to``, Intel MPI ``I_MPI_PIN_DOMAIN``, srun ``--cpu-bind`` (cores, sockets, ldoms).
+    torchrun does not bind."""
     mpirun: str = "mpirun"
-    """The mpirun executable (the project's venv one is used when present)."""
+    """The MPI launcher executable (``mpirun``, ``mpiexec``, ``mpiexec.hydra``); for Open MPI the
+    project's venv one is used when present."""
     mpi_args: tuple[str, ...] = ()
-    """Extra mpirun arguments, passed through verbatim."""
+    """Extra arguments for mpirun/mpiexec (not srun or torchrun), passed through verbatim."""
     env: dict[str, str] = field(default_factory=dict)
-    """Environment variables exported to every rank (``-x NAME=value``)."""
+    """Environment variables exported to every rank (names: letters, digits and ``_``)."""
     oversubscribe: bool = False
     """Allow more ranks than cores (needed for demos on small machines)."""
     partition: str = ""
-    """Slurm partition (``--scheduler slurm``)."""
+    """Slurm partition, or a comma-separated list (``--scheduler slurm``)."""
     account: str = ""
     """Slurm account."""
     time: str = "01:00:00"
     """Slurm wall-time limit, HH:MM:SS."""
+    signal_lead_s: int = 120
+    """Under Slurm, every rank gets SIGUSR1 this many seconds before the time limit
+    (``#SBATCH --signal=USR1@N``; Slurm may send it up to 60 s earlier); 0 = no signal."""
+    srun_mpi: str = ""
+    """srun's ``--mpi`` plugin; empty = ``pmix`` for Open MPI and srun, ``pmi2`` for MPICH and
+    Intel MPI (which may also need ``I_MPI_PMI_LIBRARY`` in ``env``)."""
+    rdzv_port: int = 29500
+    """torchrun's rendezvous port on the first host."""
     run_dir: str = "runs"
-    """Parent folder of run directories."""
+    """Parent folder of run directories (and of Slurm's ``slurm-<jobid>.out`` logs)."""
 
     @property
     def world_size(self) -> int:
@@ -393,10 +419,38 @@ class LaunchConfig:
         _check(self.gpus_per_node >= 0, "gpus_per_node", "must be >= 0")
         _check(not self.hosts or len(self.hosts) == self.nodes, "hosts",
                f"lists {len(self.hosts)} hosts but launch.nodes is {self.nodes}")
+        for i, host in enumerate(self.hosts):
+            _check(bool(_HOST.fullmatch(host)), f"hosts[{i}]",
+                   f"{excerpt(host)} is not a host name (letters, digits, '.', '-', '_')")
         parts = self.time.split(":")
         _check(len(parts) == 3 and all(p.isdigit() for p in parts), "time",
                "expected HH:MM:SS")
         _check(bool(self.mpirun), "mpirun", "must not be empty")
+        _no_control(self.mpirun, "mpirun")
+        for i, arg in enumerate(self.mpi_args):
+            _no_control(arg, f"mpi_args[{i}]")
+        for name, value in self.env.items():
+            _check(bool(ENV_NAME.fullmatch(name)), "env",
+                   f"{excerpt(name)} is not a valid environment variable name (letters, "
+                   "digits and '_', not starting with a digit)")
+            _no_control(value, f"env.{name}")
+        _check(not self.partition or bool(_SLURM_NAMES.fullmatch(self.partition)), "partition",
+               f"{excerpt(self.partition)} is not a Slurm partition name (letters, digits, "
+               "'.', '-', '_', '+'; several separated by commas)")
+        _check(not self.account or bool(_SLURM_NAME.fullmatch(self.account)), "account",
+               f"{excerpt(self.account)} is not a Slurm account name (letters, digits, "
+               "'.', '-', '_', '+')")
+        _check(0 <= self.signal_lead_s <= 65535, "signal_lead_s", "must be between 0 and 65535")
+        _check(not self.srun_mpi or bool(re.fullmatch(r"[a-z0-9_]+", self.srun_mpi)), "srun_mpi",
+               "expected an srun --mpi plugin name such as pmix, pmi2 or none")
+        _check(1 <= self.rdzv_port <= 65535, "rdzv_port", "must be between 1 and 65535")
+        _check(bool(self.run_dir), "run_dir", "must not be empty")
+        _no_control(self.run_dir, "run_dir")
+
+
+def _no_control(value: str, key: str) -> None:
+    _check(not _CONTROL.search(value), key,
+           f"{excerpt(value)} contains a control character (newline, NUL, ...)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -558,7 +612,7 @@ class _YamlLimit(Exception):
         self.mark = mark
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bounded_loader() -> type:
     """``yaml.SafeLoader`` that refuses documents too deep or too large once aliases expand.
 

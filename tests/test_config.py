@@ -234,3 +234,44 @@ def test_excerpt_is_bounded() -> None:
     assert excerpt("x" * 1000).endswith("…") and len(excerpt("x" * 1000)) == 60
     assert excerpt("a\nb") == "'a\\nb'"
     assert excerpt(3) == "3" and excerpt(True) == "True"
+
+
+# Launch values reach shell and #SBATCH lines: anything that could be read as more than one
+# word or line is refused, naming the key (the launcher also quotes what is accepted).
+HOSTILE_LAUNCH = [
+    # label, override, expected one-line error (naming the key)
+    ("env name with a command", "launch.env={'A; touch /tmp/x': '1'}",
+     "launch.env: 'A; touch /tmp/x' is not a valid environment variable name"),
+    ("env name starting with a digit", "launch.env={1A: x}", "launch.env: '1A' is not a valid"),
+    ("env value with a newline", "launch.env={A: \"1\\ntouch /tmp/x\"}",
+     "launch.env.A: '1\\ntouch /tmp/x' contains a control character"),
+    ("env value with NUL", "launch.env={A: \"a\\0b\"}",
+     "launch.env.A: 'a\\x00b' contains a control"),
+    ("partition with a newline", "launch.partition=\"gpu\\nhostname\"",
+     "launch.partition: 'gpu\\nhostname' is not a Slurm partition name"),
+    ("partition with a command", "launch.partition='gpu; touch /tmp/x'",
+     "launch.partition: 'gpu; touch /tmp/x' is not a Slurm partition name"),
+    ("account with a quote", "launch.account=\"a'b\"", "launch.account: \"a'b\" is not a Slurm"),
+    ("time with a command", "launch.time='01:00:00; id'", "launch.time: expected HH:MM:SS"),
+    ("host with a command", "launch.hosts=['a;id', b, c, d]",
+     "launch.hosts[0]: 'a;id' is not a host name"),
+    ("host with a newline", "launch.hosts=[\"a\\nb\", b, c, d]",
+     "launch.hosts[0]: 'a\\nb' is not"),
+    ("mpirun with a newline", "launch.mpirun=\"mpirun\\nid\"",
+     "launch.mpirun: 'mpirun\\nid' contains"),
+    ("mpi arg with a newline", "launch.mpi_args=[\"a\\nb\"]",
+     "launch.mpi_args[0]: 'a\\nb' contains"),
+    ("run_dir with a newline", "launch.run_dir=\"r\\nid\"", "launch.run_dir: 'r\\nid' contains"),
+    ("srun_mpi with a command", "launch.srun_mpi='pmix;id'", "launch.srun_mpi: expected an srun"),
+]
+
+
+@pytest.mark.parametrize("label,override,expected", HOSTILE_LAUNCH,
+                         ids=[h[0] for h in HOSTILE_LAUNCH])
+def test_hostile_launch_values_are_refused_in_one_line(label: str, override: str,
+                                                       expected: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_job(ROOT / "jobs/asc19-final.yaml", [override])
+    message = str(info.value)
+    assert expected in message, message
+    assert "\n" not in message and info.value.exit_code == 2
