@@ -95,7 +95,8 @@ class DistInfo:
     local_world_size: int
     """Number of ranks on this node."""
     launcher: str
-    """``openmpi``, ``mpich``, ``slurm``, ``torchrun`` or ``none``."""
+    """``openmpi``, ``mpich`` (also Intel MPI), ``slurm``, ``torchrun``, ``mpi`` (mpi4py
+    disagreed with the environment) or ``none``."""
 
     @property
     def distributed(self) -> bool:
