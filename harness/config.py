@@ -11,6 +11,11 @@ out-of-range values with a single line naming the file, the key path and what wa
 Command-line overrides (``--set train.lr=2e-4``) are applied to the parsed YAML before
 validation, so they pass through exactly the same checks.
 
+Hostile input is cheap to refuse: a job file over :data:`MAX_JOB_BYTES`, YAML nested deeper than
+:data:`MAX_YAML_DEPTH` or holding more than :data:`MAX_YAML_NODES` values once every alias is
+expanded (a "billion laughs" file), and integers longer than :data:`MAX_INT_DIGITS` are refused
+while parsing, and error messages quote at most :data:`EXCERPT_CHARS` characters of a value.
+
 Typical use::
 
     job = load_job("jobs/demo.yaml", overrides=["train.steps=100"])
@@ -20,7 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
+import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,6 +40,55 @@ from harness.errors import UserError
 
 #: Data sources that name the embedded ASC19 validation set (see ``harness.data.pairs``).
 EMBEDDED_SOURCES = ("embedded:train", "embedded:heldout", "embedded:all")
+
+#: Largest job file read, in bytes (shipped jobs are 1-2 KiB).
+MAX_JOB_BYTES = 1 << 20
+#: Longest ``--set KEY=VALUE`` text, in characters.
+MAX_OVERRIDE_CHARS = 64 << 10
+#: Most YAML values (scalars, lists, mappings) in one document, counting every alias as a full
+#: copy of what it names, and every KiB of a long string as one more value.
+MAX_YAML_NODES = 20_000
+#: Deepest nesting of YAML lists and mappings.
+MAX_YAML_DEPTH = 32
+#: Longest integer literal (``int()`` of a huge literal is slow, and refused by Python 3.11+).
+MAX_INT_DIGITS = 64
+#: Most characters of a value quoted in an error message.
+EXCERPT_CHARS = 60
+
+#: A POSIX environment variable name (what ``export NAME=...`` accepts).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+_SLURM_NAMES = re.compile(r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*")
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 2, 4, 6, 6
+_REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = _REPR.maxarray = 6
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = EXCERPT_CHARS, 40, EXCERPT_CHARS
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A one-line ``repr`` of ``value`` cut to ``limit`` characters (ending in '…' when cut).
+
+    The cost is bounded whatever the size of ``value``: error messages quote this instead of
+    ``repr(value)``, which for an alias-expanded YAML value can be gigabytes.
+    """
+    if isinstance(value, str):
+        text = repr(value[: limit + 1])
+    else:
+        try:
+            text = _REPR.repr(value)
+        except Exception:  # noqa: BLE001 - a repr that fails must not hide the real error
+            text = f"<{type(value).__name__}>"
+    text = _CONTROL.sub(" ", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` itself (not its repr), cut to ``limit`` characters."""
+    text = _CONTROL.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class FieldError(ValueError):
@@ -238,8 +295,8 @@ class EvalConfig:
         from harness.scoring.evaluate import ALL_METRICS  # the owner of the metric names
 
         for m in self.metrics:
-            _check(m in ALL_METRICS, "metrics", f"unknown metric {m!r} (expected some of "
-                   f"{', '.join(ALL_METRICS)})")
+            _check(m in ALL_METRICS, "metrics", f"unknown metric {excerpt(m)} (expected some "
+                   f"of {', '.join(ALL_METRICS)})")
         _check(self.shave >= 0, "shave", "must be >= 0")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
@@ -307,34 +364,55 @@ class ReportConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LaunchConfig:
-    """How ``harness launch`` starts the job (mpirun or Slurm)."""
+    """How ``harness launch`` starts the job (an MPI launcher, srun or torchrun; or Slurm).
 
+    Every string here may end up in a shell line or an ``#SBATCH`` line, so control characters
+    (newline, NUL, ...) are refused everywhere, environment names must be POSIX identifiers, and
+    host, partition and account names are limited to the characters such names use.
+    """
+
+    launcher: Literal["openmpi", "mpich", "intelmpi", "srun", "torchrun"] = "openmpi"
+    """What starts the ranks: ``openmpi`` (``mpirun -x``), ``mpich`` or ``intelmpi`` (Hydra
+    ``mpiexec -genv``), ``srun`` (inside a Slurm allocation) or ``torchrun`` (no MPI: one
+    ``torch.distributed.run`` agent per node, rendezvous on the first host)."""
     nodes: int = 1
     """Number of nodes."""
     ranks_per_node: int = 1
-    """MPI ranks per node (one per GPU on a GPU cluster)."""
+    """Ranks per node (one per GPU on a GPU cluster)."""
     gpus_per_node: int = 0
     """GPUs per node requested from the scheduler (0 = none)."""
     hosts: tuple[str, ...] = ()
-    """Host names; empty = run locally (or wherever Slurm places the job)."""
+    """Host names; empty = run locally (or wherever Slurm places the job). With torchrun the
+    first host is the rendezvous endpoint."""
     bind_to: Literal["core", "socket", "numa", "none"] = "core"
-    """Open MPI process binding."""
+    """Process binding, the same meaning for every launcher: Open MPI ``--bind-to``, MPICH
+    ``-bind-to``, Intel MPI ``I_MPI_PIN_DOMAIN``, srun ``--cpu-bind`` (cores, sockets, ldoms).
+    torchrun does not bind."""
     mpirun: str = "mpirun"
-    """The mpirun executable (the project's venv one is used when present)."""
+    """The MPI launcher executable (``mpirun``, ``mpiexec``, ``mpiexec.hydra``); for Open MPI the
+    project's venv one is used when present."""
     mpi_args: tuple[str, ...] = ()
-    """Extra mpirun arguments, passed through verbatim."""
+    """Extra arguments for mpirun/mpiexec (not srun or torchrun), passed through verbatim."""
     env: dict[str, str] = field(default_factory=dict)
-    """Environment variables exported to every rank (``-x NAME=value``)."""
+    """Environment variables exported to every rank (names: letters, digits and ``_``)."""
     oversubscribe: bool = False
     """Allow more ranks than cores (needed for demos on small machines)."""
     partition: str = ""
-    """Slurm partition (``--scheduler slurm``)."""
+    """Slurm partition, or a comma-separated list (``--scheduler slurm``)."""
     account: str = ""
     """Slurm account."""
     time: str = "01:00:00"
     """Slurm wall-time limit, HH:MM:SS."""
+    signal_lead_s: int = 120
+    """Under Slurm, every rank gets SIGUSR1 this many seconds before the time limit
+    (``#SBATCH --signal=USR1@N``; Slurm may send it up to 60 s earlier); 0 = no signal."""
+    srun_mpi: str = ""
+    """srun's ``--mpi`` plugin; empty = ``pmix`` for Open MPI and srun, ``pmi2`` for MPICH and
+    Intel MPI (which may also need ``I_MPI_PMI_LIBRARY`` in ``env``)."""
+    rdzv_port: int = 29500
+    """torchrun's rendezvous port on the first host."""
     run_dir: str = "runs"
-    """Parent folder of run directories."""
+    """Parent folder of run directories (and of Slurm's ``slurm-<jobid>.out`` logs)."""
 
     @property
     def world_size(self) -> int:
@@ -347,10 +425,38 @@ class LaunchConfig:
         _check(self.gpus_per_node >= 0, "gpus_per_node", "must be >= 0")
         _check(not self.hosts or len(self.hosts) == self.nodes, "hosts",
                f"lists {len(self.hosts)} hosts but launch.nodes is {self.nodes}")
+        for i, host in enumerate(self.hosts):
+            _check(bool(_HOST.fullmatch(host)), f"hosts[{i}]",
+                   f"{excerpt(host)} is not a host name (letters, digits, '.', '-', '_')")
         parts = self.time.split(":")
         _check(len(parts) == 3 and all(p.isdigit() for p in parts), "time",
                "expected HH:MM:SS")
         _check(bool(self.mpirun), "mpirun", "must not be empty")
+        _no_control(self.mpirun, "mpirun")
+        for i, arg in enumerate(self.mpi_args):
+            _no_control(arg, f"mpi_args[{i}]")
+        for name, value in self.env.items():
+            _check(bool(ENV_NAME.fullmatch(name)), "env",
+                   f"{excerpt(name)} is not a valid environment variable name (letters, "
+                   "digits and '_', not starting with a digit)")
+            _no_control(value, f"env.{name}")
+        _check(not self.partition or bool(_SLURM_NAMES.fullmatch(self.partition)), "partition",
+               f"{excerpt(self.partition)} is not a Slurm partition name (letters, digits, "
+               "'.', '-', '_', '+'; several separated by commas)")
+        _check(not self.account or bool(_SLURM_NAME.fullmatch(self.account)), "account",
+               f"{excerpt(self.account)} is not a Slurm account name (letters, digits, "
+               "'.', '-', '_', '+')")
+        _check(0 <= self.signal_lead_s <= 65535, "signal_lead_s", "must be between 0 and 65535")
+        _check(not self.srun_mpi or bool(re.fullmatch(r"[a-z0-9_]+", self.srun_mpi)), "srun_mpi",
+               "expected an srun --mpi plugin name such as pmix, pmi2 or none")
+        _check(1 <= self.rdzv_port <= 65535, "rdzv_port", "must be between 1 and 65535")
+        _check(bool(self.run_dir), "run_dir", "must not be empty")
+        _no_control(self.run_dir, "run_dir")
+
+
+def _no_control(value: str, key: str) -> None:
+    _check(not _CONTROL.search(value), key,
+           f"{excerpt(value)} contains a control character (newline, NUL, ...)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -427,23 +533,23 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise FieldError(key, f"expected {_type_name(tp)}, got {value!r}")
+        raise FieldError(key, f"expected {_type_name(tp)}, got {excerpt(value)}")
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, Sequence):
-            raise FieldError(key, f"expected {_type_name(tp)}, got {value!r}")
+            raise FieldError(key, f"expected {_type_name(tp)}, got {excerpt(value)}")
         (item,) = typing.get_args(tp)[:1]
         return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         ktype, vtype = typing.get_args(tp)
         if not isinstance(value, Mapping):
-            raise FieldError(key, f"expected a mapping, got {value!r}")
+            raise FieldError(key, f"expected a mapping, got {excerpt(value)}")
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise FieldError(key, f"keys must be strings, got {k!r}")
+                raise FieldError(key, f"keys must be strings, got {excerpt(k)}")
             if vtype is str:
                 if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                    raise FieldError(f"{key}.{k}", f"expected a string, got {v!r}")
+                    raise FieldError(f"{key}.{k}", f"expected a string, got {excerpt(v)}")
                 out[k] = str(v)
             elif vtype is float:
                 out[k] = _convert(float, v, f"{key}.{k}")
@@ -453,11 +559,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise FieldError(key, f"expected true or false, got {value!r}")
+        raise FieldError(key, f"expected true or false, got {excerpt(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise FieldError(key, f"expected an integer, got {value!r}")
+        raise FieldError(key, f"expected an integer, got {excerpt(value)}")
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -468,12 +574,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             except ValueError:
                 pass
         if number is None or not math.isfinite(number):
-            raise FieldError(key, f"expected a finite number, got {value!r}")
+            raise FieldError(key, f"expected a finite number, got {excerpt(value)}")
         return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise FieldError(key, f"expected a string, got {value!r}")
+        raise FieldError(key, f"expected a string, got {excerpt(value)}")
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this module
 
 
@@ -482,15 +588,15 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise FieldError(prefix, f"expected a mapping, got {data!r}")
+        raise FieldError(prefix, f"expected a mapping, got {excerpt(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
     for raw_key, value in data.items():
-        key = str(raw_key)
-        path = f"{prefix}.{key}" if prefix else key
+        key = raw_key if isinstance(raw_key, str) else excerpt(raw_key)
+        path = f"{prefix}.{_clip(key)}" if prefix else _clip(key)
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
+            close = difflib.get_close_matches(key, list(fields), n=1) if len(key) <= 64 else []
             hint = f" (did you mean {close[0]}?)" if close else (
                 f" (expected one of: {', '.join(fields)})")
             raise FieldError(path, "unknown key" + hint)
@@ -503,19 +609,134 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 # --------------------------------------------------------------------------- loading
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse one ``--set section.key=value`` override into (key path, YAML value)."""
+class _YamlLimit(Exception):
+    """YAML refused for its shape (too deep, too many values), not for its syntax."""
+
+    def __init__(self, message: str, mark: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+
+
+@functools.cache
+def _bounded_loader() -> type:
+    """``yaml.SafeLoader`` that refuses documents too deep or too large once aliases expand.
+
+    PyYAML shares one node between an anchor and its aliases, so parsing a "billion laughs"
+    document is cheap; what explodes is everything after it that walks the data (validation,
+    ``repr`` in error messages, copies, JSON dumps). The composer therefore counts, for every
+    node, its size with all aliases expanded, and stops as soon as the document's total passes
+    :data:`MAX_YAML_NODES`: a 9-level bomb is refused after a few dozen nodes.
+    """
+    import yaml
+    from yaml.events import AliasEvent, ScalarEvent
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._expanded = 0              # values so far, aliases counted in full
+            self._depth = 0
+            self._sizes: dict[int, int] = {}  # id(node) -> its expanded size
+
+        def _count(self, n: int, mark: Any) -> None:
+            self._expanded += n
+            if self._expanded > MAX_YAML_NODES:
+                raise _YamlLimit(f"more than {MAX_YAML_NODES} YAML values (an alias counts as "
+                                 "a full copy of what it names)", mark)
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, AliasEvent):
+                target = self.anchors.get(event.anchor)
+                if target is not None:  # an unknown anchor is PyYAML's own error
+                    self._count(self._sizes.get(id(target), 1), event.start_mark)
+                return super().compose_node(parent, index)
+            if self._depth >= MAX_YAML_DEPTH:
+                raise _YamlLimit(f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            before = self._expanded
+            cost = 1 + len(event.value) // 1024 if isinstance(event, ScalarEvent) else 1
+            self._count(cost, event.start_mark)
+            self._depth += 1
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+            self._sizes[id(node)] = self._expanded - before
+            return node
+
+        def construct_yaml_int(self, node: Any) -> int:
+            if len(node.value) > MAX_INT_DIGITS:
+                raise _YamlLimit(f"integer longer than {MAX_INT_DIGITS} characters",
+                                 node.start_mark)
+            return super().construct_yaml_int(node)
+
+    BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
+    return BoundedLoader
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+
+
+def _parse(text: str) -> Any:
+    """Parse with the limits; raises _YamlLimit, yaml.YAMLError, ValueError or OverflowError."""
+    loader = _bounded_loader()(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document with the limits above; the only YAML reader of job data.
+
+    Args:
+        text: The document.
+        source: What to name in errors (a file path).
+
+    Raises:
+        UserError: one line, ``source: line L, column C: what is wrong``.
+    """
     import yaml
 
+    try:
+        return _parse(text)
+    except _YamlLimit as exc:
+        raise UserError(f"{source}: {_where(exc.mark)}refused: {exc.message}") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{source}: {_where(getattr(exc, 'problem_mark', None))}invalid YAML "
+                        f"({_clip(problem)})") from None
+    except (ValueError, OverflowError) as exc:  # e.g. the timestamp 2024-02-30
+        raise UserError(f"{source}: invalid YAML value ({_clip(str(exc))})") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one ``--set section.key=value`` override into (key path, YAML value).
+
+    A value that is not valid YAML is taken as a plain string; one that breaks the YAML limits
+    (see :func:`parse_yaml`) is refused.
+    """
+    import yaml
+
+    shown = f"--set {_clip(text)}"
+    if len(text) > MAX_OVERRIDE_CHARS:
+        raise UserError(f"{shown}: longer than {MAX_OVERRIDE_CHARS} characters")
     if "=" not in text:
-        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. train.lr=2e-4")
+        raise UserError(f"{shown}: expected KEY=VALUE, e.g. train.lr=2e-4")
     key, raw = text.split("=", 1)
     parts = [p for p in key.strip().split(".")]
     if not all(parts):
-        raise UserError(f"--set {text}: empty key")
+        raise UserError(f"{shown}: empty key")
+    if len(parts) > MAX_YAML_DEPTH:
+        raise UserError(f"{shown}: key nested deeper than {MAX_YAML_DEPTH} levels")
+    if not raw.strip():
+        return parts, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = _parse(raw)
+    except _YamlLimit as exc:
+        raise UserError(f"{shown}: {_where(exc.mark)}refused: {exc.message}") from None
+    except (yaml.YAMLError, ValueError, OverflowError):
         value = raw
     return parts, value
 
@@ -533,7 +754,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise UserError(f"--set {text}: {part} is not a section")
+                raise UserError(f"--set {_clip(text)}: {_clip(part)} is not a section")
             node = child
         node[parts[-1]] = value
     return out
@@ -556,28 +777,28 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     """Read, override and validate a job file.
 
     Args:
-        path: The YAML job file.
+        path: The YAML job file (at most :data:`MAX_JOB_BYTES`).
         overrides: ``section.key=value`` strings applied before validation.
 
     Raises:
-        UserError: the file is missing or unreadable, is not valid YAML, or fails validation.
+        UserError: the file is missing, unreadable or too large, is not valid YAML or breaks
+            the YAML limits, or fails validation.
     """
-    import yaml
-
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:  # bounded read: also safe on /dev/zero or a huge file
+            raw = f.read(MAX_JOB_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: job file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UserError(f"{path}: cannot read job file ({exc.__class__.__name__})") from None
+    if len(raw) > MAX_JOB_BYTES:
+        raise UserError(f"{path}: job file larger than {MAX_JOB_BYTES} bytes; refused")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{path}: {where}invalid YAML ({problem})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: cannot read job file ({exc.__class__.__name__})") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

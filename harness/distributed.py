@@ -1,18 +1,33 @@
 """Distributed bootstrap: the one module that knows how ranks are launched.
 
-Rank, local rank and world size come from, in order: mpi4py (when the process was started by
-an MPI launcher), then the environment variables of Open MPI (``OMPI_COMM_WORLD_*``), MPICH/Intel
-MPI (``PMI_RANK``/``PMI_SIZE``/``MPI_LOCALRANKID``), Slurm (``SLURM_PROCID``/``SLURM_NTASKS``/
-``SLURM_LOCALID``) and torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``). With no launcher the
-process is rank 0 of 1 and everything runs in-process.
+Rank, local rank and world size come from the launcher's environment variables:
 
-Nothing happens at import time: mpi4py is imported (which initialises MPI) only when
-:func:`get_comm` is first called in a launched process.
+* torchrun: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` — first when
+  ``TORCHELASTIC_RUN_ID`` marks a torchrun worker, since torchrun started by srun leaves the
+  agent's own ``SLURM_*`` variables behind;
+* Open MPI: ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``;
+* MPICH and Intel MPI (Hydra): ``PMI_RANK``/``PMI_SIZE`` and ``MPI_LOCALRANKID``/
+  ``MPI_LOCALNRANKS`` (or ``PMI_LOCAL_RANK``/``PMI_LOCAL_SIZE``);
+* Slurm's srun: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``),
+  ``SLURM_LOCALID`` and this node's entry of ``SLURM_STEP_TASKS_PER_NODE`` such as ``4(x2),3``;
+* bare ``RANK``/``WORLD_SIZE`` (torch.distributed's env:// convention) last.
+
+With no launcher the process is rank 0 of 1 and everything runs in-process. (A Slurm batch
+shell also carries ``SLURM_PROCID``/``SLURM_NTASKS``: start ranks with srun, as the scripts of
+``harness launch --scheduler slurm`` do, not by running Python in the batch shell itself.)
+
+:func:`get_comm` gives the small collectives (bcast, gather, allgather, barrier, allreduce_sum):
+mpi4py's ``COMM_WORLD`` under an MPI launcher or srun, and ``torch.distributed`` over gloo under
+torchrun (no MPI there), or wherever mpi4py is missing or sees a world of one while
+``MASTER_ADDR``/``MASTER_PORT`` say where rank 0 listens.
+
+Nothing happens at import time: mpi4py (which initialises MPI) or torch.distributed is set up
+only when :func:`get_comm` is first called in a launched process.
 
 Typical use::
 
     info = get_dist_info()
-    comm = get_comm()                     # MPI communicator or a single-process stand-in
+    comm = get_comm()                     # MPI, torch.distributed or a single-process stand-in
     init_torch_distributed(info, comm, backend="gloo")
     print0(info, "training on", info.world_size, "ranks")
 """
@@ -20,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,13 +46,39 @@ from harness.errors import UserError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# (rank, size, local rank, local size) variable names per launcher, checked in this order.
-_LAUNCHER_ENV: tuple[tuple[str, str, str, str, str], ...] = (
-    ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-     "OMPI_COMM_WORLD_LOCAL_SIZE"),
-    ("mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
-    ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
-    ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+#: Seconds a collective of the torch.distributed-backed communicator may wait.
+TORCH_COMM_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class _LauncherEnv:
+    """Where one launcher puts rank, size, local rank and local size (first set name wins)."""
+
+    name: str
+    rank: tuple[str, ...]
+    size: tuple[str, ...]
+    local_rank: tuple[str, ...]
+    local_size: tuple[str, ...]
+    marker: str = ""
+    """A variable that must be set too (empty: none)."""
+
+
+_TORCHRUN = _LauncherEnv("torchrun", ("RANK",), ("WORLD_SIZE",), ("LOCAL_RANK",),
+                         ("LOCAL_WORLD_SIZE",), marker="TORCHELASTIC_RUN_ID")
+_SLURM = _LauncherEnv("slurm", ("SLURM_PROCID",), ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
+                                                   "SLURM_NPROCS"),
+                      ("SLURM_LOCALID",), ("SLURM_NTASKS_PER_NODE",))
+# Checked in this order: the innermost launcher first (torchrun under srun; mpirun in a batch
+# shell that has SLURM_PROCID=0 of SLURM_NTASKS).
+_LAUNCHER_ENV: tuple[_LauncherEnv, ...] = (
+    _TORCHRUN,
+    _LauncherEnv("openmpi", ("OMPI_COMM_WORLD_RANK",), ("OMPI_COMM_WORLD_SIZE",),
+                 ("OMPI_COMM_WORLD_LOCAL_RANK",), ("OMPI_COMM_WORLD_LOCAL_SIZE",)),
+    _LauncherEnv("mpich", ("PMI_RANK",), ("PMI_SIZE",), ("MPI_LOCALRANKID", "PMI_LOCAL_RANK"),
+                 ("MPI_LOCALNRANKS", "PMI_LOCAL_SIZE")),
+    _SLURM,
+    _LauncherEnv("torchrun", ("RANK",), ("WORLD_SIZE",), ("LOCAL_RANK",),
+                 ("LOCAL_WORLD_SIZE",)),
 )
 
 
@@ -53,7 +95,8 @@ class DistInfo:
     local_world_size: int
     """Number of ranks on this node."""
     launcher: str
-    """``openmpi``, ``mpich``, ``slurm``, ``torchrun`` or ``none``."""
+    """``openmpi``, ``mpich`` (also Intel MPI), ``slurm``, ``torchrun``, ``mpi`` (mpi4py
+    disagreed with the environment) or ``none``."""
 
     @property
     def distributed(self) -> bool:
@@ -81,6 +124,40 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         return None
 
 
+def _first(env: Mapping[str, str], names: Sequence[str]) -> tuple[str, int | None]:
+    for name in names:
+        value = _int(env, name)
+        if value is not None:
+            return name, value
+    return names[0], None
+
+
+def slurm_tasks_on_node(spec: str, node: int) -> int | None:
+    """Tasks on node ``node`` from Slurm's compressed list, e.g. ``"2(x3),1"`` -> 2, 2, 2, 1.
+
+    Returns None when ``spec`` is malformed or has no entry for ``node``.
+    """
+    counts: list[int] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if m is None:
+            return None
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+        if len(counts) > node:
+            return counts[node]
+    return None
+
+
+def _slurm_local_size(env: Mapping[str, str]) -> int | None:
+    node = _int(env, "SLURM_NODEID") or 0
+    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        if env.get(name):
+            count = slurm_tasks_on_node(env[name], node)
+            if count is not None:
+                return count
+    return _int(env, "SLURM_NTASKS_PER_NODE")
+
+
 def dist_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
     """Read rank/size from launcher environment variables (pure; no MPI calls).
 
@@ -89,21 +166,32 @@ def dist_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
 
     Returns:
         The ranks seen by the first launcher whose variables are set, or a single process.
+
+    Raises:
+        UserError: the variables contradict each other (rank outside the world, ...).
     """
     env = os.environ if env is None else env
-    for launcher, rk, sz, lrk, lsz in _LAUNCHER_ENV:
-        rank, size = _int(env, rk), _int(env, sz)
+    for spec in _LAUNCHER_ENV:
+        if spec.marker and not env.get(spec.marker):
+            continue
+        rk, rank = _first(env, spec.rank)
+        sz, size = _first(env, spec.size)
         if rank is None or size is None:
             continue
-        local_rank = _int(env, lrk)
-        local_size = _int(env, lsz)
-        if local_rank is None:
-            local_rank = rank
+        lrk, local_rank = _first(env, spec.local_rank)
+        _, local_size = _first(env, spec.local_size)
+        if spec is _SLURM:
+            local_size = _slurm_local_size(env)
         if local_size is None:
             local_size = size
+        if local_rank is None:
+            local_rank = rank % local_size  # ranks packed node by node
         if not 0 <= rank < size:
             raise UserError(f"launcher variables {rk}={rank} {sz}={size} are inconsistent")
-        return DistInfo(rank, local_rank, size, local_size, launcher)
+        if not 0 <= local_rank < local_size <= size:
+            raise UserError(f"launcher variables {lrk}={local_rank} local size {local_size} "
+                            f"{sz}={size} are inconsistent")
+        return DistInfo(rank, local_rank, size, local_size, spec.name)
     return DistInfo(0, 0, 1, 1, "none")
 
 
@@ -171,6 +259,106 @@ class MPIComm:
         self._comm.Barrier()
 
 
+class TorchComm:
+    """The collectives over ``torch.distributed`` with gloo, for launches without MPI.
+
+    Objects travel pickled, as with mpi4py. The default process group is initialised from
+    ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them) with gloo for CPU tensors, and NCCL
+    for CUDA tensors when CUDA is present, so that :func:`init_torch_distributed` and DDP can use
+    the same group later; the collectives here always run on a gloo group.
+
+    Args:
+        group: The gloo process group to use (None: the default group, when it is gloo).
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self._group = group
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+
+    @classmethod
+    def from_env(cls, info: DistInfo, timeout_s: float = TORCH_COMM_TIMEOUT_S) -> TorchComm:
+        """Join (or create) the default process group, then open a gloo group over all ranks.
+
+        Raises:
+            UserError: torch.distributed is unavailable, or ``MASTER_ADDR``/``MASTER_PORT``
+                are missing.
+        """
+        import datetime
+
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise UserError(f"started by {info.launcher} with {info.world_size} ranks but this "
+                            "torch has no torch.distributed")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if not dist.is_initialized():
+            missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+            if missing:
+                raise UserError(f"started by {info.launcher} with {info.world_size} ranks "
+                                f"without MPI, and {' and '.join(missing)} not set: use "
+                                "torchrun, or an MPI launcher with mpi4py installed")
+            backend = ("cpu:gloo,cuda:nccl" if torch.cuda.is_available()
+                       and dist.is_nccl_available() else "gloo")
+            dist.init_process_group(backend=backend, init_method="env://", rank=info.rank,
+                                    world_size=info.world_size, timeout=timeout)
+        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo",
+                                                                         timeout=timeout)
+        return cls(group)
+
+    def bcast(self, obj: T, root: int = 0) -> T:
+        box = [obj if self.rank == root else None]
+        self._dist.broadcast_object_list(box, src=root, group=self._group)
+        return box[0]
+
+    def allgather(self, obj: T) -> list[T]:
+        out: list[Any] = [None] * self.size
+        self._dist.all_gather_object(out, obj, group=self._group)
+        return out
+
+    def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        out: list[Any] | None = [None] * self.size if self.rank == root else None
+        self._dist.gather_object(obj, out, dst=root, group=self._group)
+        return out
+
+    def allreduce_sum(self, value: float) -> float:
+        # Summed in rank order on every rank, so every rank gets the same float (as MPIComm).
+        return float(sum(self.allgather(value)))
+
+    def barrier(self) -> None:
+        self._dist.barrier(group=self._group)
+
+    def node_leaders(self, local_rank: int) -> TorchGroupComm | None:
+        """A communicator of the local-rank-0 processes (one per node), for the power governor.
+
+        Collective: every rank must call it. Returns None where ``local_rank != 0``.
+        """
+        leaders = [r for r, lead in enumerate(self.allgather(local_rank == 0)) if lead]
+        group = self._dist.new_group(ranks=leaders, backend="gloo")
+        if local_rank != 0:
+            return None
+        return TorchGroupComm(group, leaders.index(self.rank), len(leaders))
+
+
+class TorchGroupComm:
+    """``rank``, ``size`` and ``allgather`` over a torch.distributed sub-group."""
+
+    def __init__(self, group: Any, rank: int, size: int) -> None:
+        import torch.distributed as dist
+
+        self._dist, self._group, self.rank, self.size = dist, group, rank, size
+
+    def allgather(self, obj: Any) -> list[Any]:
+        """Gather ``obj`` from every member, in member order."""
+        out: list[Any] = [None] * self.size
+        self._dist.all_gather_object(out, obj, group=self._group)
+        return out
+
+
 _COMM: Comm | None = None
 
 
@@ -186,12 +374,22 @@ def get_dist_info() -> DistInfo:
     return info
 
 
+def _torch_can_rendezvous() -> bool:
+    return bool(os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"))
+
+
 def get_comm() -> Comm:
-    """The job's communicator: mpi4py's COMM_WORLD under an MPI launcher, else single-process.
+    """The job's communicator (created on first call, then cached).
+
+    * one rank: a single-process stand-in;
+    * torchrun: :class:`TorchComm` (gloo), without importing mpi4py;
+    * an MPI launcher or srun: mpi4py's ``COMM_WORLD``; if mpi4py is missing, or sees a world of
+      one (built against another MPI), :class:`TorchComm` when ``MASTER_ADDR``/``MASTER_PORT``
+      are set.
 
     Raises:
-        UserError: launched with several ranks but mpi4py is missing or disagrees with the
-            launcher about the world size.
+        UserError: several ranks but no way to reach them (mpi4py missing or disagreeing with
+            the launcher, and no ``MASTER_ADDR``/``MASTER_PORT``).
     """
     global _COMM
     if _COMM is not None:
@@ -201,15 +399,25 @@ def get_comm() -> Comm:
         _COMM = SingleComm()
         return _COMM
     if info.launcher == "torchrun":
-        raise UserError("torchrun launches are not supported: use mpirun or srun "
-                        "(see `harness launch`)")
+        _COMM = TorchComm.from_env(info)
+        return _COMM
     try:
         from mpi4py import MPI
     except ImportError:
+        if _torch_can_rendezvous():
+            log.warning("mpi4py is not installed: using torch.distributed (gloo) for the %d "
+                        "ranks", info.world_size)
+            _COMM = TorchComm.from_env(info)
+            return _COMM
         raise UserError(f"started by {info.launcher} with {info.world_size} ranks but mpi4py "
                         "is not installed: pip install mpi4py (see `harness doctor`)") from None
     comm = MPIComm(MPI.COMM_WORLD)
     if comm.size != info.world_size:
+        if comm.size == 1 and _torch_can_rendezvous():
+            log.warning("mpi4py sees 1 rank but %s says %d: using torch.distributed (gloo)",
+                        info.launcher, info.world_size)
+            _COMM = TorchComm.from_env(info)
+            return _COMM
         raise UserError(f"mpi4py sees {comm.size} ranks but the launcher says "
                         f"{info.world_size}: mpi4py was built against another MPI than the "
                         "mpirun used (run `harness doctor`)")
@@ -279,7 +487,11 @@ def _resolvable(host: str) -> str:
 
 
 def shutdown_torch_distributed() -> None:
-    """Tear down ``torch.distributed`` if it was initialised."""
+    """Tear down ``torch.distributed`` if it was initialised (and forget a :class:`TorchComm`,
+    whose groups go with it)."""
+    global _COMM
+    if isinstance(_COMM, TorchComm):
+        _COMM = None
     try:
         import torch.distributed as dist
     except ImportError:
