@@ -31,14 +31,13 @@ import math
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from power.clock import Clock, MonotonicClock
+from power.clock import Clock, MonotonicClock, time_fields
 from power.comm import Communicator, SingleProcessComm
 from power.errors import PowerError
 from power.gpu import GPU
@@ -197,7 +196,7 @@ class Governor:
         self._signals.install()
         self._log("start", budget_w=self.budget_w, headroom_w=self.headroom_w, mode=self.mode,
                   gpus=len(self.gpus), original_limits_mw=self._original_limits_mw,
-                  cluster_wide=False)
+                  power_sensors=self._sensor_labels(), cluster_wide=False)
         try:
             self.step()
         except BaseException:
@@ -319,6 +318,15 @@ class Governor:
         return out
 
     # --- internals --------------------------------------------------------------------------
+    def _sensor_labels(self) -> list[str]:
+        labels = []
+        for g in self.gpus:
+            try:
+                labels.append(g.get_power_sensor().label())
+            except PowerError as exc:
+                labels.append(f"unknown ({exc})")
+        return labels
+
     def _local_report(self) -> NodeReport:
         now = self._clock.now()
         dt = 0.0 if self._last_t is None else now - self._last_t
@@ -474,7 +482,9 @@ class Governor:
             name = ("governor_events.jsonl" if self.comm.rank == 0
                     else f"governor_events.rank{self.comm.rank}.jsonl")
             self._events_fh = open(self.run_dir / name, "a", encoding="utf-8")
-        record = {"event": event, "wall_time": time.time(), "rank": self.comm.rank, **fields}
+        stamp = time_fields(self._clock)
+        record = {"event": event, "wall_time": stamp["unix_s"], "utc": stamp["utc"],
+                  "mono_s": stamp["mono_s"], "rank": self.comm.rank, **fields}
         self._events_fh.write(json.dumps(record) + "\n")
         self._events_fh.flush()
 

@@ -449,7 +449,7 @@ def _events_table(pd: PowerData) -> Markup:
                                               if errs else "")
             else:
                 detail = ", ".join(f"{k}={v}" for k, v in ev.items()
-                                   if k not in ("event", "wall_time", "rank", "t_s"))
+                                   if k not in ("event", "wall_time", "utc", "mono_s", "rank", "t_s"))
             rows.append([node.name, kind, fmt_num(t, 3), str(ev.get("reason", "") or ""),
                          fmt_num(ev.get("cluster_w") if "cluster_w" in ev else None, 0), detail])
     if not rows:
