@@ -101,6 +101,10 @@ class Governor:
         policy: Policy tuning constants (default :class:`~power.policy.PolicyConfig`).
         handle_signals: Install SIGINT/SIGTERM handlers on entry (main thread only).
         busy_max_age_s: Busy times older than this are ignored by the policy.
+        energy_power: Feed the policy the average power since the previous step computed from
+            the energy counter instead of the power reading: True, False, or None (default)
+            for GPUs whose reading is not instantaneous (a 1-s average reacts up to a second
+            late; the counter's average over one period is at most one period old).
     """
 
     def __init__(self, gpus: Sequence[GPU], *, comm: Communicator | None = None,
@@ -109,7 +113,7 @@ class Governor:
                  shared_overhead_w: float = 0.0, run_dir: str | os.PathLike[str] | None = None,
                  clock: Clock | None = None, period_s: float = 0.05,
                  policy: PolicyConfig | None = None, handle_signals: bool = True,
-                 busy_max_age_s: float = 5.0) -> None:
+                 busy_max_age_s: float = 5.0, energy_power: bool | None = None) -> None:
         if not gpus:
             raise ValueError("Governor: gpus must not be empty")
         if not budget_w > 0:
@@ -154,6 +158,10 @@ class Governor:
         self._busy: list[tuple[float, float] | None] = [None] * n
         self._energy_start_mj: list[int | None] = [None] * n
         self._energy_j = [0.0] * n
+        self._energy_power = energy_power
+        self._use_energy = [False] * n
+        self.power_sources: list[str] = ["reading"] * n
+        """Per GPU: ``"reading"`` (the sensor) or ``"energy"`` (counter average per step)."""
         self._other_energy_j = 0.0
         self._last_other_w: float | None = None
         self._last_t: float | None = None
@@ -187,6 +195,15 @@ class Governor:
                     self._energy_start_mj[i] = g.get_total_energy_consumption_mj()
             except PowerError as exc:
                 logger.warning("GPU %d: energy counter unusable (%s); integrating power", i, exc)
+            if self._energy_start_mj[i] is not None and self._energy_power is not False:
+                if self._energy_power:
+                    self._use_energy[i] = True
+                else:
+                    try:
+                        self._use_energy[i] = g.get_power_sensor().kind != "instant"
+                    except PowerError:
+                        self._use_energy[i] = True
+            self.power_sources[i] = "energy" if self._use_energy[i] else "reading"
         self._entered = True
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +213,8 @@ class Governor:
         self._signals.install()
         self._log("start", budget_w=self.budget_w, headroom_w=self.headroom_w, mode=self.mode,
                   gpus=len(self.gpus), original_limits_mw=self._original_limits_mw,
-                  power_sensors=self._sensor_labels(), cluster_wide=False)
+                  power_sensors=self._sensor_labels(), power_sources=self.power_sources,
+                  cluster_wide=False)
         try:
             self.step()
         except BaseException:
@@ -343,15 +361,20 @@ class Governor:
                     logger.warning("GPU %d: power read failed (%d times): %s", i,
                                    self._read_errors[i], exc)
             power = self._last_power_w[i]
-            gpu_sum += power or 0.0
             if self._energy_start_mj[i] is not None:
+                before_j = self._energy_j[i]
                 try:
                     self._energy_j[i] = (g.get_total_energy_consumption_mj()
                                          - self._energy_start_mj[i]) / 1000.0
+                    # A counter that has not moved was not refreshed: keep the reading.
+                    if (self._use_energy[i] and power is not None and dt > 0
+                            and self._energy_j[i] > before_j):
+                        power = (self._energy_j[i] - before_j) / dt
                 except PowerError:
                     pass
             elif power is not None and prev is not None:
                 self._energy_j[i] += 0.5 * (prev + power) * dt
+            gpu_sum += power or 0.0
             if self.mode == "power_limit":
                 try:
                     self._limit_w[i] = g.get_power_limit_mw() / 1000.0

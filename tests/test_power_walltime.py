@@ -82,3 +82,19 @@ def test_every_governor_event_has_utc_and_monotonic_time(tmp_path):
         assert e["mono_s"] >= 5.0
     start = next(e for e in events if e["event"] == "start")
     assert start["power_sensors"] == ["instant via simulated"] * 2
+
+
+def test_governor_takes_power_from_the_energy_counter_when_readings_are_averaged(tmp_path):
+    from power.clock import SimClock as _SimClock
+
+    clock = _SimClock()
+    avg = make_simulated_gpus("H100-SXM5", 1, clock=clock, sensor="average_1s")
+    inst = make_simulated_gpus("H100-SXM5", 1, clock=clock, seed=1)
+    with Governor(avg + inst, budget_w=5000, clock=clock, handle_signals=False) as gov:
+        assert gov.power_sources == ["energy", "reading"]
+        for _ in range(3):
+            clock.advance(0.05)
+            gov.step()
+    with Governor(avg, budget_w=5000, clock=clock, handle_signals=False,
+                  energy_power=False) as gov:
+        assert gov.power_sources == ["reading"]
