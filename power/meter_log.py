@@ -99,7 +99,7 @@ def _scale(original: str) -> float | None:
         return 1000.0
     if re.search(r"(^|[^a-z])mW\b|\(mW\)|\[mW\]", original.strip()):
         return 0.001
-    if n in POWER_NAMES or n.endswith("_w") or n.endswith("_watts"):
+    if n in POWER_NAMES or n.endswith(("_w", "_watts")):
         return 1.0
     return None
 
@@ -278,7 +278,7 @@ class MeterComparison:
         d = self.diff_w
         span = float(self.unix_s[-1] - self.unix_s[0]) if len(self.unix_s) > 1 else 0.0
         out = {
-            "samples": int(len(self.unix_s)), "start_utc": utc_iso(float(self.unix_s[0])),
+            "samples": len(self.unix_s), "start_utc": utc_iso(float(self.unix_s[0])),
             "end_utc": utc_iso(float(self.unix_s[-1])), "duration_s": span,
             "offset_s": self.offset_s, "budget_w": self.budget_w,
             "meter_avg_w": float(self.meter_w.mean()), "ours_avg_w": float(self.ours_w.mean()),

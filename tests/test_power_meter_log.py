@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from power.clock import SIM_WALL_ORIGIN_S as T0
-from power.meter_log import MeterLogError, compare_with_meter, parse_time, read_meter_log
+from power.meter_log import (
+    MeterLogError,
+    compare_with_meter,
+    parse_time,
+    read_meter_log,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -5,11 +5,11 @@ import pytest
 
 pytest.importorskip("mlperf_logging")
 
-from mlperf_logging.compliance_checker import mlp_parser  # noqa: E402
-from mlperf_logging.package_checker.power_checker import PowerChecker  # noqa: E402
+from mlperf_logging.compliance_checker import mlp_parser
+from mlperf_logging.package_checker.power_checker import PowerChecker
 
-from power.clock import SIM_WALL_ORIGIN_S as T0  # noqa: E402
-from power.mlperf import (  # noqa: E402
+from power.clock import SIM_WALL_ORIGIN_S as T0
+from power.mlperf import (
     NodePowerSeries,
     RunFacts,
     check_power_log,
@@ -24,7 +24,7 @@ FACTS = RunFacts(org="TeamX", platform="4xH100-SXM5", run_start_unix_s=T0 + 10,
 
 def _nodes():
     # Two nodes at 10 Hz over a longer span than the run; 1400 W and 1500 W flat.
-    times = [T0 + i / 10 for i in range(0, 800)]
+    times = [T0 + i / 10 for i in range(800)]
     return [NodePowerSeries(host=f"node{n:03d}", unix_s=times, watts=[1400.0 + 100 * n] * 800)
             for n in range(2)]
 

@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from power.clock import SIM_WALL_ORIGIN_S, MonotonicClock, SimClock, time_fields, utc_iso
+from power.clock import (
+    SIM_WALL_ORIGIN_S,
+    MonotonicClock,
+    SimClock,
+    time_fields,
+    utc_iso,
+)
 from power.governor import Governor
 from power.node import NodePower
 from power.sampler import PowerSampler

@@ -49,7 +49,7 @@ def _run(tmp_path):
 def _meter_csv(tmp_path, extra_w=60.0, burst=True):
     """The organisers' meter: 1 Hz, local time UTC+8, a bit above ours, one 2-s burst."""
     lines = ["Time;Power (kW)"]
-    for s in range(0, 80):
+    for s in range(80):
         w = 1440.0 + extra_w + (200.0 if burst and 60 <= s < 62 else 0.0)
         hh = 8
         lines.append(f"2025-01-01 {hh:02d}:{s // 60:02d}:{s % 60:02d};{w / 1000:.4f}"
