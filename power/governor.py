@@ -31,14 +31,13 @@ import math
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from power.clock import Clock, MonotonicClock
+from power.clock import Clock, MonotonicClock, time_fields
 from power.comm import Communicator, SingleProcessComm
 from power.errors import PowerError
 from power.gpu import GPU
@@ -102,6 +101,10 @@ class Governor:
         policy: Policy tuning constants (default :class:`~power.policy.PolicyConfig`).
         handle_signals: Install SIGINT/SIGTERM handlers on entry (main thread only).
         busy_max_age_s: Busy times older than this are ignored by the policy.
+        energy_power: Feed the policy the average power since the previous step computed from
+            the energy counter instead of the power reading: True, False, or None (default)
+            for GPUs whose reading is not instantaneous (a 1-s average reacts up to a second
+            late; the counter's average over one period is at most one period old).
     """
 
     def __init__(self, gpus: Sequence[GPU], *, comm: Communicator | None = None,
@@ -110,7 +113,7 @@ class Governor:
                  shared_overhead_w: float = 0.0, run_dir: str | os.PathLike[str] | None = None,
                  clock: Clock | None = None, period_s: float = 0.05,
                  policy: PolicyConfig | None = None, handle_signals: bool = True,
-                 busy_max_age_s: float = 5.0) -> None:
+                 busy_max_age_s: float = 5.0, energy_power: bool | None = None) -> None:
         if not gpus:
             raise ValueError("Governor: gpus must not be empty")
         if not budget_w > 0:
@@ -155,6 +158,10 @@ class Governor:
         self._busy: list[tuple[float, float] | None] = [None] * n
         self._energy_start_mj: list[int | None] = [None] * n
         self._energy_j = [0.0] * n
+        self._energy_power = energy_power
+        self._use_energy = [False] * n
+        self.power_sources: list[str] = ["reading"] * n
+        """Per GPU: ``"reading"`` (the sensor) or ``"energy"`` (counter average per step)."""
         self._other_energy_j = 0.0
         self._last_other_w: float | None = None
         self._last_t: float | None = None
@@ -188,6 +195,15 @@ class Governor:
                     self._energy_start_mj[i] = g.get_total_energy_consumption_mj()
             except PowerError as exc:
                 logger.warning("GPU %d: energy counter unusable (%s); integrating power", i, exc)
+            if self._energy_start_mj[i] is not None and self._energy_power is not False:
+                if self._energy_power:
+                    self._use_energy[i] = True
+                else:
+                    try:
+                        self._use_energy[i] = g.get_power_sensor().kind != "instant"
+                    except PowerError:
+                        self._use_energy[i] = True
+            self.power_sources[i] = "energy" if self._use_energy[i] else "reading"
         self._entered = True
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +213,7 @@ class Governor:
         self._signals.install()
         self._log("start", budget_w=self.budget_w, headroom_w=self.headroom_w, mode=self.mode,
                   gpus=len(self.gpus), original_limits_mw=self._original_limits_mw,
+                  power_sensors=self._sensor_labels(), power_sources=self.power_sources,
                   cluster_wide=False)
         try:
             self.step()
@@ -319,6 +336,15 @@ class Governor:
         return out
 
     # --- internals --------------------------------------------------------------------------
+    def _sensor_labels(self) -> list[str]:
+        labels = []
+        for g in self.gpus:
+            try:
+                labels.append(g.get_power_sensor().label())
+            except PowerError as exc:
+                labels.append(f"unknown ({exc})")
+        return labels
+
     def _local_report(self) -> NodeReport:
         now = self._clock.now()
         dt = 0.0 if self._last_t is None else now - self._last_t
@@ -335,15 +361,20 @@ class Governor:
                     logger.warning("GPU %d: power read failed (%d times): %s", i,
                                    self._read_errors[i], exc)
             power = self._last_power_w[i]
-            gpu_sum += power or 0.0
             if self._energy_start_mj[i] is not None:
+                before_j = self._energy_j[i]
                 try:
                     self._energy_j[i] = (g.get_total_energy_consumption_mj()
                                          - self._energy_start_mj[i]) / 1000.0
+                    # A counter that has not moved was not refreshed: keep the reading.
+                    if (self._use_energy[i] and power is not None and dt > 0
+                            and self._energy_j[i] > before_j):
+                        power = (self._energy_j[i] - before_j) / dt
                 except PowerError:
                     pass
             elif power is not None and prev is not None:
                 self._energy_j[i] += 0.5 * (prev + power) * dt
+            gpu_sum += power or 0.0
             if self.mode == "power_limit":
                 try:
                     self._limit_w[i] = g.get_power_limit_mw() / 1000.0
@@ -474,7 +505,9 @@ class Governor:
             name = ("governor_events.jsonl" if self.comm.rank == 0
                     else f"governor_events.rank{self.comm.rank}.jsonl")
             self._events_fh = open(self.run_dir / name, "a", encoding="utf-8")
-        record = {"event": event, "wall_time": time.time(), "rank": self.comm.rank, **fields}
+        stamp = time_fields(self._clock)
+        record = {"event": event, "wall_time": stamp["unix_s"], "utc": stamp["utc"],
+                  "mono_s": stamp["mono_s"], "rank": self.comm.rank, **fields}
         self._events_fh.write(json.dumps(record) + "\n")
         self._events_fh.flush()
 

@@ -11,8 +11,50 @@ raise :class:`~power.errors.OutOfRangeError` otherwise; backends implement the `
 from __future__ import annotations
 
 import abc
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from power.errors import OutOfRangeError
+
+SENSOR_KINDS = ("instant", "average", "unknown")
+"""What a power reading means: the power now, an average over a window, or not known."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PowerSensor:
+    """What :meth:`GPU.get_power_usage_mw` returns on one GPU.
+
+    NVIDIA documents ``nvmlDeviceGetPowerUsage`` as instantaneous up to Volta and on A100/A30
+    (GA100) but as a 1-second average on other Ampere and all newer GPUs (A10, L40S, H100,
+    H200...). A 10 Hz governor fed a 1-s average reacts to power up to a second old, and the
+    peak it logs is lower than the real one; the report shows this record next to the figures.
+    """
+
+    kind: str
+    """``"instant"``, ``"average"`` or ``"unknown"``."""
+    window_s: float | None
+    """Averaging window of an ``"average"`` reading (0 for instant, None if unknown)."""
+    source: str
+    """Where the reading comes from, e.g. ``"NVML_FI_DEV_POWER_INSTANT"``."""
+    note: str = ""
+    """Why this source was chosen (e.g. the instant field is not supported by the driver)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SENSOR_KINDS:
+            raise ValueError(f"PowerSensor.kind must be one of {SENSOR_KINDS}, got {self.kind!r}")
+        if self.window_s is not None and self.window_s < 0:
+            raise ValueError(f"PowerSensor.window_s must be >= 0, got {self.window_s}")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form (the ``sensors`` entries of ``power_sensors.json``)."""
+        return asdict(self)
+
+    def label(self) -> str:
+        """Short human-readable form, e.g. ``"average (1 s) via nvmlDeviceGetPowerUsage"``."""
+        if self.kind == "average":
+            win = "?" if self.window_s is None else f"{self.window_s:g}"
+            return f"average ({win} s) via {self.source}"
+        return f"{self.kind} via {self.source}"
 
 
 class GPU(abc.ABC):
@@ -43,6 +85,13 @@ class GPU(abc.ABC):
     @abc.abstractmethod
     def get_power_usage_mw(self) -> int:
         """Return the current power draw. Units: mW."""
+
+    def get_power_sensor(self) -> PowerSensor:
+        """Describe what :meth:`get_power_usage_mw` returns (instant or averaged).
+
+        Backends override this; the default says honestly that nothing is known.
+        """
+        return PowerSensor(kind="unknown", window_s=None, source=type(self).__name__)
 
     @abc.abstractmethod
     def supports_energy_counter(self) -> bool:

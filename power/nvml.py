@@ -16,6 +16,15 @@ Usage on a node (local rank 0 handles every GPU the node's job can see)::
 
 NVML reports power and limits in mW, energy in mJ and clocks in MHz, which are exactly the units
 of the :class:`~power.gpu.GPU` interface, so values pass through unconverted.
+
+Which power reading (:meth:`NvmlGPU.get_power_sensor`): NVIDIA documents
+``nvmlDeviceGetPowerUsage`` as a 1-second average on Ampere (except GA100: A100, A30) and newer
+GPUs, and as instantaneous before. Newer drivers expose the instantaneous value as the field
+``NVML_FI_DEV_POWER_INSTANT`` of ``nvmlDeviceGetFieldValues``. With ``power_source="auto"``
+each GPU is probed once: the instant field when the driver answers it, else
+``nvmlDeviceGetPowerUsage``, classified as instant or 1-s average by architecture and name.
+Energy always comes from ``nvmlDeviceGetTotalEnergyConsumption`` where it exists (Volta+),
+which gives exact averages between any two samples.
 """
 from __future__ import annotations
 
@@ -34,7 +43,16 @@ from power.errors import (
     OutOfRangeError,
     PowerError,
 )
-from power.gpu import GPU
+from power.gpu import GPU, PowerSensor
+
+POWER_SOURCES = ("auto", "instant", "usage")
+"""``auto``: instant field if supported, else ``nvmlDeviceGetPowerUsage``; ``instant``: the
+instant field or an error; ``usage``: always ``nvmlDeviceGetPowerUsage``."""
+
+INSTANT_FIELD = "NVML_FI_DEV_POWER_INSTANT"
+USAGE_AVERAGE_WINDOW_S = 1.0
+"""Averaging window of ``nvmlDeviceGetPowerUsage`` on Ampere (non-GA100) and newer GPUs."""
+_GA100_NAMES = ("A100", "A30")
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +100,17 @@ def _nvml_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _field_number(nvml: ModuleType, field: Any) -> float:
+    """The number in a ``c_nvmlFieldValue_t`` according to its ``valueType`` (power: uint mW)."""
+    attr = {getattr(nvml, "NVML_VALUE_TYPE_DOUBLE", 0): "dVal",
+            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG", 2): "ulVal",
+            getattr(nvml, "NVML_VALUE_TYPE_UNSIGNED_LONG_LONG", 3): "ullVal",
+            getattr(nvml, "NVML_VALUE_TYPE_SIGNED_LONG_LONG", 4): "sllVal",
+            getattr(nvml, "NVML_VALUE_TYPE_SIGNED_INT", 5): "siVal",
+            }.get(getattr(field, "valueType", None), "uiVal")
+    return getattr(field.value, attr)
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -95,14 +124,19 @@ class NvmlGPU(GPU):
     Args:
         index: Index as the process sees it (position in ``CUDA_VISIBLE_DEVICES``).
         nvml_index: NVML's index of the device (physical order).
+        power_source: One of :data:`POWER_SOURCES` (see the module docstring).
     """
 
     @_nvml_errors
-    def __init__(self, index: int, nvml_index: int) -> None:
+    def __init__(self, index: int, nvml_index: int, power_source: str = "auto") -> None:
+        if power_source not in POWER_SOURCES:
+            raise ValueError(f"power_source must be one of {POWER_SOURCES}, got {power_source!r}")
         super().__init__(index)
         self.nvml_index = nvml_index
+        self.power_source = power_source
         self._handle = _pynvml().nvmlDeviceGetHandleByIndex(nvml_index)
         self._energy_supported: bool | None = None
+        self._sensor: PowerSensor | None = None
 
     @_nvml_errors
     def get_name(self) -> str:
@@ -116,8 +150,71 @@ class NvmlGPU(GPU):
 
     @_nvml_errors
     def get_power_usage_mw(self) -> int:
-        """Return the current power draw. Units: mW."""
+        """Return the power draw from the source :meth:`get_power_sensor` names. Units: mW."""
+        if self.get_power_sensor().source == INSTANT_FIELD:
+            return self._read_instant_mw()
         return int(_pynvml().nvmlDeviceGetPowerUsage(self._handle))
+
+    def get_power_sensor(self) -> PowerSensor:
+        """Probe (once) which power reading this GPU offers; see the module docstring.
+
+        Raises:
+            NotSupportedError: ``power_source="instant"`` and the driver has no instant field.
+        """
+        if self._sensor is None:
+            self._sensor = self._probe_sensor()
+            logger.info("GPU %d: power reading %s", self.index, self._sensor.label())
+        return self._sensor
+
+    @_nvml_errors
+    def _read_instant_mw(self) -> int:
+        nvml = _pynvml()
+        value = nvml.nvmlDeviceGetFieldValues(self._handle, [getattr(nvml, INSTANT_FIELD)])[0]
+        if value.nvmlReturn != nvml.NVML_SUCCESS:
+            raise nvml.NVMLError(value.nvmlReturn)
+        return int(_field_number(nvml, value))
+
+    def _instant_unavailable(self) -> str | None:
+        """None when the instant field works here, else why not."""
+        nvml = _pynvml()
+        if not hasattr(nvml, INSTANT_FIELD) or not hasattr(nvml, "nvmlDeviceGetFieldValues"):
+            return "pynvml too old for NVML_FI_DEV_POWER_INSTANT (pip install -U nvidia-ml-py)"
+        try:
+            self._read_instant_mw()
+        except PowerError as exc:
+            return f"driver does not answer NVML_FI_DEV_POWER_INSTANT ({exc})"
+        return None
+
+    def _probe_sensor(self) -> PowerSensor:
+        why = None
+        if self.power_source in ("auto", "instant"):
+            why = self._instant_unavailable()
+            if why is None:
+                return PowerSensor(kind="instant", window_s=0.0, source=INSTANT_FIELD)
+            if self.power_source == "instant":
+                raise NotSupportedError(f"GPU {self.index}: {why}")
+        kind, note = self._usage_kind()
+        return PowerSensor(kind=kind, window_s={"instant": 0.0, "average": USAGE_AVERAGE_WINDOW_S}
+                           .get(kind), source="nvmlDeviceGetPowerUsage",
+                           note="; ".join(n for n in (why, note) if n))
+
+    def _usage_kind(self) -> tuple[str, str]:
+        """What ``nvmlDeviceGetPowerUsage`` means on this GPU: (kind, reason)."""
+        nvml = _pynvml()
+        try:
+            arch = int(_nvml_errors(nvml.nvmlDeviceGetArchitecture)(self._handle))
+            name = self.get_name()
+        except (PowerError, AttributeError) as exc:
+            return "unknown", f"architecture unknown ({exc})"
+        ampere = getattr(nvml, "NVML_DEVICE_ARCH_AMPERE", 7)
+        if arch == getattr(nvml, "NVML_DEVICE_ARCH_UNKNOWN", 0xFFFFFFFF):
+            return "unknown", "architecture unknown"
+        if arch < ampere:
+            return "instant", "pre-Ampere GPU: nvmlDeviceGetPowerUsage is instantaneous"
+        if arch == ampere and any(n in name for n in _GA100_NAMES):
+            return "instant", "GA100 (A100/A30): nvmlDeviceGetPowerUsage is instantaneous"
+        return "average", ("Ampere (non-GA100) or newer: nvmlDeviceGetPowerUsage is a 1-s "
+                           "average")
 
     def supports_energy_counter(self) -> bool:
         """Probe the energy counter once (Volta and newer have one) and cache the answer."""
@@ -246,13 +343,15 @@ def _resolve(entries: Sequence[str], uuids: Sequence[str]) -> list[int]:
 
 
 @_nvml_errors
-def open_nvml_gpus(visible_devices: str | None = "env") -> list[NvmlGPU]:
+def open_nvml_gpus(visible_devices: str | None = "env", *,
+                   power_source: str = "auto") -> list[NvmlGPU]:
     """Initialise NVML and return the GPUs this process may use.
 
     Args:
         visible_devices: A ``CUDA_VISIBLE_DEVICES``-style string (indices, ``GPU-`` UUIDs or
             unique UUID prefixes), None for every GPU of the node, or ``"env"`` (default) to
             read ``CUDA_VISIBLE_DEVICES`` from the environment.
+        power_source: Which power reading to use (:data:`POWER_SOURCES`).
 
     Raises:
         LibraryMissingError: No ``pynvml`` or no NVIDIA driver.
@@ -271,7 +370,8 @@ def open_nvml_gpus(visible_devices: str | None = "env") -> list[NvmlGPU]:
         uuids = [_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i)))
                  for i in range(count)]
         nvml_indices = _resolve(entries, uuids)
-    gpus = [NvmlGPU(index=i, nvml_index=n) for i, n in enumerate(nvml_indices)]
+    gpus = [NvmlGPU(index=i, nvml_index=n, power_source=power_source)
+            for i, n in enumerate(nvml_indices)]
     logger.info("NVML: using GPU(s) %s of %d", nvml_indices, count)
     return gpus
 

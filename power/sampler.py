@@ -8,12 +8,20 @@ counted twice)::
             train()
         print(sampler.energy_j())
 
-Files (``fmt="csv"``): ``gpu_power.csv`` with ``time_s,gpu,power_w,energy_j,limit_w,util,clock``
-(the replay format of :mod:`power.replay`) and ``node_power.csv`` with
-``time_s,cpu_w,dram_w,overhead_w,meter_w,other_w,energy_j,estimated,source``; with
-``fmt="jsonl"``, one ``power_samples.jsonl`` record per tick. ``time_s`` is monotonic time since
-the sampler started. GPU energy comes from the energy counter where the GPU has one, else from
-the trapezoid rule; files are flushed every ``flush_interval_s`` so a crash loses little.
+Files (``fmt="csv"``): ``gpu_power.csv`` with ``time_s,gpu,power_w,energy_j,limit_w,util,clock,
+energy_avg_w,mono_s,unix_s,utc`` (the replay format of :mod:`power.replay`) and
+``node_power.csv`` with ``time_s,cpu_w,dram_w,overhead_w,meter_w,other_w,energy_j,estimated,
+source,mono_s,unix_s,utc``; with ``fmt="jsonl"``, one ``power_samples.jsonl`` record per tick.
+``time_s`` is monotonic time since the sampler started; ``mono_s`` the clock's monotonic time
+and ``unix_s``/``utc`` the wall-clock UTC of the same instant (to line samples up with a meter's
+log). ``power_w`` is what the GPU's power sensor reports (instant or a 1-s average, see
+``power_sensors.json``); ``energy_avg_w`` is the exact average power since the previous sample
+from the energy counter (blank without one). GPU energy comes from the energy counter where
+the GPU has one, else from the trapezoid rule; files are flushed every ``flush_interval_s`` so
+a crash loses little.
+
+``power_sensors.json`` (written when the sampler opens) records, per GPU, which power reading
+it uses (:class:`power.gpu.PowerSensor`) and whether it has an energy counter.
 """
 from __future__ import annotations
 
@@ -27,16 +35,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from power.clock import Clock, MonotonicClock
+from power.clock import Clock, MonotonicClock, time_fields
 from power.errors import PowerError
 from power.gpu import GPU
 from power.node import NodePower
 
 logger = logging.getLogger(__name__)
 
-GPU_COLUMNS = ("time_s", "gpu", "power_w", "energy_j", "limit_w", "util", "clock")
+TIME_COLUMNS = ("mono_s", "unix_s", "utc")
+GPU_COLUMNS = ("time_s", "gpu", "power_w", "energy_j", "limit_w", "util", "clock",
+               "energy_avg_w") + TIME_COLUMNS
 NODE_COLUMNS = ("time_s", "cpu_w", "dram_w", "overhead_w", "meter_w", "other_w", "energy_j",
-                "estimated", "source")
+                "estimated", "source") + TIME_COLUMNS
 
 
 class PowerSampler:
@@ -74,6 +84,7 @@ class PowerSampler:
         self._counter_start: list[int | None] = [None] * len(self.gpus)
         self._gpu_energy_j = [0.0] * len(self.gpus)
         self._last_gpu_w: list[float | None] = [None] * len(self.gpus)
+        self._last_counter_j: list[float | None] = [None] * len(self.gpus)
         self._node_energy_j = 0.0
         self._last_node_w: float | None = None
         self._last_t: float | None = None
@@ -111,8 +122,31 @@ class PowerSampler:
                     self._counter_start[i] = g.get_total_energy_consumption_mj()
             except PowerError as exc:
                 logger.warning("GPU %d: no energy counter (%s); integrating power", i, exc)
-        self._t0 = self._clock.now()
+        start = time_fields(self._clock)
+        self._t0 = start["mono_s"]
+        self._write_sensors(start)
         self._last_flush = self._t0
+
+    def sensors(self) -> list[dict[str, Any]]:
+        """Per GPU: its power sensor (:class:`~power.gpu.PowerSensor` fields), name, UUID and
+        whether it has an energy counter."""
+        out = []
+        for i, g in enumerate(self.gpus):
+            entry: dict[str, Any] = {"gpu": i}
+            try:
+                entry.update(name=g.get_name(), uuid=g.get_uuid())
+                entry.update(g.get_power_sensor().to_json())
+            except PowerError as exc:
+                entry.update(kind="unknown", window_s=None, source="", note=str(exc))
+            entry["energy_counter"] = self._counter_start[i] is not None
+            out.append(entry)
+        return out
+
+    def _write_sensors(self, start: dict[str, Any]) -> None:
+        doc = {"started": start, "rate_hz": 1.0 / self.period_s, "sensors": self.sensors()}
+        tmp = self.run_dir / ".power_sensors.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        os.replace(tmp, self.run_dir / "power_sensors.json")
 
     def start(self) -> None:
         """Open the files and start the background thread."""
@@ -149,7 +183,8 @@ class PowerSampler:
         """Read every GPU and the node once, append to the files and return the record."""
         self.open()
         with self._mutex:
-            now = self._clock.now()
+            stamp = time_fields(self._clock)
+            now = stamp["mono_s"]
             t = now - self._t0  # type: ignore[operator]
             dt = 0.0 if self._last_t is None else now - self._last_t
             gpu_rows = []
@@ -157,16 +192,21 @@ class PowerSampler:
             for i, g in enumerate(self.gpus):
                 power = g.get_power_usage_mw() / 1000.0
                 gpu_sum += power
+                energy_avg_w = None
                 if self._counter_start[i] is not None:
                     self._gpu_energy_j[i] = (g.get_total_energy_consumption_mj()
                                              - self._counter_start[i]) / 1000.0
+                    prev_j = self._last_counter_j[i]
+                    if prev_j is not None and dt > 0:
+                        energy_avg_w = (self._gpu_energy_j[i] - prev_j) / dt
+                    self._last_counter_j[i] = self._gpu_energy_j[i]
                 elif self._last_gpu_w[i] is not None:
                     self._gpu_energy_j[i] += 0.5 * (self._last_gpu_w[i] + power) * dt
                 self._last_gpu_w[i] = power
                 gpu_rows.append({"gpu": i, "power_w": power, "energy_j": self._gpu_energy_j[i],
                                  "limit_w": g.get_power_limit_mw() / 1000.0,
                                  "util": g.get_utilization_percent(),
-                                 "clock": g.get_gpu_clock_mhz()})
+                                 "clock": g.get_gpu_clock_mhz(), "energy_avg_w": energy_avg_w})
             node_row = None
             if self.node is not None:
                 r = self.node.read(gpu_sum)
@@ -179,28 +219,32 @@ class PowerSampler:
                             "energy_j": self._node_energy_j, "estimated": r.estimated,
                             "source": r.source}
             self._last_t = now
-            self._write(t, gpu_rows, node_row)
+            self._write(t, stamp, gpu_rows, node_row)
             self.samples += 1
             if now - self._last_flush >= self.flush_interval_s:
                 for fh in self._files:
                     fh.flush()
                 self._last_flush = now
-            return {"time_s": t, "gpus": gpu_rows, "node": node_row}
+            return {"time_s": t, **stamp, "gpus": gpu_rows, "node": node_row}
 
-    def _write(self, t: float, gpu_rows: list[dict[str, Any]],
+    def _write(self, t: float, stamp: dict[str, Any], gpu_rows: list[dict[str, Any]],
                node_row: dict[str, Any] | None) -> None:
         if self.fmt == "jsonl":
-            self._jsonl.write(json.dumps({"time_s": t, "gpus": gpu_rows, "node": node_row}) + "\n")
+            self._jsonl.write(json.dumps({"time_s": t, **stamp, "gpus": gpu_rows,
+                                          "node": node_row}) + "\n")
             return
+        times = [f"{stamp['mono_s']:.4f}", f"{stamp['unix_s']:.4f}", stamp["utc"]]
         for row in gpu_rows:
+            avg = row["energy_avg_w"]
             self._gpu_writer.writerow([f"{t:.4f}", row["gpu"], f"{row['power_w']:.3f}",
                                        f"{row['energy_j']:.3f}", f"{row['limit_w']:.3f}",
-                                       row["util"], row["clock"]])
+                                       row["util"], row["clock"],
+                                       "" if avg is None else f"{avg:.3f}", *times])
         if node_row is not None:
             self._node_writer.writerow(
                 [f"{t:.4f}"] + ["" if node_row[k] is None else
                                 (f"{node_row[k]:.3f}" if isinstance(node_row[k], float)
-                                 else node_row[k]) for k in NODE_COLUMNS[1:]])
+                                 else node_row[k]) for k in NODE_COLUMNS[1:-3]] + times)
 
     def _safe_sample(self) -> None:
         try:

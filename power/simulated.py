@@ -21,11 +21,18 @@ Model (per GPU, ``x = f / f_max``):
   at most the locked maximum) whose power at the present activity fits under the power limit
   (never below ``f_min``); it approaches that clock exponentially with time constant
   ``settle_time_s``, so a sudden load rise overshoots the limit briefly as on real boards.
-* Readings get seeded Gaussian noise; the energy counter integrates the true power exactly
-  (trapezoid per update), starting from a seeded large offset like a long-running driver.
+* Readings come through a :class:`SensorModel`: the true power averaged over ``window_s``
+  (0: instantaneous), refreshed every ``update_period_s`` (held in between), plus seeded
+  Gaussian noise. :data:`INSTANT_SENSOR` is a perfect instant sensor (NVML's instant field,
+  or ``nvmlDeviceGetPowerUsage`` on GA100 and older); :data:`AVERAGE_1S_SENSOR` mimics
+  ``nvmlDeviceGetPowerUsage`` on H100/H200/L40S/L4 (a 1-s average). The energy counter
+  integrates the true power exactly (trapezoid per update), starting from a seeded large offset
+  like a long-running driver.
 
 Time comes from an injected :class:`~power.clock.Clock`: with a :class:`~power.clock.SimClock`
-a minute of operation takes milliseconds. State is advanced lazily whenever the GPU is queried.
+a minute of operation takes milliseconds. State is advanced lazily whenever the GPU is queried
+(a sensor's window is integrated from those updates, so query at least as often as the
+resolution you need).
 
 Profiles are datasheet-level approximations (TDP, power-limit range, clock range); the shape
 constants (static power, ``v_min_ratio``) are plausible but not fitted to any measurement.
@@ -50,7 +57,7 @@ import numpy as np
 
 from power.clock import Clock
 from power.errors import NotSupportedError
-from power.gpu import GPU
+from power.gpu import GPU, PowerSensor
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -206,6 +213,45 @@ def get_profile(name: str) -> GpuProfile:
         raise ValueError(f"unknown GPU profile {name!r}; known: {', '.join(PROFILES)}") from None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SensorModel:
+    """How a simulated GPU's power reading relates to its true power.
+
+    The reading at time ``t`` is the mean true power over ``[u - window_s, u]`` where ``u`` is
+    the latest refresh (``t`` rounded down to a multiple of ``update_period_s``), plus noise.
+    """
+
+    window_s: float = 0.0
+    """Averaging window in seconds (0: the instantaneous power)."""
+    update_period_s: float = 0.0
+    """How often the reading is refreshed in seconds (0: continuously)."""
+    noise_fraction: float | None = None
+    """Std of the reading noise relative to TDP (None: the GPU's ``noise_fraction``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("window_s", "update_period_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"SensorModel.{name} must be >= 0, got {getattr(self, name)}")
+        if self.noise_fraction is not None and self.noise_fraction < 0:
+            raise ValueError(f"SensorModel.noise_fraction must be >= 0, got {self.noise_fraction}")
+
+    @property
+    def kind(self) -> str:
+        """``"instant"`` or ``"average"`` (as :class:`~power.gpu.PowerSensor` says)."""
+        return "instant" if self.window_s == 0 else "average"
+
+
+INSTANT_SENSOR = SensorModel()
+"""A perfect instantaneous reading (NVML's instant field; ``GetPowerUsage`` up to GA100)."""
+
+AVERAGE_1S_SENSOR = SensorModel(window_s=1.0, update_period_s=0.1)
+"""``nvmlDeviceGetPowerUsage`` on Ampere (non-GA100) and newer: a 1-s average; the 100 ms
+refresh is an assumption (NVIDIA does not document it)."""
+
+SENSORS: dict[str, SensorModel] = {"instant": INSTANT_SENSOR, "average_1s": AVERAGE_1S_SENSOR}
+"""Named sensor models (``power.sim_sensor`` of a job, tests)."""
+
+
 @dataclass(frozen=True, slots=True)
 class LoadPoint:
     """What the workload asks of a GPU at one instant."""
@@ -324,13 +370,21 @@ class SimulatedGPU(GPU):
         has_energy_counter: False mimics pre-Volta GPUs (energy must be integrated).
         state_file: Where to persist settings for other processes, if anywhere.
         uuid: Device UUID (default derived from ``seed`` and ``index``).
+        sensor: How readings relate to the true power (default: instantaneous).
     """
 
     def __init__(self, index: int, profile: GpuProfile, *, clock: Clock,
                  load: Load | None = None, seed: int = 0, noise_fraction: float = 0.005,
                  settle_time_s: float = 0.02, has_energy_counter: bool = True,
-                 state_file: SimStateFile | None = None, uuid: str | None = None) -> None:
+                 state_file: SimStateFile | None = None, uuid: str | None = None,
+                 sensor: SensorModel | str = INSTANT_SENSOR) -> None:
         super().__init__(index)
+        if isinstance(sensor, str):
+            if sensor not in SENSORS:
+                raise ValueError(f"unknown sensor {sensor!r}; known: {', '.join(SENSORS)}")
+            sensor = SENSORS[sensor]
+        if sensor.noise_fraction is not None:
+            noise_fraction = sensor.noise_fraction
         if noise_fraction < 0:
             raise ValueError(f"noise_fraction must be >= 0, got {noise_fraction}")
         if settle_time_s < 0:
@@ -353,6 +407,11 @@ class SimulatedGPU(GPU):
         self._clock_mhz = float(self._target_clock(self._point))
         self._power_w = float(profile.power_w(self._clock_mhz, self._point.activity))
         self._energy_mj = float(self._rng.uniform(1e8, 1e9))
+        self.sensor = sensor
+        # (time, energy mJ, power W) at every update, as far back as the sensor looks.
+        self._history: list[tuple[float, float, float]] = [(self._t, self._energy_mj,
+                                                            self._power_w)]
+        self._keep_s = sensor.window_s + sensor.update_period_s + 1.0
         self._persist()
 
     # --- model --------------------------------------------------------------------------
@@ -372,6 +431,37 @@ class SimulatedGPU(GPU):
         power = self._power(self._clock_mhz, point.activity)
         self._energy_mj += 0.5 * (self._power_w + power) * dt * 1000.0
         self._power_w, self._point, self._t = power, point, now
+        if self.sensor.window_s or self.sensor.update_period_s:
+            self._history.append((now, self._energy_mj, power))
+            if self._history[0][0] < now - self._keep_s and len(self._history) > 2:
+                cut = bisect.bisect_left(self._history, (now - self._keep_s,))
+                del self._history[:max(0, min(cut, len(self._history) - 2))]
+
+    def _energy_at_mj(self, t: float) -> float:
+        """Energy counter at past time ``t`` (linear between updates; extrapolated at the
+        start with the first power)."""
+        h = self._history
+        if t <= h[0][0]:
+            return h[0][1] - h[0][2] * (h[0][0] - t) * 1000.0
+        i = bisect.bisect_right(h, (t, math.inf, math.inf)) - 1
+        if i >= len(h) - 1:
+            return h[-1][1]
+        (t0, e0, _), (t1, e1, _) = h[i], h[i + 1]
+        return e0 + (e1 - e0) * (t - t0) / (t1 - t0) if t1 > t0 else e1
+
+    def _sensed_power_w(self) -> float:
+        """What the sensor reports now (noiseless); :meth:`_advance` must have run."""
+        s = self.sensor
+        if not (s.window_s or s.update_period_s):
+            return self._power_w
+        u = self._t if s.update_period_s == 0 else (
+            math.floor(self._t / s.update_period_s + 1e-9) * s.update_period_s)
+        if s.window_s == 0:
+            h = self._history
+            i = max(bisect.bisect_right(h, (u, math.inf, math.inf)) - 1, 0)
+            return h[i][2]
+        return (self._energy_at_mj(u) - self._energy_at_mj(u - s.window_s)) / (
+            1000.0 * s.window_s)
 
     def _power(self, clock_mhz: float, activity: float) -> float:
         p = self.profile
@@ -416,11 +506,19 @@ class SimulatedGPU(GPU):
         return self._uuid
 
     def get_power_usage_mw(self) -> int:
-        """Return the power draw with reading noise. Units: mW."""
+        """Return the power draw as the sensor model reports it, with noise. Units: mW."""
         with self._mutex:
             self._advance()
-            noisy = self._power_w + (self._rng.normal(0.0, self._noise_w) if self._noise_w else 0)
+            noisy = self._sensed_power_w() + (self._rng.normal(0.0, self._noise_w)
+                                              if self._noise_w else 0)
             return int(round(max(noisy, 0.0) * 1000))
+
+    def get_power_sensor(self) -> PowerSensor:
+        """Describe the sensor model (source ``"simulated"``)."""
+        s = self.sensor
+        return PowerSensor(kind=s.kind, window_s=s.window_s, source="simulated",
+                           note=(f"refreshed every {s.update_period_s:g} s"
+                                 if s.update_period_s else ""))
 
     def supports_energy_counter(self) -> bool:
         """Return whether this simulated GPU exposes an energy counter."""

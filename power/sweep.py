@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from power.clock import Clock, MonotonicClock, SimClock
 from power.signals import RaisingSignalHandlers, signals_blocked
@@ -198,7 +198,7 @@ class SettingsGuard:
         self._signals = RaisingSignalHandlers(self._note_signal, enabled=handle_signals)
         self.restore_errors: list[str] = []
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> SettingsGuard:
         self.original_limits_mw = [g.get_power_limit_mw() for g in self.gpus]
         self._entered, self._restored = True, False
         if self.record_dir is not None:

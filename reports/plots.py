@@ -22,6 +22,7 @@ from reports.rundata import PowerData, SweepData
 __all__ = [
     "gpu_timelines",
     "is_histogram",
+    "meter_chart",
     "mpl_text",
     "power_bars",
     "power_timeline",
@@ -257,6 +258,62 @@ def power_timeline(power: PowerData, key: str, title: str) -> Markup | None:
     ax.set_title(mpl_text(title, 90))
     ax.legend(loc="lower right", ncol=3)
     return svg_of(fig, key)
+
+
+@_with_rc
+def meter_chart(power: PowerData, key: str, title: str) -> Markup | None:
+    """The meter's curve over ours on a shared wall-clock axis, and their difference.
+
+    Returns:
+        The SVG, or None without an imported meter log or wall-clock samples.
+    """
+    if power.meter_series is None:
+        return None
+    mt, mw = power.meter_series
+    ot, ow = power.cluster_series_unix()
+    if not mt or not ot:
+        return None
+    t0 = min(mt[0], ot[0])
+    fig = _figure(9.5, 4.2)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
+    x, y = thin([t - t0 for t in ot], ow)
+    top.plot(x, y, lw=1.2, color="#222222", label="ours (GPUs + node power)")
+    mx, my = thin([t - t0 for t in mt], mw)
+    top.plot(mx, my, lw=1.4, color=_COLORS[0], label="meter", drawstyle="steps-post")
+    budget = power.budget_w
+    if budget is not None:
+        top.axhline(budget, color=_BUDGET, lw=1.5, ls="--", label=f"budget {budget:.0f} W")
+    peak = max(max(mw), max(ow), budget or 0)
+    top.set_ylim(0, peak * 1.12)
+    top.set_ylabel("power (W)")
+    top.set_title(mpl_text(title, 90))
+    top.legend(loc="lower right", ncol=3)
+    ours_at = [_interp_at(t, ot, ow) for t in mt]
+    diff = [m - o for m, o in zip(mw, ours_at)]
+    dx, dy = thin([t - t0 for t in mt], diff)
+    bottom.plot(dx, dy, lw=1.0, color=_COLORS[3], drawstyle="steps-post")
+    bottom.axhline(0, color="#555555", lw=0.8)
+    bottom.set_ylabel("meter − ours (W)")
+    from power.clock import utc_iso
+
+    bottom.set_xlabel(f"seconds after {utc_iso(t0)[:19]} UTC")
+    return svg_of(fig, key)
+
+
+def _interp_at(t: float, ts: Sequence[float], ws: Sequence[float]) -> float:
+    if t <= ts[0]:
+        return ws[0]
+    if t >= ts[-1]:
+        return ws[-1]
+    lo, hi = 0, len(ts) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ts[mid] <= t:
+            lo = mid
+        else:
+            hi = mid
+    span = ts[hi] - ts[lo]
+    return ws[hi] if span <= 0 else ws[lo] + (ws[hi] - ws[lo]) * (t - ts[lo]) / span
 
 
 @_with_rc

@@ -449,7 +449,7 @@ def _events_table(pd: PowerData) -> Markup:
                                               if errs else "")
             else:
                 detail = ", ".join(f"{k}={v}" for k, v in ev.items()
-                                   if k not in ("event", "wall_time", "rank", "t_s"))
+                                   if k not in ("event", "wall_time", "utc", "mono_s", "rank", "t_s"))
             rows.append([node.name, kind, fmt_num(t, 3), str(ev.get("reason", "") or ""),
                          fmt_num(ev.get("cluster_w") if "cluster_w" in ev else None, 0), detail])
     if not rows:
@@ -479,14 +479,74 @@ def _phase_power(pd: PowerData | None, phase: str, key: str) -> Markup:
     if not pd.nodes:
         parts.append(_absent(f"No power samples ({pd.path.name}/node*/ missing)."))
         return join(parts)
+    parts.append(_sensor_note(pd))
     chart = plots.power_timeline(pd, key=f"{key}-cluster",
                                  title=f"{phase}: cluster power ({len(pd.nodes)} node(s))")
     parts.append(chart if chart is not None else _absent("No power samples recorded."))
+    parts.append(_meter_block(pd, phase, key))
     gpus = plots.gpu_timelines(pd, key=f"{key}-gpus")
     if gpus is not None:
         parts.append(gpus)
     parts.append(el("h4", f"Governor events ({phase})"))
     parts.append(_events_table(pd))
+    return join(parts)
+
+
+_SENSOR_TEXT = {"instant": "instantaneous", "average": "averaged", "unknown": "of unknown kind"}
+
+
+def _sensor_note(pd: PowerData) -> Markup:
+    """Which power reading the GPUs gave (instant, 1-s average...), from power_sensors.json."""
+    kinds = pd.sensor_kinds
+    if not kinds:
+        return el("p", "Power sensor: not recorded (run made before power_sensors.json).",
+                  cls="small muted", id=None)
+    sources = sorted({f"{s.get('kind')}: {s.get('source')}"
+                      + (f" ({s.get('window_s'):g} s window)" if s.get("kind") == "average"
+                         and _finite(s.get("window_s")) else "")
+                      for n in pd.nodes for s in n.sensors})
+    text = ("Power sensor: " + ", ".join(f"{n} GPU(s) {_SENSOR_TEXT.get(k, k)}"
+                                         for k, n in sorted(kinds.items()))
+            + " — " + "; ".join(sources) + ".")
+    if any(k != "instant" for k in kinds):
+        return el("p", text + " Averaged readings lag and understate peaks; energy figures "
+                  "come from the GPUs' energy counters and the governor takes power from them.",
+                  cls="note")
+    return el("p", text, cls="small muted")
+
+
+def _meter_block(pd: PowerData, phase: str, key: str) -> Markup:
+    m = pd.meter
+    if not m:
+        return join([])
+    parts: list[Any] = [el("h4", f"The meter's view ({phase}: {m.get('source', 'meter log')})")]
+    chart = plots.meter_chart(pd, key=f"{key}-meter",
+                              title=f"{phase}: meter vs our cluster power")
+    if chart is not None:
+        parts.append(chart)
+    mc = m.get("meter_crossings") or {}
+    oc = m.get("ours_crossings") or {}
+    rows = [
+        ("samples lined up", fmt_num(m.get("samples")), f"{m.get('start_utc', '—')} .. "
+         f"{m.get('end_utc', '—')}"),
+        ("average W (meter / ours)", f"{fmt_num(m.get('meter_avg_w'), 0)} / "
+         f"{fmt_num(m.get('ours_avg_w'), 0)}", ""),
+        ("peak W (meter / ours)", f"{fmt_num(m.get('meter_peak_w'), 0)} / "
+         f"{fmt_num(m.get('ours_peak_w'), 0)}", ""),
+        ("energy kJ (meter / ours)", f"{fmt_num((m.get('meter_energy_j') or 0) / 1000, 1)} / "
+         f"{fmt_num((m.get('ours_energy_j') or 0) / 1000, 1)}", ""),
+        ("meter − ours, W", f"mean {fmt_num(m.get('diff_mean_w'), 1)}, mean |·| "
+         f"{fmt_num(m.get('diff_mean_abs_w'), 1)}, RMS {fmt_num(m.get('diff_rms_w'), 1)}, "
+         f"largest {fmt_num(m.get('diff_max_abs_w'), 1)}", ""),
+        ("budget crossings as the meter saw them",
+         f"{fmt_num(mc.get('count'))} (longest {fmt_num(mc.get('longest_s'), 2)} s, total "
+         f"{fmt_num(mc.get('total_s'), 2)} s over)" if mc else "no budget known",
+         f"ours at the same instants: {fmt_num(oc.get('count'))} (longest "
+         f"{fmt_num(oc.get('longest_s'), 2)} s)" if oc else ""),
+    ]
+    if _finite(m.get("offset_s")) and m.get("offset_s"):
+        rows.append(("meter clock shifted by", f"{fmt_num(m.get('offset_s'), 1)} s", ""))
+    parts.append(_table(["", "value", "note"], rows))
     return join(parts)
 
 

@@ -55,6 +55,11 @@ class NodePower:
     """Governor events (``governor_events.jsonl``), in file order."""
     summary: dict[str, Any] | None = None
     """``governor_summary.json``."""
+    unix_offset_s: float | None = None
+    """Wall-clock UTC (Unix s) minus ``time_s`` of the GPU samples (None for runs recorded
+    before samples carried wall-clock time)."""
+    sensors: list[dict[str, Any]] = field(default_factory=list)
+    """``power_sensors.json``: per GPU, which power reading it uses (kind, window, source)."""
 
     def total_series(self) -> tuple[list[float], list[float]]:
         """The node's total power (all GPUs + non-GPU) at each GPU sample time."""
@@ -96,6 +101,11 @@ class PowerData:
                 return float(src["headroom_w"])
         return None
 
+    meter: dict[str, Any] | None = None
+    """``meter_comparison.json`` (written by :func:`reports.meter.import_meter`)."""
+    meter_series: tuple[list[float], list[float]] | None = None
+    """The meter's ``(unix_s, watts)`` within this phase (``meter_log.csv``)."""
+
     def cluster_series(self) -> tuple[list[float], list[float]]:
         """Cluster power (sum of node totals) on the union of the nodes' sample times."""
         series = [n.total_series() for n in self.nodes]
@@ -104,6 +114,37 @@ class PowerData:
             return [], []
         times = sorted({t for ts, _ in series for t in ts})
         return times, [sum(_interp(t, ts, ws) for ts, ws in series) for t in times]
+
+    def cluster_series_unix(self) -> tuple[list[float], list[float]]:
+        """Cluster power on wall-clock time (Unix s UTC); empty when a node lacks UTC stamps.
+
+        Nodes are lined up by their own wall clocks (NTP-synchronised on a cluster), not by
+        their samplers' start times.
+        """
+        series = []
+        for n in self.nodes:
+            ts, ws = n.total_series()
+            if not ts:
+                continue
+            if n.unix_offset_s is None:
+                return [], []
+            series.append(([t + n.unix_offset_s for t in ts], ws))
+        if not series:
+            return [], []
+        start = max(ts[0] for ts, _ in series)
+        end = min(ts[-1] for ts, _ in series)
+        times = sorted({t for ts, _ in series for t in ts if start <= t <= end})
+        return times, [sum(_interp(t, ts, ws) for ts, ws in series) for t in times]
+
+    @property
+    def sensor_kinds(self) -> dict[str, int]:
+        """How many GPUs use each kind of power reading (``instant``, ``average``...)."""
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            for s in n.sensors:
+                kind = str(s.get("kind") or "unknown")
+                out[kind] = out.get(kind, 0) + 1
+        return out
 
 
 @dataclass(slots=True)
@@ -264,6 +305,7 @@ def _read_csv(path: Path, problems: list[str]) -> list[dict[str, str]]:
 
 def _read_node(node_dir: Path, problems: list[str]) -> NodePower:
     node = NodePower(name=node_dir.name)
+    offsets: list[float] = []
     for row in _read_csv(node_dir / "gpu_power.csv", problems):
         t, w = _float(row.get("time_s")), _float(row.get("power_w"))
         try:
@@ -276,6 +318,12 @@ def _read_node(node_dir: Path, problems: list[str]) -> NodePower:
         node.gpu_power_w.setdefault(gpu, []).append(w)
         limit = _float(row.get("limit_w"))
         node.gpu_limit_w.setdefault(gpu, []).append(limit if limit is not None else math.nan)
+        unix = _float(row.get("unix_s"))
+        if unix is not None:
+            offsets.append(unix - t)
+    if offsets:
+        offsets.sort()
+        node.unix_offset_s = offsets[len(offsets) // 2]
     for row in _read_csv(node_dir / "node_power.csv", problems):
         t, w = _float(row.get("time_s")), _float(row.get("other_w"))
         if t is None or w is None:
@@ -286,7 +334,25 @@ def _read_node(node_dir: Path, problems: list[str]) -> NodePower:
             node.other_estimated = True
     node.events = _read_jsonl(node_dir / "governor_events.jsonl", problems)
     node.summary = _read_json(node_dir / "governor_summary.json", problems)
+    sensors = _read_json(node_dir / "power_sensors.json", problems)
+    if isinstance(sensors, dict) and isinstance(sensors.get("sensors"), list):
+        node.sensors = [s for s in sensors["sensors"] if isinstance(s, dict)]
     return node
+
+
+def _read_meter(path: Path, pd: PowerData, problems: list[str]) -> None:
+    meter = _read_json(path / "meter_comparison.json", problems)
+    if not isinstance(meter, dict):
+        return
+    pd.meter = meter
+    ts: list[float] = []
+    ws: list[float] = []
+    for row in _read_csv(path / "meter_log.csv", problems):
+        t, w = _float(row.get("unix_s")), _float(row.get("watts"))
+        if t is not None and w is not None:
+            ts.append(t)
+            ws.append(w)
+    pd.meter_series = (ts, ws) if ts else None
 
 
 def read_power_dir(path: Path, summary: dict[str, Any] | None = None) -> PowerData | None:
@@ -301,9 +367,11 @@ def read_power_dir(path: Path, summary: dict[str, Any] | None = None) -> PowerDa
     problems: list[str] = []
     nodes = [_read_node(d, problems) for d in sorted(path.iterdir())
              if d.is_dir() and d.name.startswith("node")]
+    pd = PowerData(path=path, nodes=nodes, summary=summary)
+    _read_meter(path, pd, problems)
     for p in problems:
         log.warning("%s: %s", path, p)
-    return PowerData(path=path, nodes=nodes, summary=summary)
+    return pd
 
 
 def load_run(path: str | Path) -> RunData:

@@ -2,6 +2,7 @@
 
     harness report runs/demo-latest -o report.html
     harness report runs/a runs/b --sweep sweeps/a100 -o compare.html
+    harness report runs/final --meter organisers-pdu.csv --meter-utc-offset-h 8
 
 Reads only the runs' JSON/CSV/PNG files (never torch or NVML), so it runs anywhere the run
 directories were copied to.
@@ -26,6 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "throughput-vs-power chart and the chosen cap plan")
     parser.add_argument("-o", "--out", default="report.html", metavar="HTML",
                         help="output file (default: report.html)")
+    meter = parser.add_argument_group("the organisers' (or your own) PDU / meter log")
+    meter.add_argument("--meter", metavar="CSV",
+                       help="meter log (CSV of time and watts; columns in power/meter_log.py): "
+                            "lined up with each run by wall-clock time and saved in its power "
+                            "folder(s); the report then shows both curves, the difference and "
+                            "the budget crossings the meter saw")
+    meter.add_argument("--meter-utc-offset-h", type=float, default=0.0, metavar="H",
+                       help="the meter logs local time H hours ahead of UTC (default: 0, UTC)")
+    meter.add_argument("--meter-offset-s", type=float, default=0.0, metavar="S",
+                       help="shift the meter's times by S seconds (a meter clock that is off)")
+    meter.add_argument("--meter-time-column", metavar="NAME",
+                       help="the time column (default: found by name)")
+    meter.add_argument("--meter-power-column", action="append", metavar="NAME",
+                       help="a power column in W (repeatable; several are summed; default: "
+                            "found by name)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,9 +51,37 @@ def run(args: argparse.Namespace) -> int:
     out = str(args.out)
     if not out or out.endswith(("/", "\\")):
         raise UserError(f"--out {out!r}: expected a file name, e.g. report.html")
+    if getattr(args, "meter", None):
+        _import_meter(args)
     try:
         path = write_report(args.run_dirs, out, sweep_dir=args.sweep)
     except OSError as exc:
         raise UserError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
+
+
+def _import_meter(args: argparse.Namespace) -> None:
+    """Import ``--meter`` into every run it overlaps (an error if it overlaps none)."""
+    from reports.meter import import_meter
+
+    failures = []
+    imported = 0
+    for run_dir in args.run_dirs:
+        try:
+            for done in import_meter(run_dir, args.meter,
+                                     utc_offset_h=args.meter_utc_offset_h,
+                                     offset_s=args.meter_offset_s,
+                                     time_column=args.meter_time_column,
+                                     power_columns=args.meter_power_column):
+                imported += 1
+                c = done.figures.get("meter_crossings") or {}
+                print(f"meter: {run_dir} {done.phase}: {done.figures['samples']} samples, "
+                      f"meter - ours {done.figures['diff_mean_w']:+.0f} W on average, "
+                      f"{c.get('count', 0)} budget crossing(s) as the meter saw them")
+        except UserError as exc:
+            failures.append(str(exc))
+    if not imported:
+        raise UserError("; ".join(failures))
+    for f in failures:
+        log.warning("%s", f)

@@ -1,0 +1,339 @@
+"""The organisers' (or a team's own) PDU / power-meter log: read it, line it up with a run, compare.
+
+A judge trusts the meter on the wall, not NVML. :func:`read_meter_log` reads the meter's CSV
+export into wall-clock UTC times and watts; :func:`compare_with_meter` lines it up with the
+run's own cluster power (which carries UTC since issue #15, see :mod:`power.sampler`) and
+reports both curves, their difference, and the budget crossings as the meter saw them.
+Everything here is pure (no clock, no hardware); only :func:`read_meter_log` reads a file.
+
+Expected CSV (the header row names the columns; case, spaces and units in brackets are
+ignored; ``,``, ``;`` or tab separated; lines starting with ``#`` are skipped):
+
+* **time** - one column named ``time``, ``timestamp``, ``datetime``, ``date_time``, ``utc``,
+  ``unix_s``, ``epoch``, ``unix``, ``time_s`` or ``ts`` - or two columns ``date`` and ``time``.
+  Values: ISO 8601 / ``YYYY-MM-DD HH:MM:SS[.fff]`` (with ``Z`` or ``+hh:mm``; without a zone
+  they are taken as UTC unless ``utc_offset_h`` says the meter logs local time), ``DD/MM/YYYY
+  HH:MM:SS``, or Unix epoch seconds (milliseconds if > 1e11).
+* **power** - ``watts``, ``power_w``, ``power``, ``w``, ``active_power``, ``real_power``,
+  ``p`` or any name ending in ``_w``/``(W)``; ``kw``/``power_kw``/``(kW)`` are scaled by 1000
+  and ``mW`` by 1/1000. Several power columns (one per outlet or PSU) are summed.
+* optional **channel** - ``outlet``, ``channel``, ``node``, ``host``, ``device``, ``pdu`` or
+  ``psu``: a "long" log with one row per outlet per time; outlets are summed (each outlet's
+  last reading is held until its next one).
+
+Example (``harness report RUN --meter pdu.csv``)::
+
+    timestamp,outlet,watts
+    2025-03-02T10:15:00.000Z,A1,712.5
+    2025-03-02T10:15:00.000Z,A2,698.0
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from power.clock import utc_iso
+from power.crossings import budget_crossings
+
+TIME_NAMES = ("time", "timestamp", "datetime", "date_time", "utc", "unix_s", "epoch", "unix",
+              "time_s", "ts", "time_utc", "timestamp_utc")
+POWER_NAMES = ("watts", "power_w", "power", "w", "active_power", "real_power", "p", "power_watts",
+               "total_power", "active_power_w")
+KW_NAMES = ("kw", "power_kw", "kilowatts", "active_power_kw")
+CHANNEL_NAMES = ("outlet", "channel", "node", "host", "device", "pdu", "psu", "outlet_id")
+
+_DATE_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M:%S.%f",
+                 "%Y/%m/%d %H:%M:%S", "%d/%m/%Y %H:%M:%S.%f", "%d/%m/%Y %H:%M:%S",
+                 "%d.%m.%Y %H:%M:%S", "%a %b %d %H:%M:%S %Y")
+
+
+class MeterLogError(ValueError):
+    """The meter log cannot be read or lined up; the message names the file and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterLog:
+    """A meter log as wall-clock UTC times and total watts."""
+
+    path: str
+    unix_s: np.ndarray
+    """Sample times, Unix seconds UTC, ascending."""
+    watts: np.ndarray
+    """Total power at each time (outlets/columns summed). Units: W."""
+    time_column: str
+    power_columns: tuple[str, ...]
+    channels: tuple[str, ...]
+    """Outlets of a long-format log (empty for a wide one)."""
+
+    def to_csv(self) -> str:
+        """The normalised log: ``unix_s,utc,watts``."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(("unix_s", "utc", "watts"))
+        for t, p in zip(self.unix_s, self.watts):
+            w.writerow((f"{t:.3f}", utc_iso(float(t)), f"{p:.3f}"))
+        return buf.getvalue()
+
+
+def _norm(name: str) -> str:
+    n = name.strip().lower()
+    n = re.sub(r"[\[\(]\s*(k?w|mw)\s*[\]\)]", r"_\1", n)
+    n = re.sub(r"[^a-z0-9]+", "_", n).strip("_")
+    return n
+
+
+def _scale(original: str) -> float | None:
+    """Watts per unit of a column by its name, or None if it is not a power column."""
+    n = _norm(original)
+    if n in KW_NAMES or n.endswith("_kw"):
+        return 1000.0
+    if re.search(r"(^|[^a-z])mW\b|\(mW\)|\[mW\]", original.strip()):
+        return 0.001
+    if n in POWER_NAMES or n.endswith(("_w", "_watts")):
+        return 1.0
+    return None
+
+
+def parse_time(text: str, *, utc_offset_h: float = 0.0) -> float:
+    """Parse one time stamp to Unix seconds UTC (see the module docstring for the forms).
+
+    Raises:
+        ValueError: Unrecognised form.
+    """
+    s = text.strip()
+    try:
+        v = float(s)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(v) or v < 1e8:
+            raise ValueError(f"{text!r}: a number but not a Unix time (relative seconds cannot "
+                             "be lined up; export wall-clock time stamps)")
+        return v / 1000.0 if v > 1e11 else v
+    iso = s.replace("Z", "+00:00").replace("z", "+00:00")
+    stamp = None
+    try:
+        stamp = _dt.datetime.fromisoformat(iso)
+    except ValueError:
+        for fmt in _DATE_FORMATS:
+            try:
+                stamp = _dt.datetime.strptime(s, fmt)
+                break
+            except ValueError:
+                continue
+    if stamp is None:
+        raise ValueError(f"{text!r}: unrecognised time stamp")
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=_dt.timezone(_dt.timedelta(hours=utc_offset_h)))
+    return stamp.timestamp()
+
+
+def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MeterLogError(f"{path}: cannot read the meter log ({exc})") from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if len(lines) < 2:
+        raise MeterLogError(f"{path}: no samples (need a header row and at least one row)")
+    try:
+        dialect = csv.Sniffer().sniff(lines[0], delimiters=",;\t")
+        delim = dialect.delimiter
+    except csv.Error:
+        delim = ","
+    rows = list(csv.reader(lines, delimiter=delim))
+    return rows[0], rows[1:]
+
+
+def read_meter_log(path: str | os.PathLike[str], *, time_column: str | None = None,
+                   power_columns: Sequence[str] | None = None, utc_offset_h: float = 0.0,
+                   offset_s: float = 0.0) -> MeterLog:
+    """Read a meter's CSV export (columns as in the module docstring).
+
+    Args:
+        path: The CSV file.
+        time_column: Name of the time column (default: found by name).
+        power_columns: Names of the power columns, in W (default: found by name).
+        utc_offset_h: Offset of the meter's local time from UTC for stamps without a zone
+            (e.g. 8 for a meter logging Beijing time).
+        offset_s: Added to every time (a meter clock known to run ahead is corrected with a
+            negative value).
+
+    Raises:
+        MeterLogError: Unreadable, no time or power column, a bad value (names file and line).
+    """
+    p = Path(path)
+    header, rows = _rows(p)
+    names = [_norm(h) for h in header]
+    index = {n: i for i, n in enumerate(names)}
+
+    def pick(wanted: str) -> int:
+        key = _norm(wanted)
+        if key not in index:
+            raise MeterLogError(f"{p}: no column {wanted!r}; columns: {', '.join(header)}")
+        return index[key]
+
+    date_col = None
+    if time_column is not None:
+        t_col = pick(time_column)
+    elif "date" in index and "time" in index:
+        date_col, t_col = index["date"], index["time"]
+    else:
+        found = [index[n] for n in TIME_NAMES if n in index]
+        if not found:
+            raise MeterLogError(f"{p}: no time column (expected one of {', '.join(TIME_NAMES)}, "
+                                f"or date + time); columns: {', '.join(header)}")
+        t_col = found[0]
+    if power_columns:
+        p_cols = [(pick(c), _scale(c) or 1.0) for c in power_columns]
+    else:
+        p_cols = [(i, sc) for i, h in enumerate(header)
+                  if i not in (t_col, date_col) and (sc := _scale(h)) is not None]
+        if not p_cols:
+            raise MeterLogError(f"{p}: no power column (expected watts, power_w, power, kw... "
+                                f"or a name ending in _w); columns: {', '.join(header)}")
+    chan_col = next((index[n] for n in CHANNEL_NAMES if n in index), None)
+
+    times: list[float] = []
+    watts: list[float] = []
+    chans: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        if len(row) < len(header):
+            raise MeterLogError(f"{p}:{line}: {len(row)} fields, the header has {len(header)}")
+        stamp = row[t_col] if date_col is None else f"{row[date_col]} {row[t_col]}"
+        try:
+            t = parse_time(stamp, utc_offset_h=utc_offset_h) + offset_s
+            w = sum(float(row[i].replace(",", ".") if row[i].count(",") == 1
+                          and "." not in row[i] else row[i]) * sc for i, sc in p_cols)
+        except ValueError as exc:
+            raise MeterLogError(f"{p}:{line}: {exc}") from None
+        times.append(t)
+        watts.append(w)
+        chans.append(row[chan_col].strip() if chan_col is not None else "")
+    channels = tuple(sorted(set(chans))) if chan_col is not None else ()
+    if channels and len(channels) > 1:
+        t_arr, w_arr = _sum_channels(times, watts, chans)
+    else:
+        order = np.argsort(np.array(times), kind="stable")
+        t_arr, w_arr = np.array(times)[order], np.array(watts)[order]
+    return MeterLog(str(p), t_arr, w_arr, header[t_col] if date_col is None else "date+time",
+                    tuple(header[i] for i, _ in p_cols), channels)
+
+
+def _sum_channels(times: list[float], watts: list[float], chans: list[str]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Sum a long-format log over outlets on the union of time stamps (last value held).
+
+    Times before an outlet's first reading are dropped (the total would be incomplete).
+    """
+    by: dict[str, list[tuple[float, float]]] = {}
+    for t, w, c in zip(times, watts, chans):
+        by.setdefault(c, []).append((t, w))
+    grid = np.unique(np.array(times))
+    start = max(min(t for t, _ in v) for v in by.values())
+    grid = grid[grid >= start]
+    total = np.zeros(len(grid))
+    for v in by.values():
+        v.sort()
+        ts = np.array([t for t, _ in v])
+        ws = np.array([w for _, w in v])
+        total += ws[np.searchsorted(ts, grid, side="right") - 1]
+    return grid, total
+
+
+@dataclass(frozen=True, slots=True)
+class MeterComparison:
+    """The meter's view of a run next to the run's own."""
+
+    unix_s: np.ndarray
+    """Meter sample times inside the run."""
+    meter_w: np.ndarray
+    ours_w: np.ndarray
+    """Our cluster power at the meter's times (linear interpolation)."""
+    budget_w: float | None
+    offset_s: float
+    """Shift applied to the meter's times before lining up."""
+    meter_crossings: Any
+    """:class:`~power.crossings.CrossingStats` of the meter series (None without a budget)."""
+    ours_crossings: Any
+    """The same for our series at the meter's times."""
+
+    @property
+    def diff_w(self) -> np.ndarray:
+        """Meter minus ours at each meter time."""
+        return self.meter_w - self.ours_w
+
+    def to_json(self) -> dict[str, Any]:
+        """Figures for ``meter_comparison.json`` and the report."""
+        d = self.diff_w
+        span = float(self.unix_s[-1] - self.unix_s[0]) if len(self.unix_s) > 1 else 0.0
+        out = {
+            "samples": len(self.unix_s), "start_utc": utc_iso(float(self.unix_s[0])),
+            "end_utc": utc_iso(float(self.unix_s[-1])), "duration_s": span,
+            "offset_s": self.offset_s, "budget_w": self.budget_w,
+            "meter_avg_w": float(self.meter_w.mean()), "ours_avg_w": float(self.ours_w.mean()),
+            "meter_peak_w": float(self.meter_w.max()), "ours_peak_w": float(self.ours_w.max()),
+            "diff_mean_w": float(d.mean()), "diff_mean_abs_w": float(np.abs(d).mean()),
+            "diff_rms_w": float(np.sqrt((d ** 2).mean())), "diff_max_abs_w": float(np.abs(d).max()),
+            "meter_energy_j": _trapezoid(self.unix_s, self.meter_w),
+            "ours_energy_j": _trapezoid(self.unix_s, self.ours_w),
+        }
+        if self.meter_crossings is not None:
+            out["meter_crossings"] = self.meter_crossings.to_json()
+            out["ours_crossings"] = self.ours_crossings.to_json()
+        return out
+
+
+def _trapezoid(t: np.ndarray, w: np.ndarray) -> float:
+    return float(np.sum(0.5 * (w[1:] + w[:-1]) * np.diff(t))) if len(t) > 1 else 0.0
+
+
+def compare_with_meter(meter: MeterLog, ours_unix_s: Sequence[float], ours_w: Sequence[float],
+                       *, budget_w: float | None, offset_s: float = 0.0) -> MeterComparison:
+    """Line the meter up with our cluster series by wall-clock time and compare.
+
+    Args:
+        meter: The meter log.
+        ours_unix_s: Our cluster power's sample times (Unix seconds UTC), ascending.
+        ours_w: Our cluster power. Units: W.
+        budget_w: The power budget, for the crossings (None: no crossings).
+        offset_s: Extra shift of the meter's times.
+
+    Raises:
+        MeterLogError: No overlap in time (the message gives both ranges and, when they are a
+            whole number of hours apart, suggests the time-zone option).
+    """
+    ot = np.asarray(ours_unix_s, dtype=float)
+    ow = np.asarray(ours_w, dtype=float)
+    if len(ot) < 2:
+        raise MeterLogError("the run has fewer than two power samples with wall-clock time "
+                            "(runs recorded before wall-clock stamps cannot be lined up)")
+    mt = meter.unix_s + offset_s
+    inside = (mt >= ot[0]) & (mt <= ot[-1])
+    if inside.sum() < 2:
+        gap_h = (float(np.median(mt)) - float(np.median(ot))) / 3600.0
+        hint = (f"; they are about {round(gap_h):+d} h apart: is the meter logging local time? "
+                f"(utc_offset_h / --meter-utc-offset-h {round(gap_h):d})"
+                if abs(gap_h) >= 0.5 and abs(gap_h - round(gap_h)) < 0.1 else "")
+        raise MeterLogError(
+            f"{meter.path}: meter log ({utc_iso(float(mt[0]))} .. {utc_iso(float(mt[-1]))}) "
+            f"does not overlap the run ({utc_iso(float(ot[0]))} .. {utc_iso(float(ot[-1]))})"
+            + hint)
+    t = mt[inside]
+    mw = meter.watts[inside]
+    ours_at = np.interp(t, ot, ow)
+    mc = oc = None
+    if budget_w is not None:
+        mc = budget_crossings(t, mw, budget_w)
+        oc = budget_crossings(t, ours_at, budget_w)
+    return MeterComparison(t, mw, ours_at, budget_w, offset_s, mc, oc)
