@@ -14,7 +14,7 @@ from power.governor import Governor
 from power.node import NodePower
 from power.sampler import PowerSampler
 from power.simulated import constant_load, make_simulated_gpus
-from reports import cli as report_cli
+from harness.commands import report as report_cli
 from reports.meter import import_meter
 from reports.render import render_report
 from reports.rundata import load_run

@@ -15,7 +15,7 @@ import pytest
 from power import nvml
 from power.errors import NotSupportedError, PowerError
 from power.gpu import PowerSensor
-from tests.test_power_nvml import FakeNvml
+from tests.power.test_nvml import FakeNvml
 
 USAGE_MW = 250_000   # what nvmlDeviceGetPowerUsage returns (the 1-s average on new GPUs)
 INSTANT_MW = 333_000  # what the instant field returns
