@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,6 +35,36 @@ from harness.training.progress import TrainProgress, print_summary
 from harness.training.validate import validate
 
 log = logging.getLogger(__name__)
+
+
+class StopSignals:
+    """SIGUSR1 and SIGTERM ask training to stop at the next step boundary.
+
+    Slurm sends SIGUSR1 ``launch.signal_lead_s`` before the time limit (see the generated
+    sbatch script) and SIGTERM when it cancels a job; either way the run writes a checkpoint and
+    ends cleanly (GPU settings restored by the power session), and ``--resume`` continues it.
+    Handlers are installed only in the main thread and put back on exit.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._prev: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._prev[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, prev in self._prev.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._prev.clear()
 
 
 class Trainer:
@@ -119,8 +151,8 @@ class Trainer:
                                    exit_code=3) from None
         return terms, len(idx)
 
-    def loop(self, power: Any, display: TrainProgress, stop_after: int | None
-             ) -> dict[str, Any]:
+    def loop(self, power: Any, display: TrainProgress, stop_after: int | None,
+             signals: StopSignals | None = None) -> dict[str, Any]:
         """Steps from ``start_step`` to the end (or a stop); returns counts and how it ended."""
         t, comm = self.job.train, self.comm
         images, t_start = 0, time.perf_counter()
@@ -147,7 +179,14 @@ class Trainer:
             if stop_after is not None and done >= stop_after:
                 return {"final_step": done, "images": images, "t_start": t_start,
                         "stopped_early": True, "interrupted": True}
-            if comm.bcast(time.perf_counter() > deadline, root=0):
+            # One collective: rank 0's clock decides the deadline, any rank's signal stops all.
+            flags = comm.allgather((time.perf_counter() > deadline,
+                                    signals.received if signals is not None else None))
+            stopped_by = next((s for _, s in flags if s), None)
+            if stopped_by:
+                return {"final_step": done, "images": images, "t_start": t_start,
+                        "stopped_early": True, "interrupted": True, "stopped_by": stopped_by}
+            if flags[0][0]:
                 stopped_early = True  # out of time: finish like a completed run
                 break
         final = step + 1 if t.steps > self.start_step else self.start_step
@@ -170,7 +209,8 @@ class Trainer:
             **{f"final_{k}": v for k, v in self.val_res.items()},
             "checkpoint": str(self.last_saved) if self.last_saved else None,
             "best_checkpoint": str(best_path) if best_path.exists() else None,
-            "stopped_early": ended["stopped_early"], "power": power_summary,
+            "stopped_early": ended["stopped_early"], "stopped_by": ended.get("stopped_by"),
+            "power": power_summary,
             "param_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1,
         }
 
@@ -214,8 +254,8 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
                             start=trainer.start_step)
     engine.wrapped.train()
     trainer.last_saved = ckpt.latest(trainer.ckpt_dir)
-    with power_session(job, info, comm, run_dir) as power, display:
-        ended = trainer.loop(power, display, stop_after)
+    with StopSignals() as signals, power_session(job, info, comm, run_dir) as power, display:
+        ended = trainer.loop(power, display, stop_after, signals)
         if not ended["interrupted"]:
             trainer.validate(ended["final_step"])
         trainer.save(ended["final_step"])
@@ -226,5 +266,9 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     if info.is_master:
         write_json_atomic(run_dir / "summary.json", summary)
         print_summary(summary)
+        if summary["stopped_by"]:
+            log.warning("stopped by %s after step %d; checkpoint %s; continue with "
+                        "--resume %s", summary["stopped_by"], summary["steps"],
+                        summary["checkpoint"], run_dir)
     shutdown_torch_distributed()
     return summary

@@ -217,3 +217,47 @@ def test_init_from_runs_and_refuses_other_architectures(tmp_path: Path) -> None:
     line = _one_error_line(_run_train(tmp_path / "e", "--set", "model.init_from=nope.pt"))
     assert "model.init_from: nope.pt: no such checkpoint file" in line
     assert not (tmp_path / "e" / "runs").exists()  # refused before any run folder is made
+
+
+@pytest.mark.mpi
+def test_sigusr1_checkpoints_stops_cleanly_and_resumes(mpirun: str, tmp_path: Path) -> None:
+    """What Slurm's `--signal=USR1@lead` does to a run: checkpoint, exit 0, resumable."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import mpi_env
+
+    cmd = [mpirun, "-np", "2", "--bind-to", "none", sys.executable, "-m", "harness.train",
+           "--job", SMOKE, "--quiet", "--run-dir", str(tmp_path), "--set", "train.steps=100000",
+           "--set", "train.ckpt_every=0"]
+    proc = subprocess.Popen(cmd, env=mpi_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            metrics = list(tmp_path.glob("smoke-*/metrics.jsonl"))
+            if metrics and metrics[0].stat().st_size > 0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("training never logged a step")
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    run = _only_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by"] == "SIGUSR1" and summary["stopped_early"] is True
+    step = summary["steps"]
+    assert 0 < step < 100000
+    assert (run / "checkpoints" / f"ckpt-{step:06d}.pt").is_file()
+    assert "--resume" in err
+    resumed = run_mpi(mpirun, 2, ["-m", "harness.train", "--job", SMOKE, "--quiet", "--resume",
+                                  str(run), "--set", "train.steps=100000", "--stop-after",
+                                  str(step + 2)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(_train_losses(run))[-1] == step + 2
