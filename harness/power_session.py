@@ -126,7 +126,7 @@ class PowerSession(NullPowerSession):
                                      clock=clock)
         self._gov = Governor(self._gpus, comm=self._leaders or SingleProcessComm(),
                              budget_w=p.budget_w, headroom_w=p.headroom_w,
-                             mode="locked_clocks" if p.mode == "clocks" else "power_limit",
+                             mode=p.mode,
                              other_power_w=node.other_power_w, shared_overhead_w=p.switch_w,
                              run_dir=node_dir, period_s=1.0 / p.control_hz, clock=clock)
         self._sampler.__enter__()

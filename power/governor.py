@@ -21,7 +21,7 @@ when there was none - so the ``with`` block unwinds and ``__exit__`` restores. I
 handler returns normally, the program chose to keep running and governing continues.
 
 Clock locks cannot be read back through NVML, so the governor assumes clocks were unlocked
-when it started and unlocks them on exit in ``locked_clocks`` mode.
+when it started and unlocks them on exit in ``clocks`` mode.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class Governor:
         comm: Exchanges readings between nodes (default: a single node).
         budget_w: Cluster power budget. Units: W.
         headroom_w: Margin kept free below the budget. Units: W.
-        mode: ``"power_limit"`` (cap power limits) or ``"locked_clocks"`` (lock max clocks).
+        mode: ``"power_limit"`` (cap power limits) or ``"clocks"`` (lock max clocks).
         other_power_w: Function of this node's GPU power (W) returning the node's other power
             (e.g. :meth:`power.node.NodePower.other_power_w`); None counts nothing.
         shared_overhead_w: Power of shared equipment (switch), counted once for the cluster.
@@ -146,7 +146,7 @@ class Governor:
         self._ranges_w = [tuple(v / 1000 for v in g.get_power_limit_constraints_mw())
                           for g in self.gpus]
         self._clock_ranges = ([g.get_clock_range_mhz() for g in self.gpus]
-                              if mode == "locked_clocks" else [None] * n)
+                              if mode == "clocks" else [None] * n)
         self._original_limits_mw: list[int] = []
         self._limit_w = [g.get_power_limit_mw() / 1000 for g in self.gpus]
         self._alloc_w = list(self._limit_w)
@@ -529,7 +529,7 @@ class Governor:
                     if not self._closed:
                         self._set_caps([lo for lo, _ in self._ranges_w],
                                        [c[0] for c in self._clock_ranges]
-                                       if self.mode == "locked_clocks" else None)
+                                       if self.mode == "clocks" else None)
                 return
             next_t += self.period_s
             self._stop.wait(max(0.0, next_t - self._clock.now()))

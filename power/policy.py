@@ -22,7 +22,7 @@ Rules, in order:
 4. **Raise slowly.** Unallocated GPU budget goes, at most ``raise_step_fraction`` of each GPU's
    limit range per call, to GPUs whose draw is at their cap (the ones that can use it).
 
-In ``locked_clocks`` mode the same power allocation is computed (``limit_w`` of a reading is
+In ``clocks`` mode the same power allocation is computed (``limit_w`` of a reading is
 then the governor's soft allocation, not a hardware limit) and translated into a locked
 maximum clock using ``P ~ f ** clock_exponent`` around the present operating point; clock
 increases are rate-limited like limit increases.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODES = ("power_limit", "locked_clocks")
+MODES = ("power_limit", "clocks")
 
 STEADY = "steady"
 RAISE = "raise"
@@ -57,7 +57,7 @@ class GpuReading:
     power_w: float | None
     """Latest power draw, or None if it could not be read."""
     limit_w: float
-    """Present power limit (``locked_clocks`` mode: the present soft allocation)."""
+    """Present power limit (``clocks`` mode: the present soft allocation)."""
     min_limit_w: float
     """Lowest settable limit."""
     max_limit_w: float
@@ -69,13 +69,13 @@ class GpuReading:
     utilization_percent: float | None = None
     """NVML utilisation, if known (informational)."""
     clock_mhz: float | None = None
-    """Present graphics clock (needed in ``locked_clocks`` mode)."""
+    """Present graphics clock (needed in ``clocks`` mode)."""
     locked_max_clock_mhz: float | None = None
     """Present upper clock lock, None if unlocked."""
     min_clock_mhz: float | None = None
-    """Lowest supported graphics clock (``locked_clocks`` mode)."""
+    """Lowest supported graphics clock (``clocks`` mode)."""
     max_clock_mhz: float | None = None
-    """Highest supported graphics clock (``locked_clocks`` mode)."""
+    """Highest supported graphics clock (``clocks`` mode)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -119,9 +119,9 @@ class Decision:
     """What :func:`decide` returns, in the order of the readings it was given."""
 
     limits_w: tuple[float, ...]
-    """New power limit (``locked_clocks`` mode: soft allocation) per GPU. Units: W."""
+    """New power limit (``clocks`` mode: soft allocation) per GPU. Units: W."""
     clocks_mhz: tuple[float, ...] | None
-    """New upper clock lock per GPU in ``locked_clocks`` mode, else None. Units: MHz."""
+    """New upper clock lock per GPU in ``clocks`` mode, else None. Units: MHz."""
     reason: str
     """The dominant rule: steady, raise, rebalance, budget_shrink, overshoot, infeasible or
     fail_safe."""
@@ -161,8 +161,8 @@ def _validate(budget_w: float, headroom_w: float, readings: Sequence[GpuReading]
         if not 0 < r.min_limit_w <= r.max_limit_w:
             raise ValueError(f"node {r.node} GPU {r.gpu}: bad limit range "
                              f"[{r.min_limit_w}, {r.max_limit_w}] W")
-        if mode == "locked_clocks" and (r.min_clock_mhz is None or r.max_clock_mhz is None):
-            raise ValueError(f"node {r.node} GPU {r.gpu}: locked_clocks mode needs the clock "
+        if mode == "clocks" and (r.min_clock_mhz is None or r.max_clock_mhz is None):
+            raise ValueError(f"node {r.node} GPU {r.gpu}: clocks mode needs the clock "
                              "range in the readings")
 
 
@@ -181,7 +181,7 @@ def decide(*, budget_w: float, headroom_w: float, readings: Sequence[GpuReading]
         readings: Every GPU of the cluster, in a fixed order (node, then GPU).
         other_power_w: Everything else the budget covers: CPUs, DRAM, fans, NICs, switch.
             None if unknown (triggers the fail-safe).
-        mode: ``"power_limit"`` or ``"locked_clocks"``.
+        mode: ``"power_limit"`` or ``"clocks"``.
         config: Tuning constants.
 
     Returns:
@@ -209,7 +209,7 @@ def decide(*, budget_w: float, headroom_w: float, readings: Sequence[GpuReading]
         msg = ("stale or missing power readings: " + ", ".join(parts)) if stale else (
             "other node power unknown")
         clocks = (tuple(float(r.min_clock_mhz) for r in readings)  # type: ignore[arg-type]
-                  if mode == "locked_clocks" else None)
+                  if mode == "clocks" else None)
         return Decision(tuple(float(v) for v in safe), clocks, FAIL_SAFE,
                         (msg + f"; safe cap applied to all {len(readings)} GPUs",), None, target)
 
@@ -262,7 +262,7 @@ def decide(*, budget_w: float, headroom_w: float, readings: Sequence[GpuReading]
             reasons.append(RAISE)
 
     clocks = None
-    if mode == "locked_clocks":
+    if mode == "clocks":
         clocks = tuple(_clock_for(r, float(pw), float(a), cfg) for r, pw, a in zip(readings, p, new))
     return Decision(tuple(float(v) for v in new), clocks, reasons[0] if reasons else STEADY,
                     tuple(messages), measured, target)

@@ -75,7 +75,7 @@ def test_restore_on_exception_and_after_a_changed_original(tmp_path):
 def test_locked_clocks_mode_unlocks_on_exit():
     clock = SimClock()
     gpus = sim_node(clock)
-    with Governor(gpus, budget_w=900, clock=clock, mode="locked_clocks",
+    with Governor(gpus, budget_w=900, clock=clock, mode="clocks",
                   handle_signals=False) as gov:
         for _ in range(60):
             clock.advance(0.05)

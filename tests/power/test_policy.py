@@ -123,13 +123,13 @@ def test_locked_clocks_mode_lowers_clocks_on_overshoot_and_raises_them_slowly():
     common = dict(min_clock_mhz=[210.0] * 2, max_clock_mhz=[1410.0] * 2,
                   clock_mhz=[1410.0] * 2, locked_max_clock_mhz=[1410.0] * 2)
     d = decide(budget_w=700, headroom_w=0, readings=readings([400] * 2, [400] * 2, **common),
-               other_power_w=0, mode="locked_clocks")
+               other_power_w=0, mode="clocks")
     assert d.reason == OVERSHOOT and d.clocks_mhz is not None
     # Power must fall to 350 W each: f = 1410 * (350/400) ** (1/2).
     assert d.clocks_mhz[0] == pytest.approx(1410 * (350 / 400) ** 0.5, rel=1e-6)
     common["locked_max_clock_mhz"] = [800.0] * 2
     d = decide(budget_w=2000, headroom_w=0, readings=readings([150] * 2, [150] * 2, **common),
-               other_power_w=0, mode="locked_clocks")
+               other_power_w=0, mode="clocks")
     # The allocation rises one small step (6 W) and the clock follows it.
     assert d.clocks_mhz[0] == pytest.approx(800 * (156 / 150) ** 0.5)
 
@@ -143,6 +143,6 @@ def test_invalid_arguments_are_rejected():
     with pytest.raises(ValueError, match="mode"):
         decide(budget_w=100, headroom_w=0, readings=rs, other_power_w=0, mode="turbo")
     with pytest.raises(ValueError, match="clock range"):
-        decide(budget_w=100, headroom_w=0, readings=rs, other_power_w=0, mode="locked_clocks")
+        decide(budget_w=100, headroom_w=0, readings=rs, other_power_w=0, mode="clocks")
     with pytest.raises(ValueError, match="raise_step_fraction"):
         PolicyConfig(raise_step_fraction=0)

@@ -1,0 +1,69 @@
+"""Checkpoints: atomic saves that leave nothing half-written, safe loads, pruning, resume."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import checkpoint as ckpt
+from harness.errors import UserError
+
+
+def test_save_load_roundtrip_with_plain_permissions(tmp_path: Path) -> None:
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "step": 7}
+    path = ckpt.save_atomic(state, tmp_path / "run" / "checkpoints" / ckpt.checkpoint_name(7))
+    assert path.name == "ckpt-000007.pt"
+    back = ckpt.load(path)
+    assert back["step"] == 7 and torch.equal(back["model"]["w"], state["model"]["w"])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = ckpt.save_atomic({"model": {"w": torch.ones(2)}, "step": 1}, tmp_path / "c.pt")
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        ckpt.save_atomic({"model": {"w": torch.ones(2)}, "bad": lambda: 0}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_load_refuses_garbage_and_pickles(tmp_path: Path) -> None:
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot load checkpoint"):
+        ckpt.load(tmp_path / "junk.pt")
+    torch.save({"step": 1}, tmp_path / "nomodel.pt")
+    with pytest.raises(UserError, match="not a harness checkpoint"):
+        ckpt.load(tmp_path / "nomodel.pt")
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204 - pickle protocol
+            return (os.system, ("true",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="cannot load checkpoint"):
+        ckpt.load(tmp_path / "evil.pt")
+
+
+def test_latest_prune_and_resolve_resume(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    folder = run / "checkpoints"
+    for step in (10, 2, 30):
+        ckpt.save_atomic({"model": {}, "step": step}, folder / ckpt.checkpoint_name(step))
+    ckpt.save_atomic({"model": {}}, folder / ckpt.BEST_NAME)
+    assert [s for s, _ in ckpt.list_checkpoints(folder)] == [2, 10, 30]
+    assert ckpt.latest(folder) == folder / "ckpt-000030.pt"
+    assert ckpt.prune(folder, 2) == [folder / "ckpt-000002.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "ckpt-000010.pt",
+                                                         "ckpt-000030.pt"]
+    assert ckpt.resolve_resume(run) == (run, folder / "ckpt-000030.pt")
+    assert ckpt.resolve_resume(folder / "ckpt-000010.pt") == (run, folder / "ckpt-000010.pt")
+    with pytest.raises(UserError, match="no such run directory"):
+        ckpt.resolve_resume(tmp_path / "missing")
+    with pytest.raises(UserError, match="no checkpoints"):
+        ckpt.resolve_resume(tmp_path)
