@@ -307,8 +307,9 @@ class PowerConfig:
 
     enabled: bool = False
     """Run the sampler and governor during train/infer."""
-    backend: Literal["simulated", "nvml", "replay"] = "simulated"
-    """Where GPU power comes from: simulated GPUs, NVIDIA NVML, or a recorded trace."""
+    backend: Literal["simulated", "nvml", "replay", "auto"] = "simulated"
+    """Where GPU power comes from: simulated GPUs, NVIDIA NVML, or a recorded trace; ``auto``
+    is NVML where this node has NVIDIA GPUs and simulated GPUs elsewhere (said in the log)."""
     budget_w: float = 3000.0
     """Whole-cluster power budget in watts (GPUs + CPUs + node overhead + switch)."""
     headroom_w: float = 150.0

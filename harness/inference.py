@@ -19,16 +19,9 @@ from typing import Any
 
 from harness.config import JobConfig
 from harness.distributed import get_comm, get_dist_info, shard
+from harness.logs import CountProgress, choose_log_format
 
 log = logging.getLogger(__name__)
-
-
-def default_job_path() -> str:
-    """The job ``harness infer`` runs without ``--job``: the quality recipe, whose model's
-    weights ship with the project."""
-    from harness.paths import project_root
-
-    return str(project_root() / "jobs" / "asc19-cpu-ft.yaml")
 
 
 def deal_batches(n_items: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
@@ -39,7 +32,7 @@ def deal_batches(n_items: int, batch_size: int, rank: int, world: int) -> list[l
 
 
 def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None = None,
-          hr_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+          hr_dir: str | None = None, log_format: str = "auto") -> dict[str, Any]:
     """Super-resolve every image in ``lr_dir`` into ``out_dir``; score if ``hr_dir`` is given.
 
     Returns:
@@ -68,7 +61,8 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     mine = deal_batches(len(files), job.infer.batch_size, info.rank, info.world_size)
     t0 = time.perf_counter()
     done = 0
-    bar = _bar(progress and info.is_master, sum(len(b) for b in mine))
+    mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
+    bar = CountProgress("infer", sum(len(b) for b in mine), mode)
     with power_session(job, info, comm, out) as power, bar:
         for batch in mine:
             images = [read_rgb(files[i]) for i in batch]
@@ -102,34 +96,8 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         scored = evaluate_dirs(hr_dir, str(out), str(out), lr_dir=lr_dir,
                                recognizer=job.eval.recognizer, metrics=job.eval.metrics,
                                batch_size=job.eval.batch_size, shave=job.eval.shave, comm=comm,
-                               meta={"inference": result})
+                               device=device, meta={"inference": result})
         result["scores"] = comm.bcast(scored and scored["summary"], root=0)
         result["score_paths"] = [str(p) for p in (scored or {}).get("paths") or []]
         comm.barrier()
     return result
-
-
-class _bar:
-    """Rich progress bar on rank 0 only."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self._p = enabled, total, None
-
-    def __enter__(self) -> "_bar":
-        if self.enabled:
-            from rich.progress import Progress
-
-            self._p = Progress(transient=True)
-            self._p.start()
-            self._task = self._p.add_task("infer", total=self.total)
-        return self
-
-    def advance(self, n: int) -> None:
-        if self._p is not None:
-            self._p.advance(self._task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.stop()
-
-

@@ -23,6 +23,23 @@ from harness.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def resolve_backend(job: JobConfig) -> JobConfig:
+    """The job with ``power.backend: auto`` made concrete: ``nvml`` when NVML finds GPUs on
+    this node, else ``simulated``. Other jobs come back unchanged."""
+    if job.power.backend != "auto":
+        return job
+    import dataclasses
+
+    from power import open_nvml_gpus
+
+    try:
+        backend = "nvml" if open_nvml_gpus() else "simulated"
+    except Exception as exc:  # noqa: BLE001 - any failure to open NVML means: no NVML GPUs
+        backend = "simulated"
+        log.info("power.backend auto: no NVML GPUs here (%s): simulated GPUs", exc)
+    return dataclasses.replace(job, power=dataclasses.replace(job.power, backend=backend))
+
+
 def open_gpus(job: JobConfig, clock: Any, *, loads: Any = None, seed: int = 0,
               state_path: str | None = None) -> list:
     """This node's GPUs for ``power.backend``: NVML, a replayed trace, or simulated GPUs of
@@ -71,6 +88,10 @@ class NullPowerSession:
     def summary(self, images: int) -> dict[str, Any]:
         """Cluster power figures (collective over all ranks)."""
         return {"enabled": False}
+
+    def live(self) -> dict[str, float] | None:
+        """The governor's latest cluster power and the budget (node leaders), else None."""
+        return None
 
 
 class PowerSession(NullPowerSession):
@@ -174,6 +195,12 @@ class PowerSession(NullPowerSession):
 
     def add_images(self, n: int) -> None:
         self._images += n
+
+    def live(self) -> dict[str, float] | None:
+        decision = getattr(self._gov, "last_decision", None)
+        if decision is None or decision.cluster_power_w is None:
+            return None
+        return {"cluster_w": decision.cluster_power_w, "budget_w": self.job.power.budget_w}
 
     def summary(self, images: int) -> dict[str, Any]:
         total = int(self.comm.allreduce_sum(self._images))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from harness.errors import UserError
 
@@ -49,9 +51,41 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Plain logging to stderr for the command line."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    """Log records to stderr in the harness's one format (see :mod:`harness.logs`)."""
+    from harness.distributed import get_dist_info
+    from harness.logs import setup_logging as setup
+
+    info = get_dist_info()
+    setup(verbose, info.rank, info.world_size)
+
+
+def job_or_default(job: str | None, default: str) -> str:
+    """``--job``, else ``$HARNESS_JOB``, else ``default`` (a path under ``jobs/``); rank 0 says
+    which job it chose when the user did not name one."""
+    if job:
+        return job
+    from harness.distributed import get_dist_info
+    from harness.paths import project_root
+
+    env = os.environ.get("HARNESS_JOB", "").strip()
+    chosen = env or str(project_root() / "jobs" / default)
+    if get_dist_info().is_master:
+        logging.getLogger("harness").info(
+            "job: %s (%s; choose another with --job FILE)", chosen,
+            "from HARNESS_JOB" if env else "the default")
+    return chosen
+
+
+class _RankParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors only rank 0 prints (all ranks still exit 2)."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse API
+        from harness.distributed import get_dist_info
+
+        if get_dist_info().is_master:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def module_main(prog: str, description: str,
@@ -60,14 +94,14 @@ def module_main(prog: str, description: str,
                 argv: Sequence[str] | None = None) -> int:
     """Entry point of a ``python -m harness.X`` module that ranks of an MPI job run.
 
-    Only rank 0 prints user errors (every rank fails alike; one line is enough).
+    Only rank 0 prints usage and user errors (every rank fails alike; one line is enough).
     """
     from harness.distributed import get_dist_info
 
-    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser = _RankParser(prog=f"python -m {prog}", description=description)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(getattr(args, "verbose", False))
     return run_guarded(lambda: run(args), prog=prog, quiet=not get_dist_info().is_master)
 
 

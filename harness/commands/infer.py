@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from harness.commands.common import add_job_arguments, module_main
+from harness.commands.common import add_job_arguments, job_or_default, module_main
 from harness.config import load_job
+from harness.logs import LOG_FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``harness infer`` / ``python -m harness.infer``."""
-    add_job_arguments(parser, required=False, job_help="YAML job file (default: "
-                      "jobs/asc19-cpu-ft.yaml, the recipe of the shipped weights)")
+    add_job_arguments(parser, required=False, job_help="YAML job file (default: $HARNESS_JOB, "
+                      "else jobs/asc19-cpu-ft.yaml, the recipe of the shipped weights, which "
+                      "then super-resolve)")
     parser.add_argument("--lr", required=True, metavar="DIR",
                         help="folder of LR images, or embedded:heldout / embedded:train / "
                              "embedded:all (copied to OUT/inputs/{LR,HR} and scored)")
@@ -28,19 +30,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hr", metavar="DIR",
                         help="HR folder: score the outputs (IS with the bicubic baseline, "
                              "PSNR, SSIM) and write scores.json beside them")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                        help="rich bar, plain lines, or auto (default: rich on an interactive "
+                             "terminal outside a launcher)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run inference from parsed arguments; returns the exit code."""
-    from harness.inference import default_job_path, infer
+    from harness.inference import infer
 
     from harness.commands.evaluate import print_scores
     from harness.distributed import get_dist_info
 
-    job = load_job(args.job or default_job_path(), args.overrides)
+    job = load_job(job_or_default(args.job, "asc19-cpu-ft.yaml"), args.overrides)
     result = infer(job, lr_dir=args.lr, out_dir=args.out, checkpoint=args.checkpoint,
-                   hr_dir=args.hr, progress=not args.quiet)
+                   hr_dir=args.hr,
+                   log_format="off" if args.quiet else args.log_format)
     if result.get("scores") and get_dist_info().is_master:
         print_scores({"summary": result["scores"], "paths": result["score_paths"]}, args.out)
     return 0

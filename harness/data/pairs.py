@@ -17,7 +17,6 @@ batch, and augmentation draws from a generator seeded by ``(seed, step, rank)``.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from harness.config import AugmentConfig
 from harness.data.degradation import downscale
+from harness.distributed import shard
 from harness.errors import UserError
 from harness.paths import embedded_asc19_dir
 
@@ -155,7 +155,7 @@ def batch_indices(n_items: int, global_batch: int, step: int, rank: int, world: 
     if n_items < global_batch:  # tiny sets: repeat the permutation
         perm = np.resize(perm, global_batch)
     chunk = perm[pos * global_batch:(pos + 1) * global_batch]
-    return [int(i) for i in chunk[rank::world]]
+    return [int(i) for i in shard(list(chunk), rank, world)]
 
 
 def check_split(n_items: int, global_batch: int, world: int, source: str) -> None:
@@ -268,11 +268,6 @@ def make_batch(pairs: PairSet, indices: Sequence[int], cfg: AugmentConfig | None
     lr_t = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).contiguous()
     hr_t = torch.from_numpy(np.stack(hrs)).permute(0, 3, 1, 2).contiguous()
     return (lr_t, hr_t, flips) if return_flips else (lr_t, hr_t)
-
-
-def epoch_of(step: int, n_items: int, global_batch: int) -> float:
-    """Fractional epoch reached after ``step`` steps."""
-    return step / batches_per_epoch(n_items, global_batch) if n_items else math.nan
 
 
 def materialize_split(source: str, dest: str | Path) -> tuple[Path, Path]:

@@ -19,22 +19,26 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from harness import checkpoint as ckpt
 from harness.config import JobConfig
-from harness.data.pairs import PairSet, batch_indices, check_split, load_pairs, make_batch, only_flips
+from harness.data.loader import BatchLoader
+from harness.data.pairs import PairSet, check_split, load_pairs, only_flips
 from harness.distributed import Comm, DistInfo, get_comm, get_dist_info, shutdown_torch_distributed
 from harness.fileio import write_json_atomic
 from harness.generators import model_kwargs, resolve_device, resolve_init_from, set_threads
 from harness.runs import MetricsLog, create_run_dir, write_manifest
 from harness.training.engine import (EmbeddingCache, Engine, TrainingDiverged, build_engine,
                                      param_checksum)
+from harness.logs import RunLog, choose_log_format
 from harness.training.progress import TrainProgress, print_summary
 from harness.training.validate import validate
 
 log = logging.getLogger(__name__)
+
+_PROCESS_START = time.monotonic()
+"""When this module was imported: the process's start, near enough, for Slurm time limits."""
 
 
 class StopSignals:
@@ -79,6 +83,7 @@ class Trainer:
         self.last_saved: Path | None = None
         self.val_res: dict[str, float] = {}
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_master)
+        self.batches = BatchLoader(train_set, job, info.rank, info.world_size)
         t, loss_rec = job.train, engine.loss_rec
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if engine.device.startswith("cuda") and t.bf16 else nullcontext())
@@ -132,13 +137,8 @@ class Trainer:
 
     def step(self, step: int) -> tuple[dict[str, float], int]:
         """Train on the batch of ``step``; returns the mean loss terms and this rank's images."""
-        t, info, dev = self.job.train, self.info, self.engine.device
-        idx = batch_indices(len(self.train_set), t.batch_size, step, info.rank, info.world_size,
-                            t.seed)
-        lr, hr, flips = make_batch(self.train_set, idx, self.job.data.augment,
-                                   np.random.default_rng([t.seed, step, info.rank]),
-                                   return_flips=True, lr_kernel=self.job.data.lr_kernel)
-        lr, hr = lr.to(dev), hr.to(dev)
+        idx, lr, hr, flips = self.batches.get(step)
+        lr, hr = lr.to(self.engine.device), hr.to(self.engine.device)
         hr_emb = (self.emb_cache.lookup(list(zip(idx, flips)), hr)
                   if self.emb_cache is not None else None)
         try:
@@ -156,7 +156,8 @@ class Trainer:
         """Steps from ``start_step`` to the end (or a stop); returns counts and how it ended."""
         t, comm = self.job.train, self.comm
         images, t_start = 0, time.perf_counter()
-        deadline = t_start + t.max_minutes * 60 if t.max_minutes else math.inf
+        deadline = min(t_start + t.max_minutes * 60 if t.max_minutes else math.inf,
+                       t_start + time_limit_deadline(self.job) - time.monotonic())
         step, stopped_early = self.start_step, False
         for step in range(self.start_step, t.steps):
             t0 = time.perf_counter()
@@ -218,6 +219,11 @@ class Trainer:
 def _open_run(job: JobConfig, info: DistInfo, comm: Comm, resume: str | None,
               run_parent: str | None) -> tuple[Path, Path | None, Path | None]:
     """(run folder, checkpoint to resume, ``model.init_from`` weights) for this start."""
+    if resume == "auto":
+        resume = latest_resumable(job, run_parent)
+        if info.is_master:
+            log.info("--resume auto: %s", f"continuing {resume}" if resume else "no earlier "
+                     f"run of {job.name} with a checkpoint: starting a new run")
     if resume:
         run_dir, resume_ckpt = ckpt.resolve_resume(resume)
         return run_dir, resume_ckpt, None
@@ -226,41 +232,115 @@ def _open_run(job: JobConfig, info: DistInfo, comm: Comm, resume: str | None,
     return create_run_dir(job, comm, run_parent), None, init_path
 
 
+def latest_resumable(job: JobConfig, run_parent: str | None) -> str | None:
+    """The job's latest run folder (``<run_dir>/<name>-latest``) if it holds a checkpoint."""
+    link = Path(run_parent or job.launch.run_dir) / f"{job.name}-latest"
+    return str(link.resolve()) if ckpt.latest(link / "checkpoints") is not None else None
+
+
+def time_limit_deadline(job: JobConfig, env: dict[str, str] | None = None,
+                        now: float | None = None) -> float:
+    """``time.monotonic()`` by which a Slurm job must have stopped, else ``inf``.
+
+    Inside a Slurm allocation (``SLURM_JOB_ID`` set) the job's ``launch.time`` limit counts
+    from the allocation's start (``SLURM_JOB_START_TIME`` when Slurm sets it, else this
+    process's start); training stops ``launch.signal_lead_s`` plus a minute before it, so the
+    final checkpoint is written in time even if the signal never comes.
+    """
+    env = dict(os.environ) if env is None else env
+    if "SLURM_JOB_ID" not in env:
+        return math.inf
+    limit_s = parse_slurm_time(job.launch.time)
+    if limit_s is None:
+        return math.inf
+    wall_now = time.time()
+    try:
+        started = float(env["SLURM_JOB_START_TIME"])
+    except (KeyError, ValueError):
+        started = wall_now - (time.monotonic() - _PROCESS_START)
+    margin = job.launch.signal_lead_s + 60.0
+    mono_now = time.monotonic() if now is None else now
+    return mono_now + (started + limit_s - margin - wall_now)
+
+
+def parse_slurm_time(text: str) -> float | None:
+    """Seconds of a Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``);
+    None for ``UNLIMITED``/empty."""
+    text = (text or "").strip()
+    if not text or text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [float(x) for x in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0.0, 0.0])[:3]
+    elif len(parts) == 1:
+        h, m, s = 0.0, parts[0], 0.0
+    elif len(parts) == 2:
+        h, (m, s) = 0.0, parts
+    else:
+        h, m, s = parts[-3:]
+    return (float(days or 0) * 24 + h) * 3600 + m * 60 + s
+
+
 def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None = None,
-          stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+          stop_after: int | None = None, log_format: str = "auto",
+          log_interval_s: float = 30.0) -> dict[str, Any]:
     """Train the job's generator; returns the run summary (on every rank).
+
+    Args:
+        resume: A run folder, a checkpoint, ``auto`` (see :func:`latest_resumable`) or None.
+        log_format: ``auto``, ``rich``, ``plain`` or ``off`` (see :mod:`harness.logs`).
 
     Raises:
         UserError: bad data or job for this world size, a diverged loss (after keeping the
             last good checkpoint), or a missing engine.
     """
-    from harness.power_session import power_session
+    from harness.power_session import resolve_backend
 
     info, comm = get_dist_info(), get_comm()
+    job = resolve_backend(job)
     threads = set_threads(job, info)
     device = resolve_device(job.train.device, info)
     train_set = load_pairs(job.data.train, job.data.lr_kernel)
     val_set = load_pairs(job.data.val, job.data.lr_kernel)
     check_split(len(train_set), job.train.batch_size, info.world_size, job.data.train)
     run_dir, resume_ckpt, init_path = _open_run(job, info, comm, resume, run_parent)
-    write_manifest(run_dir, job, info, comm, device=device, threads=threads,
-                   extra={"train_pairs": len(train_set), "val_pairs": len(val_set),
-                          "backend": job.train.backend})
-    engine = build_engine(job, info, comm, device, init_path)
-    trainer = Trainer(job, info, comm, engine, train_set, val_set, run_dir)
-    if resume_ckpt is not None:
-        trainer.restore(resume_ckpt)
-    display = TrainProgress(enabled=progress and info.is_master, total=job.train.steps,
-                            start=trainer.start_step)
-    engine.wrapped.train()
+    with RunLog(run_dir / "train.log" if info.is_master else None):
+        write_manifest(run_dir, job, info, comm, device=device, threads=threads,
+                       extra={"train_pairs": len(train_set), "val_pairs": len(val_set),
+                              "backend": job.train.backend})
+        engine = build_engine(job, info, comm, device, init_path)
+        trainer = Trainer(job, info, comm, engine, train_set, val_set, run_dir)
+        if resume_ckpt is not None:
+            trainer.restore(resume_ckpt)
+        summary = _run(trainer, log_format, log_interval_s, stop_after)
+    shutdown_torch_distributed()
+    return summary
+
+
+def _run(trainer: Trainer, log_format: str, log_interval_s: float,
+         stop_after: int | None) -> dict[str, Any]:
+    """Steps, final validation and checkpoint, summary (inside the power session)."""
+    from harness.power_session import power_session
+
+    job, info, comm, run_dir = trainer.job, trainer.info, trainer.comm, trainer.run_dir
+    mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
+    trainer.engine.wrapped.train()
     trainer.last_saved = ckpt.latest(trainer.ckpt_dir)
-    with StopSignals() as signals, power_session(job, info, comm, run_dir) as power, display:
-        ended = trainer.loop(power, display, stop_after, signals)
-        if not ended["interrupted"]:
-            trainer.validate(ended["final_step"])
-        trainer.save(ended["final_step"])
-        elapsed = time.perf_counter() - ended["t_start"]
-        power_summary = power.summary(ended["images"])
+    with StopSignals() as signals, power_session(job, info, comm, run_dir) as power:
+        display = TrainProgress(mode, total=job.train.steps, start=trainer.start_step,
+                                batch_size=job.train.batch_size, interval_s=log_interval_s,
+                                power=power.live)
+        try:
+            with display:
+                ended = trainer.loop(power, display, stop_after, signals)
+                if not ended["interrupted"]:
+                    trainer.validate(ended["final_step"])
+                trainer.save(ended["final_step"])
+                elapsed = time.perf_counter() - ended["t_start"]
+                power_summary = power.summary(ended["images"])
+        finally:
+            trainer.batches.close()
     trainer.metrics.close()
     summary = trainer.summary(ended, elapsed, power_summary)
     if info.is_master:
@@ -270,5 +350,4 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
             log.warning("stopped by %s after step %d; checkpoint %s; continue with "
                         "--resume %s", summary["stopped_by"], summary["steps"],
                         summary["checkpoint"], run_dir)
-    shutdown_torch_distributed()
     return summary
