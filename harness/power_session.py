@@ -96,7 +96,7 @@ class PowerSession(NullPowerSession):
                 raise UserError("power: several ranks need mpi4py or torch.distributed to "
                                 "combine node power")
 
-    def _load_plan(self):  # noqa: ANN202 - power.plan.LaunchPlan | None
+    def _load_plan(self) -> Any:  # power.plan.LaunchPlan | None
         """The power plan of ``power.plan``, else of ``$FACESR_POWER_PLAN``; None without."""
         import os
 

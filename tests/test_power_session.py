@@ -44,7 +44,7 @@ def _run_session(job, tmp_path, monkeypatch) -> tuple[list[int], dict]:
     started: list[int] = []
     original = power.Governor.start
 
-    def start(gov) -> None:  # noqa: ANN001
+    def start(gov) -> None:
         started.extend(g.get_power_limit_mw() for g in gov.gpus)
         original(gov)
 
@@ -101,7 +101,7 @@ class _TorchLikeComm(SingleComm):
     def __init__(self) -> None:
         self.asked: list[int] = []
 
-    def node_leaders(self, local_rank: int):  # noqa: ANN201
+    def node_leaders(self, local_rank: int):
         self.asked.append(local_rank)
         return power.SingleProcessComm() if local_rank == 0 else None
 

@@ -119,7 +119,13 @@ def plan_overrides(job: JobConfig, plan_path: str) -> list[str]:
 
     import yaml
 
-    from power.plan import PLAN_ENV, PlanError, launch_overrides, load_plan, set_arguments
+    from power.plan import (
+        PLAN_ENV,
+        PlanError,
+        launch_overrides,
+        load_plan,
+        set_arguments,
+    )
 
     path = os.path.abspath(plan_path)
     try:
