@@ -336,6 +336,17 @@ class PowerConfig:
     """CPU package TDP used to estimate CPU power where RAPL is unreadable."""
     meter_command: str = ""
     """Optional command printing node power (e.g. ``ipmitool dcmi power reading``)."""
+    power_source: Literal["auto", "instant", "usage"] = "auto"
+    """Which NVML power reading each GPU uses (``backend: nvml``): ``auto`` the instant field
+    where the driver has it, else ``nvmlDeviceGetPowerUsage``; ``instant`` that field or an
+    error; ``usage`` always ``nvmlDeviceGetPowerUsage`` (a 1-s average on Ampere and newer)."""
+    sim_sensor: Literal["instant", "average_1s"] = "instant"
+    """What a simulated GPU's power reading models (``backend: simulated``): a perfect
+    instantaneous sensor, or ``nvmlDeviceGetPowerUsage``'s 1-s average."""
+    plan: str = ""
+    """A power plan (``plan.json``, a ``sweep.json`` holding one, or a sweep folder, from
+    ``harness power-sweep``): ``harness launch`` starts its nodes and GPUs, and every GPU
+    starts at its planned cap (the governor still moves it); empty = no plan."""
 
     def __post_init__(self) -> None:
         _check(self.budget_w > 0, "budget_w", "must be > 0")
@@ -350,6 +361,7 @@ class PowerConfig:
         _check(self.cpu_tdp_w >= 0, "cpu_tdp_w", "must be >= 0")
         _check(self.backend != "replay" or bool(self.replay_csv), "replay_csv",
                "must name a CSV trace when backend is replay")
+        _no_control(self.plan, "plan")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -228,12 +228,48 @@ def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
         ok = Path(job.power.replay_csv).is_file()
         out.append(Check("job power trace", "ok" if ok else "missing", job.power.replay_csv,
                          "" if ok else "file not found", required=True))
+    if job.power.plan:
+        out += plan_checks(job)
     out.append(_data_check("job training data", job.data.train))
     out.append(_data_check("job validation data", job.data.val))
     out.append(_recognizer_check(job.eval.recognizer))
     if job.model.init_from:
         out.append(_init_check(job))
     return out
+
+
+def plan_checks(job: JobConfig) -> list[Check]:
+    """Does the job's power plan (``power.plan``) fit this machine? (:func:`power.plan.
+    check_plan_fits` on this node's GPUs of ``power.backend`` and the nodes of
+    ``launch.hosts`` or the Slurm allocation.) A plan that does not fit blocks the job."""
+    from harness.errors import UserError
+    from harness.power_session import open_gpus
+    from power import MonotonicClock, PowerError, shutdown_nvml
+    from power.plan import PlanError, check_plan_fits, load_plan
+
+    try:
+        plan = load_plan(job.power.plan)
+    except PlanError as exc:
+        return [Check("power plan", "missing", str(exc), "run `harness power-sweep` or fix "
+                      "power.plan", required=True)]
+    try:
+        gpus = open_gpus(job, MonotonicClock(start_at_zero=True))
+        ranges_w = [tuple(mw / 1000.0 for mw in g.get_power_limit_constraints_mw())
+                    for g in gpus]
+    except (UserError, PowerError) as exc:
+        return [Check("power plan", "missing", f"{plan.source}: cannot read this node's GPUs "
+                      f"({exc})", required=True)]
+    finally:
+        if job.power.backend == "nvml":
+            shutdown_nvml()
+    slurm_nodes = os.environ.get("SLURM_JOB_NUM_NODES", "")
+    nodes = (len(job.launch.hosts) if job.launch.hosts else
+             int(slurm_nodes) if slurm_nodes.isdigit() else None)
+    status: dict[str, Status] = {"ok": "ok", "warn": "warn", "fail": "missing"}
+    return [Check(c.name, status[c.status], c.detail, f"plan: {plan.source}" if
+                  c.status == "fail" else "", required=c.status == "fail")
+            for c in check_plan_fits(plan, gpus_here=len(gpus), limit_ranges_w=ranges_w,
+                                     nodes_available=nodes, job_budget_w=job.power.budget_w)]
 
 
 def _init_check(job: JobConfig) -> Check:

@@ -42,8 +42,9 @@ def resolve_backend(job: JobConfig) -> JobConfig:
 
 def open_gpus(job: JobConfig, clock: Any, *, loads: Any = None, seed: int = 0,
               state_path: str | None = None) -> list:
-    """This node's GPUs for ``power.backend``: NVML, a replayed trace, or simulated GPUs of
-    ``power.sim_profile`` (with ``loads``, ``seed`` and optional persisted ``state_path``).
+    """This node's GPUs for ``power.backend``: NVML (reading ``power.power_source``), a replayed
+    trace, or simulated GPUs of ``power.sim_profile`` with ``power.sim_sensor`` (and ``loads``,
+    ``seed`` and optional persisted ``state_path``).
 
     Raises:
         UserError: no NVML GPU, a missing trace, or an unknown simulation profile.
@@ -53,7 +54,7 @@ def open_gpus(job: JobConfig, clock: Any, *, loads: Any = None, seed: int = 0,
         from power import PowerError, open_nvml_gpus
 
         try:
-            return open_nvml_gpus()
+            return open_nvml_gpus(power_source=p.power_source)
         except PowerError as exc:
             raise UserError(f"power.backend: nvml: {exc} (run `harness doctor`; use "
                             "power.backend: simulated on machines without GPUs)") from None
@@ -70,7 +71,7 @@ def open_gpus(job: JobConfig, clock: Any, *, loads: Any = None, seed: int = 0,
     except (KeyError, ValueError) as exc:
         raise UserError(f"power.sim_profile: {exc}") from None
     return make_simulated_gpus(p.sim_profile, p.sim_gpus_per_node, clock=clock, loads=loads,
-                               seed=seed, state_path=state_path)
+                               seed=seed, state_path=state_path, sensor=p.sim_sensor)
 
 
 class NullPowerSession:
@@ -103,13 +104,32 @@ class PowerSession(NullPowerSession):
         self.leader = info.local_rank == 0
         self._gov = self._sampler = self._gpus = None
         self._leaders = None
+        self._plan = self._load_plan()
         if info.world_size > 1:
             from power import MpiComm
 
             raw = getattr(comm, "raw", None)
-            if raw is None:
-                raise UserError("power: several ranks need mpi4py to combine node power")
-            self._leaders = MpiComm.node_leaders(raw, info.local_rank)
+            if raw is not None:
+                self._leaders = MpiComm.node_leaders(raw, info.local_rank)
+            elif hasattr(comm, "node_leaders"):  # torchrun: a gloo group of node leaders
+                self._leaders = comm.node_leaders(info.local_rank)
+            else:
+                raise UserError("power: several ranks need mpi4py or torch.distributed to "
+                                "combine node power")
+
+    def _load_plan(self) -> Any:  # power.plan.LaunchPlan | None
+        """The power plan of ``power.plan``, else of ``$FACESR_POWER_PLAN``; None without."""
+        import os
+
+        from power.plan import PLAN_ENV, PlanError, load_plan
+
+        path = self.job.power.plan or os.environ.get(PLAN_ENV, "")
+        if not path:
+            return None
+        try:
+            return load_plan(path)
+        except PlanError as exc:
+            raise UserError(f"power.plan: {exc}") from None
 
     def _open_gpus(self):  # noqa: ANN202 - (list[GPU], power.Clock)
         """This node's GPUs and the clock that the sampler and governor must share."""
@@ -164,13 +184,26 @@ class PowerSession(NullPowerSession):
         return self
 
     def _start_capped(self, node) -> None:  # noqa: ANN001 - power.NodePower
-        """Before the first control period, cap every GPU at an even share of the budget.
+        """Before the first control period, cap every GPU at its planned cap (with a power
+        plan) or at an even share of the budget.
 
         Uncapped GPUs could cross the budget in the time the governor needs for its first
-        reading; starting from the even share (never above each GPU's current limit), the
-        governor then raises the caps while there is room.
+        reading; starting from the plan or the even share (never above each GPU's current
+        limit), the governor then moves the caps while there is room. Planned caps are set as
+        planned (clamped to each GPU's range): the plan fits the budget by construction, and
+        the governor's next period corrects them if this run draws more than the sweep did.
         """
         p = self.job.power
+        if self._plan is not None:
+            from power.plan import starting_caps_mw
+
+            ranges = [gpu.get_power_limit_constraints_mw() for gpu in self._gpus]
+            caps = starting_caps_mw(self._plan, self.info.node_index, ranges)
+            for gpu, cap in zip(self._gpus, caps):
+                gpu.set_power_limit_mw(cap)
+            log.info("power: node %d starts at the planned caps %s W (%s)",
+                     self.info.node_index, [round(c / 1000) for c in caps], self._plan.source)
+            return
         leaders = self._leaders.size if self._leaders is not None else 1
         counts = (self._leaders.allgather(len(self._gpus)) if self._leaders is not None
                   else [len(self._gpus)])
@@ -204,6 +237,8 @@ class PowerSession(NullPowerSession):
 
     def summary(self, images: int) -> dict[str, Any]:
         total = int(self.comm.allreduce_sum(self._images))
+        # Every node leader's GPUs' power readings (instant, 1-s average...), for the record.
+        sensors = self.comm.gather(self._node_sensors(), root=0)
         mine = None
         if self.info.is_master and self._gov is not None:
             s = self._gov.summary(images=total)
@@ -219,8 +254,16 @@ class PowerSession(NullPowerSession):
                 "images_per_s_per_w": s.get("images_per_s_per_w", 0.0),
                 "j_per_image": s.get("joules_per_image", 0.0),
                 "cpu_power_estimated": self._cpu_estimated(), "dir": str(self.out_dir),
+                "power_sensors": [entry for node in sensors or [] if node for entry in node],
+                "plan": self._plan.source if self._plan is not None else "",
             }
         return self.comm.bcast(mine, root=0) or {"enabled": True}
+
+    def _node_sensors(self) -> list[dict[str, Any]] | None:
+        """This node's GPUs' power readings, each tagged with the node; None off a leader."""
+        if self._sampler is None:
+            return None
+        return [{"node": self.info.node_index, **s} for s in self._sampler.sensors()]
 
     def _cpu_estimated(self) -> bool:
         try:

@@ -1,9 +1,11 @@
 """harness doctor: GPU checks through the power interface, job requirements, exit codes."""
 from __future__ import annotations
 
+import json
+
 import power
 from harness.config import load_job
-from harness.doctor import check_gpus, job_can_run, run_checks
+from harness.doctor import check_gpus, job_can_run, plan_checks, run_checks
 from tests.conftest import ROOT, run_harness
 
 
@@ -75,3 +77,37 @@ def test_missing_initial_weights_block_the_job(tmp_path) -> None:
     rows = {c.name: c for c in job_requirements(job, machine)}
     assert rows["job initial weights"].status == "ok"
     assert rows["job initial weights"].detail.endswith(".pt")
+
+
+def _plan(tmp_path, caps: list[list[float]], budget: float = 3000) -> str:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"budget_w": budget, "headroom_w": 150, "caps_w": caps}))
+    return str(path)
+
+
+def test_doctor_checks_the_jobs_plan_against_this_node(tmp_path) -> None:
+    # Simulated A100-SXM4 (4 per node, 100-400 W); launch.hosts gives the nodes available.
+    fits = _plan(tmp_path, [[250, 250, 250, 250], [250, 250]], budget=2800)
+    job = load_job(ROOT / "jobs/smoke.yaml", [f"power.plan={fits}", "launch.nodes=2",
+                                              "launch.hosts=[a, b]"])
+    checks = {c.name: c for c in plan_checks(job)}
+    assert {n: c.status for n, c in checks.items()} == {
+        "plan GPUs per node": "ok", "plan nodes": "ok", "plan caps": "ok",
+        "plan budget": "warn", "plan layout": "warn"}
+    assert not any(c.required for c in checks.values())
+
+    too_big = _plan(tmp_path, [[500] * 5])
+    job = load_job(ROOT / "jobs/smoke.yaml", [f"power.plan={too_big}"])
+    checks = {c.name: c for c in run_checks(job)}
+    assert checks["plan GPUs per node"].status == "missing"
+    assert checks["plan caps"].status == "missing" and checks["plan caps"].required
+    assert not job_can_run(list(checks.values()))
+
+
+def test_doctor_cli_shows_the_plan_rows(tmp_path) -> None:
+    plan = _plan(tmp_path, [[200, 200, 200, 200]])
+    proc = run_harness("doctor", "jobs/smoke.yaml", "--set", f"power.plan={plan}")
+    assert "plan GPUs per node" in proc.stdout and "plan caps" in proc.stdout
+    proc = run_harness("doctor", "jobs/smoke.yaml", "--set",
+                       f"power.plan={tmp_path / 'none.json'}")
+    assert proc.returncode == 1 and "power plan" in proc.stdout

@@ -388,3 +388,50 @@ def test_cli_submit_without_sbatch_is_one_line(tmp_path) -> None:
     proc = run_harness("launch", str(job), "--submit", "--scheduler", "mpirun", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "harness: error: --submit: only with --scheduler slurm"
+
+
+def _plan(tmp_path, nodes: int = 2) -> str:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"budget_w": 2800, "headroom_w": 100, "nodes": nodes,
+                                "gpus_per_node": 3,
+                                "caps_w": [[190, 190, 190], [200, 200]][:nodes]}))
+    return str(path)
+
+
+def test_cli_dry_run_with_a_plan_launches_the_planned_nodes_and_caps(tmp_path) -> None:
+    plan = _plan(tmp_path)
+    proc = run_harness("launch", FINAL, "--dry-run", "--python", "python", "--plan", plan)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert " -np 6 " in line and "--host node01:3,node02:3 --map-by ppr:3:node" in line
+    assert f"-x FACESR_POWER_PLAN={plan} " in line
+    for ov in ("launch.nodes=2", "launch.ranks_per_node=3", "launch.gpus_per_node=3",
+               "power.budget_w=2800", "power.headroom_w=100", f"power.plan={plan}",
+               f"launch.env.FACESR_POWER_PLAN={plan}"):
+        assert f" --set {ov}" in line, ov
+    # Every rank loads the same job: the overrides it gets rebuild the planned launch.
+    import shlex
+
+    words = shlex.split(line)
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    job = load_job(ROOT / FINAL, sets)
+    assert (job.launch.nodes, job.launch.ranks_per_node, job.power.plan) == (2, 3, plan)
+    assert job.launch.env["FACESR_POWER_PLAN"] == plan
+    assert job.launch.env["NCCL_DEBUG"] == "WARN"  # the job's own env is kept
+
+
+def test_the_jobs_power_plan_key_launches_the_plan_too(tmp_path) -> None:
+    plan = _plan(tmp_path)
+    proc = run_harness("launch", FINAL, "--dry-run", "--python", "python",
+                       "--set", f"power.plan={plan}")
+    assert proc.returncode == 0, proc.stderr
+    assert " -np 6 " in proc.stdout and f"FACESR_POWER_PLAN={plan}" in proc.stdout
+
+
+def test_a_plan_beyond_the_hosts_or_missing_is_one_line(tmp_path) -> None:
+    proc = run_harness("launch", FINAL, "--dry-run", "--python", "python", "--plan",
+                       _plan(tmp_path), "--set", "launch.nodes=1", "--set", "launch.hosts=[a]")
+    assert proc.returncode == 2
+    assert "the plan uses 2 nodes but launch.hosts lists 1" in proc.stderr
+    proc = run_harness("launch", FINAL, "--dry-run", "--plan", str(tmp_path / "none.json"))
+    assert proc.returncode == 2 and "no such plan file" in proc.stderr

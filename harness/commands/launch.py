@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--args '--lr embedded:heldout --out sr'")
     parser.add_argument("--python", default=sys.executable,
                         help="Python on the compute nodes (default: this one)")
+    parser.add_argument("--plan", metavar="PLAN",
+                        help="a power plan (plan.json, sweep.json or a sweep folder from "
+                             "`harness power-sweep`; default: the job's power.plan): start its "
+                             "nodes and GPUs, every GPU at its planned cap")
 
 
 def _executable(job_path: str, launcher: str, configured: str, dry_run: bool) -> str:
@@ -74,8 +78,14 @@ def run(args: argparse.Namespace) -> int:
     scheduler = args.scheduler or ("slurm" if args.submit else "mpirun")
     if args.submit and scheduler != "slurm":
         raise UserError("--submit: only with --scheduler slurm")
+    overrides = list(args.overrides)
+    plan_path = args.plan or job.power.plan
+    if plan_path:
+        # The plan's settings first, so that the user's own --set still has the last word.
+        overrides = plan_overrides(job, plan_path) + overrides
+        job = load_job(args.job, overrides)
     extra: list[str] = shlex.split(args.args)
-    for ov in args.overrides:
+    for ov in overrides:
         extra += ["--set", ov]
     module = MODULES[args.workload]
     if scheduler == "slurm":
@@ -93,6 +103,47 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     return subprocess.call(cmd)
+
+
+def plan_overrides(job: JobConfig, plan_path: str) -> list[str]:
+    """``--set`` overrides that launch ``job`` as the power plan says (see ``power.plan``).
+
+    Nodes, ranks and GPUs per node, the plan's budget and headroom, ``power.plan`` and
+    ``$FACESR_POWER_PLAN`` (the plan's absolute path, so every rank finds it); ``launch.hosts``
+    keeps its first hosts when the plan uses fewer nodes.
+
+    Raises:
+        UserError: the plan is missing or invalid, or uses more nodes than ``launch.hosts``.
+    """
+    import json
+
+    import yaml
+
+    from power.plan import (
+        PLAN_ENV,
+        PlanError,
+        launch_overrides,
+        load_plan,
+        set_arguments,
+    )
+
+    path = os.path.abspath(plan_path)
+    try:
+        plan = load_plan(path)
+    except PlanError as exc:
+        raise UserError(f"power.plan: {exc}") from None
+    ln = job.launch
+    per_gpu = (ln.ranks_per_node // ln.gpus_per_node
+               if ln.gpus_per_node and ln.ranks_per_node % ln.gpus_per_node == 0 else 1)
+    settings = launch_overrides(plan, ranks_per_gpu=per_gpu)
+    if ln.hosts:
+        if len(ln.hosts) < plan.nodes:
+            raise UserError(f"power.plan: {plan.source}: the plan uses {plan.nodes} nodes but "
+                            f"launch.hosts lists {len(ln.hosts)}")
+        settings["launch.hosts"] = "[" + ", ".join(ln.hosts[:plan.nodes]) + "]"
+    # A path YAML would read as something else (a number, a mapping...) goes in quotes.
+    text = path if yaml.safe_load(path) == path else json.dumps(path)
+    return set_arguments(settings) + [f"launch.env.{PLAN_ENV}={text}", f"power.plan={text}"]
 
 
 def _slurm(job: JobConfig, args: argparse.Namespace, module: str, extra: list[str]) -> int:

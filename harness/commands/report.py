@@ -3,6 +3,7 @@
     harness report runs/demo-latest -o report.html
     harness report runs/a runs/b --sweep sweeps/a100 -o compare.html
     harness report runs/final --meter organisers-pdu.csv --meter-utc-offset-h 8
+    harness report runs/final --mlperf-out mlperf/
 
 Reads only the runs' JSON/CSV/PNG files (never torch or NVML), so it runs anywhere the run
 directories were copied to.
@@ -27,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "throughput-vs-power chart and the chosen cap plan")
     parser.add_argument("-o", "--out", default="report.html", metavar="HTML",
                         help="output file (default: report.html)")
+    parser.add_argument("--mlperf-out", metavar="DIR",
+                        help="also write each run's MLPerf-style result and power logs "
+                             "(result_<i>.txt, power/result_<i>/node_<n>.txt) into DIR; needs "
+                             "mlperf-logging")
+    parser.add_argument("--mlperf-org", default="facesr", metavar="ORG",
+                        help="submission_org of the MLPerf logs (default: facesr)")
     meter = parser.add_argument_group("the organisers' (or your own) PDU / meter log")
     meter.add_argument("--meter", metavar="CSV",
                        help="meter log (CSV of time and watts; columns in power/meter_log.py): "
@@ -58,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if getattr(args, "mlperf_out", None):
+        from reports.mlperf import export_mlperf
+
+        for i, run_dir in enumerate(args.run_dirs):
+            files = export_mlperf(run_dir, args.mlperf_out, index=i, org=args.mlperf_org)
+            print(f"mlperf: {run_dir}: wrote {len(files)} file(s) into {args.mlperf_out}")
     return 0
 
 
