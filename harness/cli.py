@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "super-resolution across MPI ranks under a cluster power budget.",
         epilog="Run `harness COMMAND --help` for the options of a command.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"harness {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:]
@@ -44,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(_module=module)
         _load(module).add_arguments(p)
     return parser
+
+
+def version() -> str:
+    """The installed package's version and the checkout's git commit."""
+    from importlib import metadata
+
+    from harness.runs import git_commit
+
+    try:
+        v = metadata.version("facesr-harness")
+    except metadata.PackageNotFoundError:
+        v = "(not installed)"
+    return f"{v} (commit {git_commit()[:12]})"
 
 
 def _load(module: str):  # noqa: ANN202 - a module object

@@ -150,7 +150,9 @@ class DataConfig:
         _check(bool(self.train), "train", "must not be empty")
         _check(bool(self.val), "val", "must not be empty")
         _check(0 <= self.workers <= 64, "workers", "must be between 0 and 64")
-        from harness.data.degradation import DEGRADATIONS  # the owner of the LR degradations
+        from harness.data.degradation import (
+            DEGRADATIONS,  # the owner of the LR degradations
+        )
 
         _check(self.lr_kernel in DEGRADATIONS, "lr_kernel",
                f"unknown degradation (expected one of {', '.join(DEGRADATIONS)})")
@@ -292,7 +294,9 @@ class EvalConfig:
     """Images per recognizer forward pass."""
 
     def __post_init__(self) -> None:
-        from harness.scoring.evaluate import ALL_METRICS  # the owner of the metric names
+        from harness.scoring.evaluate import (
+            ALL_METRICS,  # the owner of the metric names
+        )
 
         for m in self.metrics:
             _check(m in ALL_METRICS, "metrics", f"unknown metric {excerpt(m)} (expected some "

@@ -26,15 +26,15 @@ if TYPE_CHECKING:
     from harness.distributed import DistInfo
 
 
-def resolve_device(choice: str, info: DistInfo) -> str:
-    """``cpu`` or ``cuda:N`` for this rank (``auto`` picks CUDA when present)."""
+def resolve_device(choice: str, info: DistInfo, key: str = "train.device") -> str:
+    """``cpu`` or ``cuda:N`` for this rank (``auto`` picks CUDA when present); ``key`` names
+    the setting in the error when CUDA is asked for but absent."""
     import torch
 
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return "cpu"
     if not torch.cuda.is_available():
-        raise UserError("train.device: cuda requested but torch sees no GPU "
-                        "(run `harness doctor`)")
+        raise UserError(f"{key}: cuda requested but torch sees no GPU (run `harness doctor`)")
     return f"cuda:{info.local_rank % torch.cuda.device_count()}"
 
 

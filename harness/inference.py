@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from harness.config import JobConfig
 from harness.distributed import get_comm, get_dist_info, shard
 from harness.logs import CountProgress, choose_log_format
@@ -39,11 +38,23 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         On every rank: counts, timing and (when scored) the score summary.
     """
 
-    from harness.data.imageio import from_tensor, list_images, read_rgb, to_tensor, write_png
-    from harness.power_session import power_session
-    from harness.generators import load_generator, resolve_device, set_threads, super_resolve
+    from harness.data.imageio import (
+        from_tensor,
+        list_images,
+        read_rgb,
+        to_tensor,
+        write_png,
+    )
+    from harness.generators import (
+        load_generator,
+        resolve_device,
+        set_threads,
+        super_resolve,
+    )
+    from harness.power_session import power_session, resolve_backend
 
     info, comm = get_dist_info(), get_comm()
+    job = resolve_backend(job)
     set_threads(job, info)
     device = resolve_device(job.train.device, info)
     out = Path(out_dir)

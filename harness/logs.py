@@ -27,7 +27,7 @@ def choose_log_format(requested: str, launcher: str | None, stream: Any = None) 
         return requested
     stream = stream if stream is not None else sys.stdout
     interactive = bool(getattr(stream, "isatty", lambda: False)())
-    return "rich" if interactive and launcher is None else "plain"
+    return "rich" if interactive and launcher in (None, "none") else "plain"
 
 
 def utc_formatter(where: str = "") -> logging.Formatter:

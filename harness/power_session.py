@@ -155,7 +155,13 @@ class PowerSession(NullPowerSession):
         self._images = 0
         if not self.leader:
             return self
-        from power import ExternalMeter, Governor, NodePower, PowerSampler, SingleProcessComm
+        from power import (
+            ExternalMeter,
+            Governor,
+            NodePower,
+            PowerSampler,
+            SingleProcessComm,
+        )
 
         p = self.job.power
         node_dir = self.out_dir / f"node{self.info.node_index:03d}"

@@ -28,10 +28,18 @@ IS_FACES = 16
 
 def sweep(job: JobConfig, options: Any) -> tuple[dict[str, Any], Path]:
     """Run (or resume) the sweep described by ``options`` (the command's arguments); returns (sweep.json object, folder)."""
+    from harness.power_session import resolve_backend
     from power.clock import MonotonicClock, SimClock
     from power.node import ExternalMeter, NodePower
-    from power.sweep import SweepSpec, check_settings, default_settings, parse_range, run_sweep
+    from power.sweep import (
+        SweepSpec,
+        check_settings,
+        default_settings,
+        parse_range,
+        run_sweep,
+    )
 
+    job = resolve_backend(job)
     p = job.power
     mode = "clocks" if options.clocks else "power_limit"
     if p.backend == "replay":

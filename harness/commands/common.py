@@ -105,3 +105,12 @@ def module_main(prog: str, description: str,
     return run_guarded(lambda: run(args), prog=prog, quiet=not get_dist_info().is_master)
 
 
+
+
+def command_main(name: str, doc: str | None,
+                 add_arguments: Callable[[argparse.ArgumentParser], None],
+                 run: Callable[[argparse.Namespace], int],
+                 argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.commands.NAME``: the same as ``harness NAME``."""
+    first = (doc or name).strip().splitlines()[0]
+    return module_main(f"harness.commands.{name}", first, add_arguments, run, argv)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 
 from harness.commands.common import add_overrides
 from harness.config import load_job
@@ -34,3 +36,14 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"job {job.name}: " + ("[green]can run[/]" if ok else
                                             "[red]cannot run here[/] (see hints)"))
     return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.commands.doctor`` (the same as ``harness doctor``)."""
+    from harness.commands.common import command_main
+
+    return command_main("doctor", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

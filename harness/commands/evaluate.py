@@ -7,9 +7,12 @@ offered here and never estimated.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from harness.distributed import get_comm
+from harness.logs import LOG_FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64,
                         help="pairs per recognizer pass (each pass embeds twice as many "
                              "images; default: 64)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the recognizer runs (default: auto, CUDA when present; "
+                             "one GPU per local rank)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                        help="progress: rich bar, plain lines, off, or auto (default)")
     parser.add_argument("--out", metavar="DIR",
                         help="where to write scores.json and per_image.csv (default: --sr)")
 
@@ -42,11 +50,21 @@ def run(args: argparse.Namespace) -> int:
     if "pi" in metrics:
         raise UserError("--metrics pi: the perceptual index needs the Ma et al. model, which "
                         "is not shipped with the harness; use niqe, or supply the model")
+    from harness.data.imageio import pair_by_name
+    from harness.distributed import get_dist_info, shard
+    from harness.generators import resolve_device
+    from harness.logs import CountProgress, choose_log_format
     from harness.scoring.evaluate import evaluate_dirs
 
-    result = evaluate_dirs(args.hr, args.sr, args.out or args.sr, lr_dir=args.lr,
-                           recognizer=args.recognizer, metrics=metrics,
-                           batch_size=args.batch_size, shave=args.shave)
+    info = get_dist_info()
+    device = resolve_device(args.device, info, key="--device")
+    mine = len(shard(pair_by_name(args.hr, args.sr, args.lr), info.rank, info.world_size))
+    mode = choose_log_format(args.log_format, info.launcher) if info.is_master else "off"
+    with CountProgress("evaluate", mine, mode) as bar:
+        result = evaluate_dirs(args.hr, args.sr, args.out or args.sr, lr_dir=args.lr,
+                               recognizer=args.recognizer, metrics=metrics,
+                               batch_size=args.batch_size, shave=args.shave, device=device,
+                               progress=bar.advance)
     print_scores(result, args.sr)
     get_comm().barrier()
     return 0
@@ -64,3 +82,14 @@ def print_scores(result: dict[str, Any] | None, sr_dir: str) -> None:
     console.print(render_table(result["summary"], title=f"Scores of {sr_dir}"))
     if result.get("paths"):
         console.print("wrote " + ", ".join(str(p) for p in result["paths"]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.commands.evaluate`` (the same as ``harness evaluate``)."""
+    from harness.commands.common import command_main
+
+    return command_main("evaluate", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ over ranks, and score the outputs when HR references are given.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from harness.commands.common import add_job_arguments, job_or_default, module_main
@@ -38,10 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run inference from parsed arguments; returns the exit code."""
-    from harness.inference import infer
-
     from harness.commands.evaluate import print_scores
     from harness.distributed import get_dist_info
+    from harness.inference import infer
 
     job = load_job(job_or_default(args.job, "asc19-cpu-ft.yaml"), args.overrides)
     result = infer(job, lr_dir=args.lr, out_dir=args.out, checkpoint=args.checkpoint,
@@ -56,3 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.infer``."""
     return module_main("harness.infer", "Sharded FaceSR inference (run under mpirun "
                        "for several ranks).", add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.commands.common import add_overrides
@@ -167,3 +168,14 @@ def _slurm(job: JobConfig, args: argparse.Namespace, module: str, extra: list[st
                         "Slurm login node)")
     print(f"wrote {out}; {format_command([sbatch, str(out)])}", flush=True)
     return subprocess.call([sbatch, str(out)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.commands.launch`` (the same as ``harness launch``)."""
+    from harness.commands.common import command_main
+
+    return command_main("launch", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

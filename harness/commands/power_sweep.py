@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 from harness.commands.common import add_job_arguments, run_guarded, setup_logging
 from harness.config import load_job
 from harness.errors import UserError

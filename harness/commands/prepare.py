@@ -3,6 +3,8 @@ MPI ranks), or ``--fingerprint`` an HR/LR set to find the kernel that made its L
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from harness.data import degradation, shards
     from harness.distributed import get_comm, get_dist_info
     from harness.errors import UserError
-    from harness.data import degradation, shards
 
     console = Console()
     if args.fingerprint:
@@ -68,3 +70,14 @@ def run(args: argparse.Namespace) -> int:
                       + (f", {len(skipped)} unreadable files skipped" if skipped else "")
                       + f"); train on it with --set data.train={args.out}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.commands.prepare`` (the same as ``harness prepare``)."""
+    from harness.commands.common import command_main
+
+    return command_main("prepare", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from collections.abc import Sequence
 
 from harness.errors import UserError
 
@@ -98,3 +100,14 @@ def _import_meter(args: argparse.Namespace) -> None:
         raise UserError("; ".join(failures))
     for f in failures:
         log.warning("%s", f)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.commands.report`` (the same as ``harness report``)."""
+    from harness.commands.common import command_main
+
+    return command_main("report", __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ Launch on a cluster (one rank per GPU), on this machine, or as one plain process
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from harness.commands.common import add_job_arguments, job_or_default, module_main
@@ -55,3 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.train``."""
     return module_main("harness.train", "Data-parallel FaceSR training (run under "
                        "mpirun for several ranks).", add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,10 +43,10 @@ import numpy as np
 from PIL import Image
 
 from harness.data.degradation import DEFAULT_DEGRADATION, check_degradation, downscale
+from harness.data.imageio import IMAGE_SUFFIXES, read_rgb
 from harness.distributed import shard
 from harness.errors import UserError
 from harness.fileio import atomic_write, write_json_atomic
-from harness.data.imageio import IMAGE_SUFFIXES, read_rgb
 
 __all__ = [
     "ASC19_TEMPLATE",

@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.scoring import metrics as _m
+from harness.data.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_rgb
 from harness.distributed import Comm, get_comm, shard, unshard
 from harness.errors import UserError
 from harness.fileio import write_text_atomic
-from harness.data.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_rgb
+from harness.scoring import metrics as _m
 from harness.scoring.identity import identity_similarity_arrays
 
 if TYPE_CHECKING:

@@ -19,8 +19,13 @@ from typing import Any
 import torch
 
 from harness.config import JobConfig
-from harness.distributed import (Comm, DistInfo, Reducer, init_horovod,
-                                 init_torch_distributed)
+from harness.distributed import (
+    Comm,
+    DistInfo,
+    Reducer,
+    init_horovod,
+    init_torch_distributed,
+)
 from harness.errors import UserError
 from harness.generators import build_generator, load_initial_weights, model_kwargs
 

@@ -25,13 +25,29 @@ from harness import checkpoint as ckpt
 from harness.config import JobConfig
 from harness.data.loader import BatchLoader
 from harness.data.pairs import PairSet, check_split, load_pairs, only_flips
-from harness.distributed import Comm, DistInfo, get_comm, get_dist_info, shutdown_torch_distributed
+from harness.distributed import (
+    Comm,
+    DistInfo,
+    get_comm,
+    get_dist_info,
+    shutdown_torch_distributed,
+)
 from harness.fileio import write_json_atomic
-from harness.generators import model_kwargs, resolve_device, resolve_init_from, set_threads
-from harness.runs import MetricsLog, create_run_dir, write_manifest
-from harness.training.engine import (EmbeddingCache, Engine, TrainingDiverged, build_engine,
-                                     param_checksum)
+from harness.generators import (
+    model_kwargs,
+    resolve_device,
+    resolve_init_from,
+    set_threads,
+)
 from harness.logs import RunLog, choose_log_format
+from harness.runs import MetricsLog, create_run_dir, write_manifest
+from harness.training.engine import (
+    EmbeddingCache,
+    Engine,
+    TrainingDiverged,
+    build_engine,
+    param_checksum,
+)
 from harness.training.progress import TrainProgress, print_summary
 from harness.training.validate import validate
 

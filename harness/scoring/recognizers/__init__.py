@@ -80,7 +80,10 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -
 
         return DlibRecognizer()
     if name == "sphere20a":
-        from harness.scoring.recognizers.sphereface import SphereFaceRecognizer, load_sphere20a
+        from harness.scoring.recognizers.sphereface import (
+            SphereFaceRecognizer,
+            load_sphere20a,
+        )
 
         return SphereFaceRecognizer(load_sphere20a(arg), device=device)
     from harness.scoring.recognizers.onnx import OnnxRecognizer

@@ -40,7 +40,10 @@ import torch.nn.functional as F
 from harness.errors import UserError
 from harness.fileio import atomic_write
 from harness.scoring.recognizers.base import Recognizer, check_images
-from harness.scoring.recognizers.inception_resnet_v1 import FEATURE_LAYERS, InceptionResnetV1
+from harness.scoring.recognizers.inception_resnet_v1 import (
+    FEATURE_LAYERS,
+    InceptionResnetV1,
+)
 
 logger = logging.getLogger(__name__)
 
