@@ -117,7 +117,10 @@ class Engine:
                                     [0.0 if math.isfinite(terms["total"]) else 1.0])
         if reduced[-1] > 0:
             raise TrainingDiverged("loss became non-finite", exit_code=3)
-        self.opt.zero_grad(set_to_none=True)
+        if self.hvd is not None:
+            self.opt.zero_grad()  # Horovod's DistributedOptimizer takes no set_to_none
+        else:
+            self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._optimizer_step()
         if self.disc is not None:
