@@ -231,8 +231,9 @@ class TrainConfig:
     """Data-parallel engine: torch DistributedDataParallel or Horovod."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; ``auto`` uses CUDA when present."""
-    bf16: bool = True
-    """bf16 autocast (GPU only; ignored on CPU)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision: ``bf16`` autocast (fp32 master weights) or ``fp32``; ``auto`` is
+    bf16 on CUDA GPUs and fp32 on CPUs (see the README's bf16 study)."""
     channels_last: bool = True
     """Channels-last memory format (GPU only)."""
     threads_per_rank: int = 0
@@ -275,6 +276,11 @@ class InferConfig:
     """Average the outputs of the image and its mirror (test-time augmentation)."""
     checkpoint: str = ""
     """Checkpoint to load; empty = the shipped weights for the model, when there are any."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """SR forward pass precision; ``auto`` is bf16 where the device has bf16 units (CUDA,
+    AVX-512 BF16/AMX CPUs: outputs within 3/255 of fp32, see tests/test_precision.py)."""
+    threads_per_rank: int = 0
+    """torch CPU threads per inference rank (0 = cores / local ranks)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -287,16 +293,16 @@ class EvalConfig:
     recognizer: str = "facenet"
     """``facenet`` (embedded), ``sphere20a:PATH`` or ``onnx:PATH``."""
     metrics: tuple[str, ...] = ("is", "psnr", "ssim")
-    """Metrics to compute: any of is, psnr, ssim, niqe, rmse."""
+    """Metrics to compute: any of is, psnr, ssim, psnr_y, ssim_y, rmse, niqe."""
     shave: int = 0
     """Border pixels ignored by PSNR/SSIM."""
     batch_size: int = 64
-    """Images per recognizer forward pass."""
+    """Pairs per recognizer forward pass (each pass embeds twice as many images)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Recognizer precision for scores; ``bf16`` is faster and labelled approximate."""
 
     def __post_init__(self) -> None:
-        from harness.scoring.evaluate import (
-            ALL_METRICS,  # the owner of the metric names
-        )
+        from harness.scoring.evaluate import ALL_METRICS  # the owner of the metric names
 
         for m in self.metrics:
             _check(m in ALL_METRICS, "metrics", f"unknown metric {excerpt(m)} (expected some "

@@ -38,11 +38,12 @@ def resolve_device(choice: str, info: DistInfo, key: str = "train.device") -> st
     return f"cuda:{info.local_rank % torch.cuda.device_count()}"
 
 
-def set_threads(job: JobConfig, info: DistInfo) -> int:
-    """Set torch's CPU threads for this rank and return the number."""
+def set_threads(requested: int, info: DistInfo) -> int:
+    """Set torch's CPU threads for this rank (``requested``, or 0: the cores this rank owns,
+    i.e. cores / local ranks) and return the number."""
     import torch
 
-    n = job.train.threads_per_rank or max(1, (os.cpu_count() or 1) // info.local_world_size)
+    n = requested or max(1, (os.cpu_count() or 1) // info.local_world_size)
     torch.set_num_threads(n)
     return n
 
@@ -146,12 +147,17 @@ def load_generator(job: JobConfig, checkpoint: str | None,
     return model.to(device).eval(), str(path)
 
 
-def super_resolve(model: torch.nn.Module, lr: torch.Tensor,
-                  tta_flip: bool = False) -> torch.Tensor:
-    """SR of a batch, clamped to [0, 1]; with ``tta_flip`` the mirror's output is averaged in."""
+def super_resolve(model: torch.nn.Module, lr: torch.Tensor, tta_flip: bool = False,
+                  precision: str = "fp32") -> torch.Tensor:
+    """SR of a batch, clamped to [0, 1]; with ``tta_flip`` the mirror's output is averaged in.
+    ``precision`` ``bf16`` runs the network under bf16 autocast (see :mod:`harness.precision`).
+    """
     import torch
 
-    with torch.no_grad():
+    from harness.precision import autocast
+
+    lr = lr.contiguous(memory_format=torch.channels_last)  # the faster layout on CPUs too
+    with torch.no_grad(), autocast(str(lr.device), precision):
         sr = model(lr).float()
         if tta_flip:
             sr = 0.5 * (sr + model(lr.flip(-1)).float().flip(-1))

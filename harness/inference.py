@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from harness.config import JobConfig
@@ -38,24 +39,16 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         On every rank: counts, timing and (when scored) the score summary.
     """
 
-    from harness.data.imageio import (
-        from_tensor,
-        list_images,
-        read_rgb,
-        to_tensor,
-        write_png,
-    )
-    from harness.generators import (
-        load_generator,
-        resolve_device,
-        set_threads,
-        super_resolve,
-    )
+    import torch
+
+    from harness.data.imageio import list_images
+    from harness.generators import load_generator, resolve_device, set_threads
+    from harness.precision import resolve_precision
     from harness.power_session import power_session, resolve_backend
 
     info, comm = get_dist_info(), get_comm()
     job = resolve_backend(job)
-    set_threads(job, info)
+    set_threads(job.infer.threads_per_rank, info)
     device = resolve_device(job.train.device, info)
     out = Path(out_dir)
     if info.is_master:
@@ -69,26 +62,15 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         lr_dir, hr_dir = str(out / "inputs" / "LR"), hr_dir or str(out / "inputs" / "HR")
     files = list_images(lr_dir)
     model, source = load_generator(job, checkpoint, device)
+    model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision(job.infer.precision, device)
     mine = deal_batches(len(files), job.infer.batch_size, info.rank, info.world_size)
     t0 = time.perf_counter()
-    done = 0
     mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
     bar = CountProgress("infer", sum(len(b) for b in mine), mode)
     with power_session(job, info, comm, out) as power, bar:
-        for batch in mine:
-            images = [read_rgb(files[i]) for i in batch]
-            # Images of other sizes in one batch are run one by one (any size works at 4x).
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for j, im in enumerate(images):
-                groups.setdefault(im.shape, []).append(j)
-            for members in groups.values():
-                lr = to_tensor([images[j] for j in members]).to(device)
-                sr = super_resolve(model, lr, job.infer.tta_flip)
-                for j, arr in zip(members, from_tensor(sr.cpu())):
-                    write_png(out / (files[batch[j]].stem + ".png"), arr)
-            done += len(batch)
-            power.add_images(len(batch))
-            bar.advance(len(batch))
+        done = _run_batches(model, files, mine, out, device, job.infer.tta_flip, precision,
+                            on_batch=lambda n: (power.add_images(n), bar.advance(n)))
         elapsed = time.perf_counter() - t0
         power_summary = power.summary(done)
     total = int(comm.allreduce_sum(done))
@@ -96,6 +78,7 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     result: dict[str, Any] = {"images": total, "seconds": wall,
                               "images_per_s": total / wall if wall > 0 else 0.0,
                               "weights": source, "world_size": info.world_size,
+                              "precision": precision,
                               "power": power_summary}
     comm.barrier()
     if info.is_master:
@@ -107,8 +90,44 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         scored = evaluate_dirs(hr_dir, str(out), str(out), lr_dir=lr_dir,
                                recognizer=job.eval.recognizer, metrics=job.eval.metrics,
                                batch_size=job.eval.batch_size, shave=job.eval.shave, comm=comm,
-                               device=device, meta={"inference": result})
+                               device=device, meta={"inference": result},
+                               precision=job.eval.precision)
         result["scores"] = comm.bcast(scored and scored["summary"], root=0)
         result["score_paths"] = [str(p) for p in (scored or {}).get("paths") or []]
         comm.barrier()
     return result
+
+
+def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: Path,
+                 device: str, tta_flip: bool, precision: str,
+                 on_batch: Callable[[int], Any]) -> int:
+    """Super-resolve ``batches`` of ``files`` into ``out``; returns the images done.
+
+    PNG decoding runs ahead in a thread pool and encoding behind the compute (both release
+    the GIL in zlib), so the forward passes do not wait on files. Images of other sizes in
+    one batch are run one by one (any size works at 4x).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.data.imageio import from_tensor, read_rgb, to_tensor, write_png
+    from harness.generators import super_resolve
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as io:
+        reads = io.map(lambda b: [read_rgb(files[i]) for i in b], batches)
+        writes = []
+        for batch, images in zip(batches, reads):
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for j, im in enumerate(images):
+                groups.setdefault(im.shape, []).append(j)
+            for members in groups.values():
+                lr = to_tensor([images[j] for j in members]).to(device)
+                sr = super_resolve(model, lr, tta_flip, precision)
+                for j, arr in zip(members, from_tensor(sr.cpu())):
+                    writes.append(io.submit(write_png, out / (files[batch[j]].stem + ".png"),
+                                            arr))
+            done += len(batch)
+            on_batch(len(batch))
+        for w in writes:
+            w.result()  # a failed write raises here
+    return done

@@ -138,6 +138,7 @@ def score_pairs(
     batch_size: int = 64,
     shave: int = 0,
     progress: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Scores each pair; records come back in the order of ``pairs``.
 
@@ -148,6 +149,7 @@ def score_pairs(
         batch_size: Images read and embedded at a time.
         shave: Border pixels ignored by PSNR/SSIM/RMSE/NIQE (not by IS).
         progress: Called with the number of pairs just finished, after each batch.
+        precision: Recognizer precision, ``fp32`` (the score) or ``bf16`` (approximate).
 
     Returns:
         One dict per pair: ``name``, then each metric (``is``, ``psnr``, ``ssim``, ``psnr_y``,
@@ -184,7 +186,7 @@ def score_pairs(
 
         rows = _quality(names, srs, hrs, shave, "")
         if "is" in names:
-            for row, value in zip(rows, identity_similarity_arrays(recognizer, srs, hrs, batch_size), strict=True):
+            for row, value in zip(rows, identity_similarity_arrays(recognizer, srs, hrs, batch_size, precision), strict=True):
                 row["is"] = float(value)
         if with_lr:
             bic_rows = _quality(
@@ -192,7 +194,8 @@ def score_pairs(
             )
             if "is" in names:
                 sims = identity_similarity_arrays(
-                    recognizer, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], batch_size
+                    recognizer, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], batch_size,
+                    precision,
                 )
                 for row, value in zip(bic_rows, sims, strict=True):
                     row["is" + BICUBIC_SUFFIX] = float(value)
@@ -381,6 +384,8 @@ def evaluate_dirs(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     meta: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
+    channels_last: bool = True,
 ) -> dict[str, Any] | None:
     """What ``harness evaluate`` runs: pair, score this rank's share, gather, summarise, write.
 
@@ -398,6 +403,9 @@ def evaluate_dirs(
         device: Device for a recognizer given by name.
         progress: Called with the number of pairs finished after each batch.
         meta: Extra fields for ``scores.json``'s ``meta``.
+        precision: ``fp32`` (the score) or ``bf16`` (approximate; recorded in ``meta``).
+        channels_last: Run a recognizer loaded here in the channels-last layout (faster on
+            CPUs, the same scores to float rounding).
 
     Returns:
         On rank 0, ``{"summary", "records", "paths"}``; None on other ranks.
@@ -412,6 +420,8 @@ def evaluate_dirs(
         from harness.scoring.recognizers import load_recognizer
 
         rec_obj = load_recognizer(rec_obj or "facenet", device=device)
+        if channels_last:
+            rec_obj.use_channels_last()
     records = score_pairs(
         mine,
         recognizer=rec_obj if "is" in names else None,
@@ -419,6 +429,7 @@ def evaluate_dirs(
         batch_size=batch_size,
         shave=shave,
         progress=progress,
+        precision=precision,
     )
     parts = comm.gather(records, root=0) if world_size > 1 else [records]
     if rank != 0:
@@ -426,6 +437,7 @@ def evaluate_dirs(
     records = unshard(parts)
     summary = summarize(records)
     paths: tuple[Path, Path] | None = None
+    run_meta: dict[str, Any] = {"precision": precision}
     if out_dir is not None:
         run_meta = {
             "hr_dir": str(hr_dir),
@@ -434,9 +446,11 @@ def evaluate_dirs(
             "recognizer": getattr(rec_obj, "name", rec_obj) if "is" in names else None,
             "metrics": names,
             "shave": shave,
+            "precision": precision,
+            "approximate": precision != "fp32",
             "world_size": world_size,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         run_meta.update(meta or {})
         paths = write_scores(out_dir, records, summary, run_meta)
-    return {"summary": summary, "records": records, "paths": paths}
+    return {"summary": summary, "records": records, "paths": paths, "meta": run_meta}

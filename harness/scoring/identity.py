@@ -25,7 +25,8 @@ def cosines(e_sr: torch.Tensor, e_hr: torch.Tensor) -> np.ndarray:
 
 
 def identity_similarity(
-    rec: Recognizer, sr: torch.Tensor, hr: torch.Tensor, batch_size: int = 64
+    rec: Recognizer, sr: torch.Tensor, hr: torch.Tensor, batch_size: int = 64,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Per-pair identity similarity: cosine of ``rec`` embeddings of SR vs HR.
 
@@ -34,6 +35,8 @@ def identity_similarity(
         sr: (N, 3, H, W) float RGB in [0, 1], the super-resolved images.
         hr: (N, 3, H, W) float RGB in [0, 1], the originals, same order.
         batch_size: Pairs per forward pass (each pass embeds 2 * batch_size images).
+        precision: ``fp32`` (the score) or ``bf16`` (faster, approximate; see
+            :mod:`harness.precision`).
 
     Returns:
         (N,) float64 cosines; their mean is the contest score.
@@ -47,8 +50,10 @@ def identity_similarity(
         raise ValueError(f"sr has {sr.shape[0]} images but hr has {hr.shape[0]}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from harness.precision import autocast
+
     out = np.empty(sr.shape[0], dtype=np.float64)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(str(rec.device), precision):
         for start in range(0, sr.shape[0], batch_size):
             stop = min(start + batch_size, sr.shape[0])
             if sr.shape[2:] == hr.shape[2:]:
@@ -61,7 +66,8 @@ def identity_similarity(
 
 
 def identity_similarity_arrays(rec: Recognizer, srs: Sequence[np.ndarray],
-                               hrs: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+                               hrs: Sequence[np.ndarray], batch_size: int = 64,
+                               precision: str = "fp32") -> np.ndarray:
     """Per-pair IS of uint8 ``(H, W, 3)`` images; pairs are grouped by HR size (a tensor batch
     needs one size), each SR already at its HR's size."""
     from harness.data.imageio import to_tensor
@@ -72,5 +78,5 @@ def identity_similarity_arrays(rec: Recognizer, srs: Sequence[np.ndarray],
         groups.setdefault(hr.shape, []).append(i)
     for idx in groups.values():
         out[idx] = identity_similarity(rec, to_tensor([srs[i] for i in idx]),
-                                       to_tensor([hrs[i] for i in idx]), batch_size)
+                                       to_tensor([hrs[i] for i in idx]), batch_size, precision)
     return out

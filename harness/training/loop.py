@@ -15,7 +15,6 @@ import os
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from harness.generators import (
     set_threads,
 )
 from harness.logs import RunLog, choose_log_format
+from harness.precision import autocast
 from harness.runs import MetricsLog, create_run_dir, write_manifest
 from harness.training.engine import (
     EmbeddingCache,
@@ -101,8 +101,9 @@ class Trainer:
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_master)
         self.batches = BatchLoader(train_set, job, info.rank, info.world_size)
         t, loss_rec = job.train, engine.loss_rec
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if engine.device.startswith("cuda") and t.bf16 else nullcontext())
+        precision = t.precision if t.precision != "auto" else (
+            "bf16" if engine.device.startswith("cuda") else "fp32")
+        self.autocast = autocast(engine.device, precision)
         # HR targets take only two forms each when augmentation just mirrors: embed them once.
         self.emb_cache = (EmbeddingCache(loss_rec) if job.loss.identity and loss_rec is not None
                           and only_flips(job.data.augment) else None)
@@ -315,7 +316,7 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
 
     info, comm = get_dist_info(), get_comm()
     job = resolve_backend(job)
-    threads = set_threads(job, info)
+    threads = set_threads(job.train.threads_per_rank, info)
     device = resolve_device(job.train.device, info)
     train_set = load_pairs(job.data.train, job.data.lr_kernel)
     val_set = load_pairs(job.data.val, job.data.lr_kernel)

@@ -210,20 +210,27 @@ class FaceNetRecognizer(Recognizer):
         self.model.to(device)
         return self
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def use_channels_last(self) -> None:
+        self.model.to(memory_format=torch.channels_last)
+        self._channels_last = True
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
-        return self.model(preprocess(images.to(self.device, torch.float32)))
+        x = preprocess(images.to(self.device, torch.float32))
+        if getattr(self, "_channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self._input(images))
 
     def features(self, images: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
         """Activations of the named layers (see :data:`FEATURE_LAYERS` for names and shapes)."""
-        check_images(images)
-        return self.model.features(preprocess(images.to(self.device, torch.float32)), layers)
+        return self.model.features(self._input(images), layers)
 
     def embed_with_features(
         self, images: torch.Tensor, layers: Sequence[str]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`embed` and :meth:`features` from one forward pass (the feature + identity
         losses share it)."""
-        check_images(images)
-        return self.model.embed_with_features(
-            preprocess(images.to(self.device, torch.float32)), layers)
+        return self.model.embed_with_features(self._input(images), layers)
