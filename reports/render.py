@@ -178,6 +178,27 @@ def _summary_section(run: RunData, i: int) -> Markup:
     gain = run.infer_summary.get("is_normalized_gain")
     tp, ip = _power_block(run, "train"), _power_block(run, "infer")
     main_power = ip if _power_enabled(ip) else tp
+    kpis = _kpis(run, s, tp, ip, main_power, is_sr, is_bic, gain)
+    if kpis:
+        parts.append(el("div", join(kpis), cls="kpis"))
+    if any(b.get("simulated") for b in (tp, ip)):
+        parts.append(el("p", "Power figures come from SIMULATED GPUs (power.backend: simulated); "
+                        "throughput is this machine's real one.", cls="note"))
+
+    parts += _quality_block(run, is_sr)
+    parts += _power_table(run, i, s, tp, ip, main_power)
+    facts = _run_facts(run, s)
+    parts.append(el("h4", "Run"))
+    parts.append(_kv_table(facts))
+    if run.problems:
+        parts.append(el("div", el("b", "Unreadable files: "),
+                        join(run.problems, "; "), cls="note"))
+    return el("section", join(parts), id=f"r{i}-summary")
+
+
+def _kpis(run: RunData, s: dict[str, Any], tp: dict[str, Any], ip: dict[str, Any],
+          main_power: dict[str, Any], is_sr: Any, is_bic: Any, gain: Any) -> list[Markup]:
+    """The headline figures: IS (SR, bicubic, gain), images/s, images/s/W, J/image, peak W."""
     kpis: list[Markup] = []
     if is_sr:
         kpis.append(_kpi("IS mean (SR)", fmt_num(is_sr.get("mean"), 4),
@@ -208,12 +229,12 @@ def _summary_section(run: RunData, i: int) -> Markup:
         crossings = sum(int(b.get("crossings") or 0) for b in (tp, ip) if _power_enabled(b))
         kpis.append(_kpi("budget crossings", str(crossings), "training + inference",
                          alert=crossings > 0))
-    if kpis:
-        parts.append(el("div", join(kpis), cls="kpis"))
-    if any(b.get("simulated") for b in (tp, ip)):
-        parts.append(el("p", "Power figures come from SIMULATED GPUs (power.backend: simulated); "
-                        "throughput is this machine's real one.", cls="note"))
+    return kpis
 
+
+def _quality_block(run: RunData, is_sr: Any) -> list[Any]:
+    """IS/PSNR/SSIM/NIQE/RMSE of the scored set against bicubic."""
+    parts: list[Any] = []
     quality_rows = []
     for name, label, digits in (("is", "IS", 4), ("psnr", "PSNR (dB)", 3), ("ssim", "SSIM", 4),
                                 ("niqe", "NIQE", 3), ("rmse", "RMSE", 3)):
@@ -239,6 +260,13 @@ def _summary_section(run: RunData, i: int) -> Markup:
         parts.append(_absent("No inference scores (infer/scores.json missing): run "
                              "`harness infer --out RUN/infer …` to add them."))
 
+    return parts
+
+
+def _power_table(run: RunData, i: int, s: dict[str, Any], tp: dict[str, Any],
+                 ip: dict[str, Any], main_power: dict[str, Any]) -> list[Any]:
+    """Throughput and power of training and inference side by side, with the W bars."""
+    parts: list[Any] = []
     parts.append(el("h4", "Throughput and power"))
     rows = [
         ("images/s", fmt_num(s.get("images_per_s"), 2),
@@ -271,7 +299,12 @@ def _summary_section(run: RunData, i: int) -> Markup:
     elif not _power_enabled(tp) and not _power_enabled(ip):
         parts.append(_absent("Power was not measured (power.enabled: false)."))
 
-    facts = [("job", run.job_name), ("run directory", str(run.path)),
+    return parts
+
+
+def _run_facts(run: RunData, s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Key facts of the run (job, folder, steps, ranks, device, validation, checkpoint)."""
+    return [("job", run.job_name), ("run directory", str(run.path)),
              ("steps", fmt_num(s.get("steps"))),
              ("ranks (world size)", fmt_num(s.get("world_size"))),
              ("backend / device", f"{s.get('backend', '—')} / {s.get('device', '—')}"),
@@ -284,12 +317,6 @@ def _summary_section(run: RunData, i: int) -> Markup:
              ("stopped early", fmt_num(s.get("stopped_early"))),
              ("replicas in sync", fmt_num(s.get("replicas_in_sync"))),
              ("checkpoint", s.get("checkpoint") or "—")]
-    parts.append(el("h4", "Run"))
-    parts.append(_kv_table(facts))
-    if run.problems:
-        parts.append(el("div", el("b", "Unreadable files: "),
-                        join(run.problems, "; "), cls="note"))
-    return el("section", join(parts), id=f"r{i}-summary")
 
 
 def _budget_text(b: dict[str, Any]) -> str:
