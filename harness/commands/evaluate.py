@@ -32,7 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pairs per recognizer pass (each pass embeds twice as many "
                              "images; default: 64)")
     parser.add_argument("--out", metavar="DIR",
-                        help="where to write scores.json and per_image.csv (default: --sr)")
+                        help="folder for scores.json and per_image.csv (default: print the "
+                             "scores only, so that re-scoring never replaces another "
+                             "command's results, e.g. infer's scores.json with its power "
+                             "figures)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier `harness evaluate` result in --out (never "
+                             "infer's scores)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,12 +48,22 @@ def run(args: argparse.Namespace) -> int:
     if "pi" in metrics:
         raise UserError("--metrics pi: the perceptual index needs the Ma et al. model, which "
                         "is not shipped with the harness; use niqe, or supply the model")
-    from harness.scoring.evaluate import evaluate_dirs
+    from harness.outputs import agree
+    from harness.scoring.evaluate import check_scores_output, evaluate_dirs
 
-    result = evaluate_dirs(args.hr, args.sr, args.out or args.sr, lr_dir=args.lr,
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.shave < 0:
+        raise UserError(f"--shave {args.shave}: must be 0 or more")
+    if args.out:
+        agree(get_comm(), lambda: check_scores_output(args.out, [args.hr, args.sr, args.lr],
+                                                      overwrite=args.overwrite))
+    result = evaluate_dirs(args.hr, args.sr, args.out, lr_dir=args.lr,
                            recognizer=args.recognizer, metrics=metrics,
                            batch_size=args.batch_size, shave=args.shave)
     print_scores(result, args.sr)
+    if result is not None and not args.out:
+        print("scores not saved (pass --out DIR to write scores.json and per_image.csv)")
     get_comm().barrier()
     return 0
 

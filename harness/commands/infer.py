@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hr", metavar="DIR",
                         help="HR folder: score the outputs (IS with the bicubic baseline, "
                              "PSNR, SSIM) and write scores.json beside them")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace SR files already in --out (never an input)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     job = load_job(args.job or default_job_path(), args.overrides)
     result = infer(job, lr_dir=args.lr, out_dir=args.out, checkpoint=args.checkpoint,
-                   hr_dir=args.hr, progress=not args.quiet)
+                   hr_dir=args.hr, progress=not args.quiet, overwrite=args.overwrite)
     if result.get("scores") and get_dist_info().is_master:
         print_scores({"summary": result["scores"], "paths": result["score_paths"]}, args.out)
     return 0
