@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from harness.errors import UserError, describe_os_error
 
 #: How many clashing names an error lists.
 _SHOWN = 5
@@ -140,6 +140,8 @@ def agree(comm: Any, check: Callable[[], Any]) -> Any:
             outcome = ("ok", check())
         except UserError as exc:
             outcome = ("error", (str(exc), exc.exit_code))
+        except OSError as exc:  # e.g. a read-only run folder: every rank must hear of it
+            outcome = ("error", (describe_os_error(exc), 1))
     outcome = comm.bcast(outcome, root=0) if comm.size > 1 else outcome
     if outcome[0] == "error":
         raise UserError(outcome[1][0], exit_code=outcome[1][1])

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
-from harness.errors import UserError
+from harness.errors import UserError, describe_os_error
 
 
 def add_overrides(parser: argparse.ArgumentParser,
@@ -46,6 +48,18 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except OSError as exc:  # the machine's fault, not a bug: one line (traceback under -v)
+        if not quiet:
+            if _debug():
+                traceback.print_exc()
+            print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _debug() -> bool:
+    """Tracebacks for environment errors: ``-v`` or ``HARNESS_DEBUG=1``."""
+    return (os.environ.get("HARNESS_DEBUG", "") not in ("", "0")
+            or logging.getLogger().isEnabledFor(logging.DEBUG))
 
 
 def setup_logging(verbose: bool = False) -> None:
