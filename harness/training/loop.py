@@ -27,8 +27,9 @@ from harness.config import JobConfig
 from harness.data.pairs import PairSet, batch_indices, check_split, load_pairs, make_batch, only_flips
 from harness.distributed import Comm, DistInfo, get_comm, get_dist_info, shutdown_torch_distributed
 from harness.fileio import write_json_atomic
-from harness.generators import model_kwargs, resolve_device, resolve_init_from, set_threads
-from harness.runs import MetricsLog, create_run_dir, write_manifest
+from harness.generators import (model_kwargs, preflight_model, resolve_device, resolve_init_from,
+                                set_threads)
+from harness.runs import MetricsLog, create_run_dir, lock_run_everywhere, write_manifest
 from harness.training.engine import (EmbeddingCache, Engine, TrainingDiverged, build_engine,
                                      param_checksum)
 from harness.training.progress import TrainProgress, print_summary
@@ -218,11 +219,13 @@ class Trainer:
 def _open_run(job: JobConfig, info: DistInfo, comm: Comm, resume: str | None,
               run_parent: str | None) -> tuple[Path, Path | None, Path | None]:
     """(run folder, checkpoint to resume, ``model.init_from`` weights) for this start."""
-    if resume:
-        run_dir, resume_ckpt = ckpt.resolve_resume(resume)
+    if resume:  # checked in full before anything is written; one writer per run folder
+        run_dir, resume_ckpt = ckpt.resolve_resume(resume, job)
+        lock_run_everywhere(run_dir, comm)
         return run_dir, resume_ckpt, None
     # model.init_from is resolved before a run folder exists, so a typo leaves none.
     init_path = resolve_init_from(job) if job.model.init_from else None
+    preflight_model(job, init_path)
     return create_run_dir(job, comm, run_parent), None, init_path
 
 
