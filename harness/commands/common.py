@@ -48,8 +48,14 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
-    except OSError as exc:  # the machine's fault, not a bug: one line (traceback under -v)
-        if not quiet:
+    except Exception as exc:  # noqa: BLE001 - sorted below; bugs keep their traceback
+        from harness.watchdog import STALL_EXIT, job_was_aborted
+
+        if job_was_aborted() and not _debug():  # a stalled rank ended the job: said once
+            return STALL_EXIT
+        if not isinstance(exc, OSError):
+            raise
+        if not quiet:  # the machine's fault, not a bug: one line (traceback under -v)
             if _debug():
                 traceback.print_exc()
             print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr, flush=True)

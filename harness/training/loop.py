@@ -34,6 +34,7 @@ from harness.training.engine import (EmbeddingCache, Engine, TrainingDiverged, b
                                      param_checksum)
 from harness.training.progress import TrainProgress, print_summary
 from harness.training.validate import validate
+from harness.watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class Trainer:
                           and only_flips(job.data.augment) else None)
         # Fault injection for tests of the divergence path (see the README's testing notes).
         self.fault_nan_step = int(os.environ.get("HARNESS_FAULT_NAN_STEP", "0") or 0)
+        self.watchdog = StallWatchdog(job.train.collective_timeout_s, info.rank,
+                                      info.world_size, run_dir, comm)
 
     def restore(self, path: Path) -> None:
         """Continue from the full checkpoint ``path`` (step, best score, RNG of this rank)."""
@@ -160,6 +163,7 @@ class Trainer:
         deadline = t_start + t.max_minutes * 60 if t.max_minutes else math.inf
         step, stopped_early = self.start_step, False
         for step in range(self.start_step, t.steps):
+            self.watchdog.arm(step + 1)
             t0 = time.perf_counter()
             terms, mine = self.step(step)
             lr_now = self.engine.sched.get_last_lr()[0]
@@ -174,8 +178,10 @@ class Trainer:
                                     "time_s": time.perf_counter() - t_start})
             display.update(done, terms.get("total", float("nan")), self.val_res.get("val_is"))
             if t.val_every and done % t.val_every == 0 and done != t.steps:
+                self.watchdog.disarm("validation")
                 self.validate(done)
             if t.ckpt_every and done % t.ckpt_every == 0 and done != t.steps:
+                self.watchdog.disarm("checkpoint")
                 self.save(done)
             if stop_after is not None and done >= stop_after:
                 return {"final_step": done, "images": images, "t_start": t_start,
@@ -257,8 +263,10 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
                             start=trainer.start_step)
     engine.wrapped.train()
     trainer.last_saved = ckpt.latest(trainer.ckpt_dir)
-    with StopSignals() as signals, power_session(job, info, comm, run_dir) as power, display:
+    with (StopSignals() as signals, trainer.watchdog,
+          power_session(job, info, comm, run_dir) as power, display):
         ended = trainer.loop(power, display, stop_after, signals)
+        trainer.watchdog.disarm("the end of training")
         if not ended["interrupted"]:
             trainer.validate(ended["final_step"])
         trainer.save(ended["final_step"])
