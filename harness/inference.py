@@ -61,6 +61,7 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     from harness.outputs import agree
 
     agree(comm, lambda: check_infer_output(lr_dir, out_dir, hr_dir, checkpoint, overwrite))
+    model, source = load_generator(job, checkpoint, device)  # a bad checkpoint: no --out yet
     if info.is_master:
         out.mkdir(parents=True, exist_ok=True)
         if lr_dir.startswith("embedded:"):
@@ -71,7 +72,6 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     if lr_dir.startswith("embedded:"):
         lr_dir, hr_dir = str(out / "inputs" / "LR"), hr_dir or str(out / "inputs" / "HR")
     files = list_images(lr_dir)
-    model, source = load_generator(job, checkpoint, device)
     mine = deal_batches(len(files), job.infer.batch_size, info.rank, info.world_size)
     t0 = time.perf_counter()
     done = 0
