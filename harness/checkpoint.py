@@ -74,18 +74,54 @@ def prune(folder: str | Path, keep_last: int) -> list[Path]:
     return doomed
 
 
-def resolve_resume(target: str | Path) -> tuple[Path, Path]:
+#: What a full (resumable) checkpoint holds besides the model.
+FULL_KEYS = ("optimizer", "scheduler", "step")
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A run folder of this harness: it has ``job.yaml`` and ``manifest.json``."""
+    p = Path(path)
+    return (p / "job.yaml").is_file() and (p / "manifest.json").is_file()
+
+
+def resolve_resume(target: str | Path, job: Any = None) -> tuple[Path, Path]:
     """Turn ``--resume`` (a run directory or a checkpoint file) into (run_dir, checkpoint).
 
+    Everything is checked before the caller writes anything: the folder is a run folder
+    (``job.yaml`` + ``manifest.json``), a file lies in that folder's ``checkpoints/``, the
+    checkpoint is a full one (optimizer, schedule, step; ``best.pt`` holds weights only), and,
+    given ``job``, its model is the job's model.
+
     Raises:
-        UserError: no checkpoint to resume from.
+        UserError: any of these does not hold (one line naming the file).
     """
-    p = Path(target)
+    p = Path(target).expanduser()
     if p.is_dir():
-        ckpt = latest(p / "checkpoints")
-        if ckpt is None:
-            raise UserError(f"{p}: no checkpoints to resume from")
-        return p, ckpt
-    if p.is_file():
-        return p.parent.parent, p
-    raise UserError(f"{p}: no such run directory or checkpoint")
+        run_dir = p.resolve()
+        if not is_run_dir(run_dir):
+            raise UserError(f"--resume {target}: not a run folder (no job.yaml and "
+                            "manifest.json)")
+        found = latest(run_dir / "checkpoints")
+        if found is None:
+            raise UserError(f"--resume {target}: no checkpoints to resume from")
+    elif p.is_file():
+        found = p.resolve()
+        run_dir = found.parent.parent
+        if found.parent.name != "checkpoints" or not is_run_dir(run_dir):
+            raise UserError(f"--resume {target}: not a checkpoint of a run folder "
+                            "(RUN/checkpoints/ckpt-NNNNNN.pt); to start from these weights, "
+                            "use model.init_from")
+    else:
+        raise UserError(f"--resume {target}: no such run directory or checkpoint")
+    state = load(found)
+    missing = [k for k in FULL_KEYS if k not in state]
+    if missing:
+        raise UserError(f"--resume {target}: {found.name} holds weights only (no "
+                        f"{', '.join(missing)}); resume from the run folder or a "
+                        "ckpt-NNNNNN.pt, or start a new run with model.init_from")
+    if job is not None:
+        from harness.generators import check_checkpoint_model, model_kwargs
+
+        check_checkpoint_model(state, f"--resume {found}", expect=(job.model.name,
+                                                                     model_kwargs(job)))
+    return run_dir, found

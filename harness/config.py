@@ -250,9 +250,16 @@ class TrainConfig:
     """How many recent checkpoints to keep (the best-by-IS one is always kept)."""
     max_minutes: float = 0.0
     """Stop cleanly (checkpoint, validate) after this many minutes; 0 = no limit."""
+    collective_timeout_s: float = 30.0
+    """A step that makes no progress for this long means a rank stopped responding (SIGSTOP,
+    a stuck file system, a hung GPU): the job ends with one line instead of holding the
+    cluster at full power. Also the timeout of torch.distributed's collectives. The first step
+    of a start gets 4x as long (lazy initialisation)."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "steps", "must be >= 1")
+        _check(1 <= self.collective_timeout_s <= 3600, "collective_timeout_s",
+               "must be between 1 and 3600 seconds")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
         _check(0 < self.lr < 1, "lr", "must be in (0, 1)")
         _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")

@@ -6,6 +6,8 @@ otherwise), without a traceback. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """An error caused by the user's input, reported as one line.
@@ -18,3 +20,23 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+#: errno -> what the user should read first.
+_OS_WHAT = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+            errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+            errno.EROFS: "read-only file system", errno.EISDIR: "is a folder",
+            errno.ENOTDIR: "not a folder", errno.ENOENT: "not found",
+            errno.EEXIST: "already exists", errno.EIO: "input/output error",
+            errno.EMFILE: "too many open files"}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``<what>: <path>: <strerror>`` for an error of the file system or the machine."""
+    what = _OS_WHAT.get(exc.errno or 0, "system error")
+    path = exc.filename if exc.filename is not None else None
+    parts = [what] + ([str(path)] if path is not None else [])
+    detail = exc.strerror or str(exc) or exc.__class__.__name__
+    if detail.lower() != what:
+        parts.append(detail)
+    return ": ".join(parts)

@@ -102,6 +102,34 @@ def resolve_init_from(job: JobConfig) -> Path:
     return path
 
 
+def preflight_model(job: JobConfig, init_path: Path | None) -> None:
+    """Build the job's generator on the ``meta`` device (no memory) and check
+    ``model.init_from``: the errors a start can have are raised before its run folder exists."""
+    import torch
+
+    with torch.device("meta"):
+        build_generator(job.model.name, model_kwargs(job))
+    if init_path is not None:
+        check_init_from(job, init_path)
+
+
+def check_init_from(job: JobConfig, path: Path) -> None:
+    """Everything :func:`load_initial_weights` checks, without building the model: called
+    before a run folder exists, so a bad ``model.init_from`` leaves nothing behind."""
+    _check_init_state(job, path, ckpt.load(path))
+
+
+def _check_init_state(job: JobConfig, path: Path, state: dict[str, Any]) -> None:
+    check_checkpoint_model(state, f"model.init_from: {path}",
+                           default=(job.model.name, model_kwargs(job)))
+    kwargs = state.get("model_kwargs")
+    if state.get("model_name", job.model.name) != job.model.name or (
+            kwargs is not None and dict(kwargs) != model_kwargs(job)):
+        raise UserError(f"model.init_from: {path} holds {state.get('model_name')} "
+                        f"{dict(kwargs or {})}, the job builds {job.model.name} "
+                        f"{model_kwargs(job)}")
+
+
 def load_initial_weights(model: torch.nn.Module, job: JobConfig, path: Path) -> None:
     """Load the generator weights in ``path`` (see :func:`resolve_init_from`) into ``model``.
 
@@ -109,13 +137,58 @@ def load_initial_weights(model: torch.nn.Module, job: JobConfig, path: Path) -> 
         UserError: not a checkpoint, or weights of another architecture than the job's.
     """
     state = ckpt.load(path)
-    kwargs = state.get("model_kwargs")
-    if state.get("model_name", job.model.name) != job.model.name or (
-            kwargs is not None and dict(kwargs) != model_kwargs(job)):
-        raise UserError(f"model.init_from: {path} holds {state.get('model_name')} "
-                        f"{dict(kwargs or {})}, the job builds {job.model.name} "
-                        f"{model_kwargs(job)}")
+    _check_init_state(job, path, state)
     _load_weights(model, state, f"model.init_from: {path}")
+
+
+def check_checkpoint_model(state: dict[str, Any], where: str, *,
+                           expect: tuple[str, dict[str, Any]] | None = None,
+                           default: tuple[str, dict[str, Any]] | None = None
+                           ) -> tuple[str, dict[str, Any]]:
+    """Validate a checkpoint's model metadata against its weights before building anything.
+
+    The name must be a known generator, the arguments plain numbers/strings, and the network
+    they describe (built on the ``meta`` device: no memory) must have exactly the shapes of the
+    stored weights, so crafted metadata (a 100000-wide model) costs nothing and says so in one
+    line. With ``expect``, the model must also be that (name, kwargs).
+
+    Returns:
+        (model name, keyword arguments) to build.
+
+    Raises:
+        UserError: any of that does not hold.
+    """
+    import torch
+
+    from kernels import MODELS
+
+    name = state.get("model_name", default[0] if default else None)
+    kwargs = state.get("model_kwargs", default[1] if default else None)
+    if not isinstance(name, str) or name not in MODELS:
+        raise UserError(f"{where}: unknown model {str(name)[:60]!r} in the checkpoint "
+                        f"(known: {', '.join(MODELS)})")
+    if not isinstance(kwargs, dict) or not all(
+            isinstance(k, str) and isinstance(v, (bool, int, float, str))
+            for k, v in kwargs.items()):
+        raise UserError(f"{where}: model_kwargs in the checkpoint is not a flat mapping of "
+                        "names to numbers")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor)
+                                                for v in weights.values()):
+        raise UserError(f"{where}: the checkpoint's 'model' entry is not a state dict")
+    if expect is not None and (name, dict(kwargs)) != (expect[0], dict(expect[1])):
+        raise UserError(f"{where}: holds {name} {dict(kwargs)}, the job builds {expect[0]} "
+                        f"{dict(expect[1])} (a run resumes with the model it started with)")
+    with torch.device("meta"):
+        skeleton = build_generator(name, dict(kwargs))
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in weights.items()}
+    if shapes != stored:
+        bad = sorted(set(shapes) ^ set(stored)) or sorted(k for k in shapes
+                                                           if shapes[k] != stored[k])
+        raise UserError(f"{where}: the weights do not match the model the checkpoint names "
+                        f"({name} {dict(kwargs)}; first difference: {bad[0][:80]})")
+    return name, dict(kwargs)
 
 
 def load_generator(job: JobConfig, checkpoint: str | None,
@@ -141,8 +214,9 @@ def load_generator(job: JobConfig, checkpoint: str | None,
                             "(harness train) or pass --checkpoint")
         return model.to(device).eval(), "untrained (no parameters)"
     state = ckpt.load(path)
-    name = state.get("model_name", job.model.name)
-    model = build_generator(name, dict(state.get("model_kwargs", model_kwargs(job))))
+    name, kwargs = check_checkpoint_model(state, str(path),
+                                          default=(job.model.name, model_kwargs(job)))
+    model = build_generator(name, kwargs)
     _load_weights(model, state, f"{path} (model {name})")
     return model.to(device).eval(), str(path)
 

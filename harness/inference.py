@@ -32,8 +32,12 @@ def deal_batches(n_items: int, batch_size: int, rank: int, world: int) -> list[l
 
 
 def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None = None,
-          hr_dir: str | None = None, log_format: str = "auto") -> dict[str, Any]:
+          hr_dir: str | None = None, log_format: str = "auto",
+          overwrite: bool = False) -> dict[str, Any]:
     """Super-resolve every image in ``lr_dir`` into ``out_dir``; score if ``hr_dir`` is given.
+
+    ``out_dir`` is checked before anything is written (:func:`check_infer_output`): never an
+    input, and existing files are replaced only with ``overwrite``.
 
     Returns:
         On every rank: counts, timing and (when scored) the score summary.
@@ -51,6 +55,10 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     set_threads(job.infer.threads_per_rank, info)
     device = resolve_device(job.train.device, info)
     out = Path(out_dir)
+    from harness.outputs import agree
+
+    agree(comm, lambda: check_infer_output(lr_dir, out_dir, hr_dir, checkpoint, overwrite))
+    model, source = load_generator(job, checkpoint, device)  # a bad checkpoint: no --out yet
     if info.is_master:
         out.mkdir(parents=True, exist_ok=True)
         if lr_dir.startswith("embedded:"):
@@ -61,7 +69,6 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     if lr_dir.startswith("embedded:"):
         lr_dir, hr_dir = str(out / "inputs" / "LR"), hr_dir or str(out / "inputs" / "HR")
     files = list_images(lr_dir)
-    model, source = load_generator(job, checkpoint, device)
     model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision(job.infer.precision, device)
     mine = deal_batches(len(files), job.infer.batch_size, info.rank, info.world_size)
@@ -96,6 +103,34 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         result["score_paths"] = [str(p) for p in (scored or {}).get("paths") or []]
         comm.barrier()
     return result
+
+
+def check_infer_output(lr_dir: str, out_dir: str, hr_dir: str | None,
+                       checkpoint: str | None, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is, holds or lies in an input, or whose files would be replaced.
+
+    Two LR files that would give one SR name (``a.png`` and ``a.jpg``) are refused too.
+    """
+    from harness.data.imageio import list_images
+    from harness.errors import UserError
+    from harness.outputs import check_output
+
+    names: list[str] = ["power", "scores.json", "per_image.csv"]
+    if lr_dir.startswith("embedded:"):
+        names.append("inputs")
+        from harness.data.pairs import load_pairs  # the split's names are the SR names
+
+        names += [n + ".png" for n in load_pairs(lr_dir).names]
+    else:
+        seen: dict[str, str] = {}
+        for f in list_images(lr_dir):
+            stem = f.stem
+            if stem in seen:
+                raise UserError(f"--lr {lr_dir}: {seen[stem]} and {f.name} would both be "
+                                f"written as {stem}.png; keep one image per name")
+            seen[stem] = f.name
+        names += [s + ".png" for s in seen]
+    check_output(out_dir, [lr_dir, hr_dir, checkpoint], overwrite=overwrite, will_write=names)
 
 
 def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: Path,

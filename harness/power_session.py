@@ -182,6 +182,7 @@ class PowerSession(NullPowerSession):
             if p.mode != "clocks":
                 self._start_capped(node)
             self._gov.start()
+            self._forget_stall = _restore_on_stall(self._gov)
         except BaseException:
             self._sampler.__exit__(None, None, None)
             raise
@@ -223,6 +224,7 @@ class PowerSession(NullPowerSession):
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
         if not self.leader or self._gov is None:
             return None
+        getattr(self, "_forget_stall", lambda: None)()
         try:
             self._gov.stop()
         finally:
@@ -276,6 +278,13 @@ class PowerSession(NullPowerSession):
             return bool(self._sampler.node.read(0.0).estimated)  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - informational only
             return True
+
+
+def _restore_on_stall(governor: Any):  # noqa: ANN202 - the remover
+    """A stalled job is aborted (harness.watchdog): restore this node's GPUs first."""
+    from harness.watchdog import on_stall
+
+    return on_stall(lambda: governor.restore("stalled rank"))
 
 
 def power_session(job: JobConfig, info: DistInfo, comm: Comm,

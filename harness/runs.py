@@ -28,7 +28,8 @@ from typing import Any
 
 from harness.config import JobConfig, dump_job
 from harness.distributed import Comm, DistInfo
-from harness.fileio import write_json_atomic
+from harness.errors import UserError
+from harness.fileio import write_json_atomic, write_text_atomic
 from harness.paths import project_root
 
 PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-python-headless",
@@ -48,9 +49,56 @@ def create_run_dir(job: JobConfig, comm: Comm, parent: str | Path | None = None)
             n += 1
             path = base / f"{job.name}-{stamp}-{n}"
         path.mkdir(parents=True)
+        lock_run(path)
         _point_latest(base / f"{job.name}-latest", path)
         path = str(path)
     return Path(comm.bcast(path, root=0))
+
+
+#: Open lock files of the run folders this process writes (kept open: the lock is the open
+#: file; the OS drops it when the process ends, however it ends).
+_LOCKS: dict[Path, int] = {}
+
+LOCK_NAME = ".lock"
+
+
+def lock_run(run_dir: Path) -> None:
+    """Make this process the only writer of ``run_dir`` (``flock`` on ``<run>/.lock``).
+
+    Raises:
+        UserError: another process (a second ``--resume`` of the same run) holds it.
+    """
+    import fcntl
+
+    key = Path(run_dir).resolve()
+    if key in _LOCKS:
+        return
+    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        last = os.read(fd, 200).decode("utf-8", "replace").strip()
+        os.close(fd)
+        raise UserError(f"{run_dir}: in use by another process ({last or 'unknown'}); "
+                        "wait for it to end (one writer "
+                        "per run folder)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    _LOCKS[key] = fd
+
+
+def unlock_run(run_dir: Path) -> None:
+    """Release :func:`lock_run` (also released when the process exits)."""
+    fd = _LOCKS.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def lock_run_everywhere(run_dir: Path, comm: Comm) -> None:
+    """Rank 0 takes the run folder's lock; every rank fails alike when it is held."""
+    from harness.outputs import agree
+
+    agree(comm, lambda: lock_run(run_dir))
 
 
 def _point_latest(link: Path, target: Path) -> None:
@@ -127,8 +175,36 @@ def write_manifest(run_dir: Path, job: JobConfig, info: DistInfo, comm: Comm, *,
         "command": sys.argv,
     }
     manifest.update(extra or {})
+    if (run_dir / "manifest.json").is_file():  # a resume: the run's history stays
+        _record_resume(run_dir, manifest, dump_job(job))
+        return
     write_json_atomic(run_dir / "manifest.json", manifest)
-    (run_dir / "job.yaml").write_text(dump_job(job))
+    write_text_atomic(run_dir / "job.yaml", dump_job(job))
+
+
+def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> None:
+    """Append this start to ``manifest.json``'s ``resumes``; keep ``job.yaml`` as it was.
+
+    A resumed job that differs (``--set train.steps=...``) is saved beside it as
+    ``job-resume-N.yaml`` so the report can say what changed.
+    """
+    path = run_dir / "manifest.json"
+    try:
+        first = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON; the run folder is damaged") from None
+    if not isinstance(first, dict):
+        raise UserError(f"{path}: not a manifest; the run folder is damaged")
+    resumes = first.setdefault("resumes", [])
+    entry = {k: manifest[k] for k in ("created", "git_commit", "world_size", "launcher",
+                                      "nodes", "command") if k in manifest}
+    job_path = run_dir / "job.yaml"
+    if not job_path.is_file() or job_path.read_text(encoding="utf-8") != job_text:
+        name = f"job-resume-{len(resumes) + 1}.yaml"
+        write_text_atomic(run_dir / name, job_text)
+        entry["job"] = name
+    resumes.append(entry)
+    write_json_atomic(path, first)
 
 
 class MetricsLog:

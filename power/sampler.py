@@ -106,15 +106,18 @@ class PowerSampler:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.fmt == "csv":
-            gpu_fh = open(self.run_dir / "gpu_power.csv", "w", newline="", encoding="utf-8")
-            node_fh = open(self.run_dir / "node_power.csv", "w", newline="", encoding="utf-8")
+            # Append, never truncate: a resumed run keeps the samples of its earlier segments.
+            gpu_fh, gpu_new = _open_append(self.run_dir / "gpu_power.csv")
+            node_fh, node_new = _open_append(self.run_dir / "node_power.csv")
             self._files = [gpu_fh, node_fh]
             self._gpu_writer = csv.writer(gpu_fh)
-            self._gpu_writer.writerow(GPU_COLUMNS)
+            if gpu_new:
+                self._gpu_writer.writerow(GPU_COLUMNS)
             self._node_writer = csv.writer(node_fh)
-            self._node_writer.writerow(NODE_COLUMNS)
+            if node_new:
+                self._node_writer.writerow(NODE_COLUMNS)
         else:
-            self._jsonl = open(self.run_dir / "power_samples.jsonl", "w", encoding="utf-8")
+            self._jsonl, _ = _open_append(self.run_dir / "power_samples.jsonl")
             self._files = [self._jsonl]
         for i, g in enumerate(self.gpus):
             try:
@@ -269,3 +272,9 @@ class PowerSampler:
         total = sum(self._gpu_energy_j) + self._node_energy_j
         return {"gpus": list(self._gpu_energy_j), "node": self._node_energy_j, "total": total,
                 "estimated": self.node_estimated}
+
+
+def _open_append(path: Path):  # noqa: ANN202 - (text file, is_new)
+    """Open ``path`` for appending; True when it was empty (so a header belongs first)."""
+    fh = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed by the sampler
+    return fh, fh.tell() == 0

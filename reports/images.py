@@ -39,6 +39,7 @@ def png_data_uri(source: Path | Image.Image) -> str:
     """
     if isinstance(source, Path):
         data = source.read_bytes()
+        _check_size(data, source)
         if not data.startswith(_PNG_MAGIC):
             try:
                 with Image.open(io.BytesIO(data)) as im:
@@ -50,6 +51,21 @@ def png_data_uri(source: Path | Image.Image) -> str:
         source.save(buf, format="PNG", optimize=False)
         data = buf.getvalue()
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+#: Largest image a report embeds or resizes (a face is 96x112; this is generous).
+MAX_PIXELS = 4096 * 4096
+
+
+def _check_size(data: bytes, source: Path) -> None:
+    """Refuse a decompression bomb (a small file that decodes to gigapixels) before decoding."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            w, h = im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
+        raise OSError(f"{source.name}: not a usable image ({exc.__class__.__name__})") from exc
+    if w * h > MAX_PIXELS:
+        raise OSError(f"{source.name}: {w}x{h} is too large for a report face")
 
 
 def find_image(folder: Path | None, name: str) -> Path | None:
@@ -80,6 +96,7 @@ def bicubic_upscale(lr_path: Path, size: tuple[int, int] | None = None) -> Image
         lr_path: LR image.
         size: Output (width, height); default 4x the LR size (96x112 for ASC19's 24x28).
     """
+    _check_size(Path(lr_path).read_bytes(), Path(lr_path))
     with Image.open(lr_path) as im:
         rgb = im.convert("RGB")
     if size is None:

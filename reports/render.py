@@ -404,7 +404,7 @@ def _samples_section(run: RunData, i: int) -> Markup:
                     with Image.open(hr) as him:
                         size = him.size
                 bic = images.bicubic_upscale(lr, size)
-            except OSError as exc:
+            except (OSError, Image.DecompressionBombError) as exc:
                 log.warning("report: bicubic of %s failed: %s", lr, exc)
         head = el("div", el("b", smp.group), f" · {name} · {label} SR "
                   f"{fmt_num(rec.get(key), 4 if key == 'is' else 2)} · bicubic "

@@ -53,17 +53,51 @@ def test_load_refuses_garbage_and_pickles(tmp_path: Path) -> None:
 def test_latest_prune_and_resolve_resume(tmp_path: Path) -> None:
     run = tmp_path / "run"
     folder = run / "checkpoints"
+    full = {"model": {}, "optimizer": {}, "scheduler": {}}
     for step in (10, 2, 30):
-        ckpt.save_atomic({"model": {}, "step": step}, folder / ckpt.checkpoint_name(step))
+        ckpt.save_atomic({**full, "step": step}, folder / ckpt.checkpoint_name(step))
     ckpt.save_atomic({"model": {}}, folder / ckpt.BEST_NAME)
     assert [s for s, _ in ckpt.list_checkpoints(folder)] == [2, 10, 30]
     assert ckpt.latest(folder) == folder / "ckpt-000030.pt"
     assert ckpt.prune(folder, 2) == [folder / "ckpt-000002.pt"]
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "ckpt-000010.pt",
                                                          "ckpt-000030.pt"]
+    with pytest.raises(UserError, match="not a run folder"):
+        ckpt.resolve_resume(run)  # no job.yaml / manifest.json yet
+    (run / "job.yaml").write_text("name: x\n")
+    (run / "manifest.json").write_text("{}")
+    run = run.resolve()
+    folder = run / "checkpoints"
     assert ckpt.resolve_resume(run) == (run, folder / "ckpt-000030.pt")
     assert ckpt.resolve_resume(folder / "ckpt-000010.pt") == (run, folder / "ckpt-000010.pt")
+    with pytest.raises(UserError, match="weights only"):
+        ckpt.resolve_resume(folder / ckpt.BEST_NAME)
+    ckpt.save_atomic({**full, "step": 1}, tmp_path / "models" / "m.pt")
+    with pytest.raises(UserError, match="not a checkpoint of a run folder"):
+        ckpt.resolve_resume(tmp_path / "models" / "m.pt")
     with pytest.raises(UserError, match="no such run directory"):
         ckpt.resolve_resume(tmp_path / "missing")
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "empty" / "job.yaml").write_text("name: x\n")
+    (tmp_path / "empty" / "manifest.json").write_text("{}")
     with pytest.raises(UserError, match="no checkpoints"):
-        ckpt.resolve_resume(tmp_path)
+        ckpt.resolve_resume(tmp_path / "empty")
+
+
+def test_checkpoint_metadata_is_checked_before_building(tmp_path: Path) -> None:
+    """Crafted metadata (a 100000-wide model) is refused without allocating anything."""
+    from harness.generators import check_checkpoint_model
+    from kernels import build_model
+
+    weights = build_model("srresnet", num_feat=8, num_blocks=1).state_dict()
+    ok = {"model": weights, "model_name": "srresnet",
+          "model_kwargs": {"num_feat": 8, "num_blocks": 1}}
+    assert check_checkpoint_model(ok, "x") == ("srresnet", {"num_feat": 8, "num_blocks": 1})
+    for bad, match in (({"model_name": "evil"}, "unknown model"),
+                       ({"model_kwargs": {"num_feat": [1]}}, "flat mapping"),
+                       ({"model_kwargs": {"num_feat": 100000, "num_blocks": 1}}, "do not match"),
+                       ({"model": {"w": 1}}, "not a state dict")):
+        with pytest.raises(UserError, match=match):
+            check_checkpoint_model({**ok, **bad}, "x")
+    with pytest.raises(UserError, match="the job builds"):
+        check_checkpoint_model(ok, "x", expect=("srresnet", {"num_feat": 16, "num_blocks": 1}))

@@ -10,10 +10,11 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from harness.errors import UserError
+from harness.errors import UserError, describe_os_error
 
 
 def add_overrides(parser: argparse.ArgumentParser,
@@ -48,6 +49,24 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except Exception as exc:  # noqa: BLE001 - sorted below; bugs keep their traceback
+        from harness.watchdog import STALL_EXIT, job_was_aborted
+
+        if job_was_aborted() and not _debug():  # a stalled rank ended the job: said once
+            return STALL_EXIT
+        if not isinstance(exc, OSError):
+            raise
+        if not quiet:  # the machine's fault, not a bug: one line (traceback under -v)
+            if _debug():
+                traceback.print_exc()
+            print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _debug() -> bool:
+    """Tracebacks for environment errors: ``-v`` or ``HARNESS_DEBUG=1``."""
+    return (os.environ.get("HARNESS_DEBUG", "") not in ("", "0")
+            or logging.getLogger().isEnabledFor(logging.DEBUG))
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -43,7 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
                         help="progress: rich bar, plain lines, off, or auto (default)")
     parser.add_argument("--out", metavar="DIR",
-                        help="where to write scores.json and per_image.csv (default: --sr)")
+                        help="folder for scores.json and per_image.csv (default: print the "
+                             "scores only, so that re-scoring never replaces another "
+                             "command's results, e.g. infer's scores.json with its power "
+                             "figures)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier `harness evaluate` result in --out (never "
+                             "infer's scores)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,18 +63,28 @@ def run(args: argparse.Namespace) -> int:
     from harness.distributed import get_dist_info, shard
     from harness.generators import resolve_device
     from harness.logs import CountProgress, choose_log_format
-    from harness.scoring.evaluate import evaluate_dirs
+    from harness.outputs import agree
+    from harness.scoring.evaluate import check_scores_output, evaluate_dirs
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.shave < 0:
+        raise UserError(f"--shave {args.shave}: must be 0 or more")
+    if args.out:
+        agree(get_comm(), lambda: check_scores_output(args.out, [args.hr, args.sr, args.lr],
+                                                      overwrite=args.overwrite))
     info = get_dist_info()
     device = resolve_device(args.device, info, key="--device")
     mine = len(shard(pair_by_name(args.hr, args.sr, args.lr), info.rank, info.world_size))
     mode = choose_log_format(args.log_format, info.launcher) if info.is_master else "off"
     with CountProgress("evaluate", mine, mode) as bar:
-        result = evaluate_dirs(args.hr, args.sr, args.out or args.sr, lr_dir=args.lr,
+        result = evaluate_dirs(args.hr, args.sr, args.out, lr_dir=args.lr,
                                recognizer=args.recognizer, metrics=metrics,
                                batch_size=args.batch_size, shave=args.shave, device=device,
                                progress=bar.advance, precision=args.precision)
     print_scores(result, args.sr)
+    if result is not None and not args.out:
+        print("scores not saved (pass --out DIR to write scores.json and per_image.csv)")
     get_comm().barrier()
     return 0
 

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hr", metavar="DIR",
                         help="HR folder: score the outputs (IS with the bicubic baseline, "
                              "PSNR, SSIM) and write scores.json beside them")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace SR files already in --out (never an input)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
                         help="rich bar, plain lines, or auto (default: rich on an interactive "
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     job = load_job(job_or_default(args.job, "asc19-cpu-ft.yaml"), args.overrides)
     result = infer(job, lr_dir=args.lr, out_dir=args.out, checkpoint=args.checkpoint,
-                   hr_dir=args.hr,
+                   hr_dir=args.hr, overwrite=args.overwrite,
                    log_format="off" if args.quiet else args.log_format)
     if result.get("scores") and get_dist_info().is_master:
         print_scores({"summary": result["scores"], "paths": result["score_paths"]}, args.out)

@@ -65,7 +65,12 @@ def is_image_file(path: Path) -> bool:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Reads an image file as an RGB array (grey, palette and RGBA images are converted).
+    """Reads an image file as an 8-bit RGB array, converting faithfully or refusing.
+
+    8-bit RGB, grey and palette images are converted as PIL does. 16-bit PNGs (grey, RGB, with
+    alpha) are scaled to 8 bits with rounding (``round(v * 255 / 65535)``), never clipped.
+    An alpha channel is dropped only when every pixel is opaque: what lies under a transparent
+    pixel is undefined, so such an image is refused rather than scored.
 
     Args:
         path: Image file (any format PIL reads).
@@ -74,7 +79,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
         ``(H, W, 3)`` uint8 array.
 
     Raises:
-        UserError: The file is missing, unreadable, truncated or not an image.
+        UserError: The file is missing, unreadable, truncated, not an image, partly
+            transparent, or in a pixel format with no faithful 8-bit RGB form.
     """
     p = Path(path)
     if not p.is_file():
@@ -82,7 +88,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(p) as img:
             img.load()  # decode now, so truncated files fail here and not later
-            rgb = img.convert("RGB")
+            if _png_bit_depth(p) == 16:
+                return _sixteen_bit_png(p)
+            return _pil_to_rgb8(img, p)
     except (
         OSError,
         UnidentifiedImageError,
@@ -91,7 +99,64 @@ def read_rgb(path: str | Path) -> np.ndarray:
         Image.DecompressionBombError,
     ) as exc:
         raise UserError(f"{p}: cannot read as an image ({exc})") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bits per sample of a PNG (from its IHDR chunk), None for other files."""
+    with open(path, "rb") as fh:
+        head = fh.read(25)
+    if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def _drop_alpha(arr: np.ndarray, opaque: int, path: Path) -> np.ndarray:
+    """RGB of an RGBA array whose alpha must be ``opaque`` everywhere."""
+    if arr.shape[2] == 4:
+        if not np.all(arr[..., 3] == opaque):
+            raise UserError(f"{path}: has transparent pixels; save it without transparency "
+                            "(what lies under them is undefined)")
+        arr = arr[..., :3]
+    return arr
+
+
+def _pil_to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey (not a PNG file)
+        grey = np.asarray(img).astype(np.float64)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise UserError(f"{path}: {mode} values outside 0..65535; convert it to 8-bit RGB")
+        g8 = np.rint(grey * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(g8[..., None], 3, axis=2)
+    if mode == "F":
+        raise UserError(f"{path}: floating-point pixels have no defined 8-bit range; "
+                        "convert it to 8-bit RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        return np.ascontiguousarray(_drop_alpha(np.asarray(img.convert("RGBA")), 255, path))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _sixteen_bit_png(path: Path) -> np.ndarray:
+    """A 16-bit PNG as 8-bit RGB, rounded (PIL would truncate RGB and clip grey to white)."""
+    import cv2
+
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.dtype != np.uint16:
+        raise UserError(f"{path}: cannot read this 16-bit PNG")
+    if raw.ndim == 2:
+        raw = raw[..., None]
+    if raw.shape[2] == 1:
+        raw = np.repeat(raw, 3, axis=2)
+    elif raw.shape[2] == 2:  # grey + alpha
+        raw = np.concatenate([np.repeat(raw[..., :1], 3, axis=2), raw[..., 1:]], axis=2)
+    else:
+        order = [2, 1, 0, 3] if raw.shape[2] == 4 else [2, 1, 0]
+        raw = raw[..., order]
+    rgb = _drop_alpha(raw, 65535, path)
+    out = np.rint(rgb.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    return np.ascontiguousarray(out)
 
 
 def list_images(directory: str | Path) -> list[Path]:

@@ -326,6 +326,33 @@ def write_scores(
     return json_path, csv_path
 
 
+def _written_by_infer(path: Path) -> str | None:
+    """Why ``path`` must never be replaced by a scoring command (None: it may be)."""
+    if path.name != "scores.json":
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")).get("meta") or {}
+    except (OSError, ValueError, AttributeError):
+        return "is not a scores file of `harness evaluate`"
+    if isinstance(meta, dict) and "inference" in meta:
+        return "holds `harness infer`'s scores (IS, bicubic baseline, power figures)"
+    return None
+
+
+def check_scores_output(out_dir: str | Path, inputs: Sequence[str | Path | None], *,
+                        overwrite: bool = False) -> Path:
+    """Check ``--out`` of ``harness evaluate`` before scoring (see :mod:`harness.outputs`).
+
+    An earlier evaluate result is replaced only with ``overwrite``; infer's ``scores.json``
+    (with its power figures, which cannot be measured again) never is.
+    """
+    from harness.outputs import check_output
+
+    return check_output(out_dir, inputs, overwrite=overwrite,
+                        will_write=("scores.json", "per_image.csv"),
+                        protected=_written_by_infer)
+
+
 _FORMATS = {"psnr": "{:.3f}", "psnr_y": "{:.3f}", "rmse": "{:.3f}", "niqe": "{:.3f}"}
 
 
@@ -368,6 +395,17 @@ def render_table(summary: Mapping[str, Any], title: str = "Scores") -> Table:
         extra = f"{summary['resized']} SR images resized to HR size"
         table.caption = f"{table.caption}; {extra}" if table.caption else extra
     return table
+
+
+def _check_shave(shave: int, pairs: Sequence[Pair]) -> None:
+    """``shave`` must leave pixels of the first HR image (one line, not a traceback)."""
+    if shave < 0:
+        raise UserError(f"--shave {shave}: must be 0 or more")
+    if shave and pairs:
+        h, w = read_rgb(pairs[0].hr).shape[:2]
+        if 2 * shave >= min(h, w):
+            raise UserError(f"--shave {shave}: leaves nothing of a {w}x{h} image (at most "
+                            f"{(min(h, w) - 1) // 2})")
 
 
 def evaluate_dirs(
@@ -414,6 +452,7 @@ def evaluate_dirs(
     comm = comm or get_comm()
     rank, world_size = comm.rank, comm.size
     pairs = pair_by_name(hr_dir, sr_dir, lr_dir)
+    _check_shave(shave, pairs)
     mine = shard(pairs, rank, world_size)
     rec_obj = recognizer
     if "is" in names and (rec_obj is None or isinstance(rec_obj, str)):

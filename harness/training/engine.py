@@ -19,13 +19,8 @@ from typing import Any
 import torch
 
 from harness.config import JobConfig
-from harness.distributed import (
-    Comm,
-    DistInfo,
-    Reducer,
-    init_horovod,
-    init_torch_distributed,
-)
+from harness.distributed import Comm, DistInfo, Reducer, init_horovod, init_torch_distributed
+from harness.watchdog import torch_timeout_s
 from harness.errors import UserError
 from harness.generators import build_generator, load_initial_weights, model_kwargs
 
@@ -178,7 +173,7 @@ def _build_model(job: JobConfig, device: str, info: DistInfo, comm: Comm,
     wrapped = model
     if info.distributed and t.backend == "ddp":
         init_torch_distributed(info, comm, backend="nccl" if device.startswith("cuda")
-                               else "gloo")
+                               else "gloo", timeout_s=torch_timeout_s(t.collective_timeout_s))
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         wrapped = DDP(model, device_ids=[torch.device(device).index]

@@ -34,13 +34,14 @@ from harness.distributed import (
 from harness.fileio import write_json_atomic
 from harness.generators import (
     model_kwargs,
+    preflight_model,
     resolve_device,
     resolve_init_from,
     set_threads,
 )
 from harness.logs import RunLog, choose_log_format
 from harness.precision import autocast
-from harness.runs import MetricsLog, create_run_dir, write_manifest
+from harness.runs import MetricsLog, create_run_dir, lock_run_everywhere, write_manifest
 from harness.training.engine import (
     EmbeddingCache,
     Engine,
@@ -50,6 +51,7 @@ from harness.training.engine import (
 )
 from harness.training.progress import TrainProgress, print_summary
 from harness.training.validate import validate
+from harness.watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Trainer:
                           and only_flips(job.data.augment) else None)
         # Fault injection for tests of the divergence path (see the README's testing notes).
         self.fault_nan_step = int(os.environ.get("HARNESS_FAULT_NAN_STEP", "0") or 0)
+        self.watchdog = StallWatchdog(job.train.collective_timeout_s, info.rank,
+                                      info.world_size, run_dir, comm)
 
     def restore(self, path: Path) -> None:
         """Continue from the full checkpoint ``path`` (step, best score, RNG of this rank)."""
@@ -177,6 +181,7 @@ class Trainer:
                        t_start + time_limit_deadline(self.job) - time.monotonic())
         step, stopped_early = self.start_step, False
         for step in range(self.start_step, t.steps):
+            self.watchdog.arm(step + 1)
             t0 = time.perf_counter()
             terms, mine = self.step(step)
             lr_now = self.engine.sched.get_last_lr()[0]
@@ -191,8 +196,10 @@ class Trainer:
                                     "time_s": time.perf_counter() - t_start})
             display.update(done, terms.get("total", float("nan")), self.val_res.get("val_is"))
             if t.val_every and done % t.val_every == 0 and done != t.steps:
+                self.watchdog.disarm("validation")
                 self.validate(done)
             if t.ckpt_every and done % t.ckpt_every == 0 and done != t.steps:
+                self.watchdog.disarm("checkpoint")
                 self.save(done)
             if stop_after is not None and done >= stop_after:
                 return {"final_step": done, "images": images, "t_start": t_start,
@@ -241,11 +248,13 @@ def _open_run(job: JobConfig, info: DistInfo, comm: Comm, resume: str | None,
         if info.is_master:
             log.info("--resume auto: %s", f"continuing {resume}" if resume else "no earlier "
                      f"run of {job.name} with a checkpoint: starting a new run")
-    if resume:
-        run_dir, resume_ckpt = ckpt.resolve_resume(resume)
+    if resume:  # checked in full before anything is written; one writer per run folder
+        run_dir, resume_ckpt = ckpt.resolve_resume(resume, job)
+        lock_run_everywhere(run_dir, comm)
         return run_dir, resume_ckpt, None
     # model.init_from is resolved before a run folder exists, so a typo leaves none.
     init_path = resolve_init_from(job) if job.model.init_from else None
+    preflight_model(job, init_path)
     return create_run_dir(job, comm, run_parent), None, init_path
 
 
@@ -344,13 +353,15 @@ def _run(trainer: Trainer, log_format: str, log_interval_s: float,
     mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
     trainer.engine.wrapped.train()
     trainer.last_saved = ckpt.latest(trainer.ckpt_dir)
-    with StopSignals() as signals, power_session(job, info, comm, run_dir) as power:
+    with StopSignals() as signals, trainer.watchdog, \
+            power_session(job, info, comm, run_dir) as power:
         display = TrainProgress(mode, total=job.train.steps, start=trainer.start_step,
                                 batch_size=job.train.batch_size, interval_s=log_interval_s,
                                 power=power.live)
         try:
             with display:
                 ended = trainer.loop(power, display, stop_after, signals)
+                trainer.watchdog.disarm("the end of training")
                 if not ended["interrupted"]:
                     trainer.validate(ended["final_step"])
                 trainer.save(ended["final_step"])

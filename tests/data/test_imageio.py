@@ -151,3 +151,49 @@ def test_tensor_roundtrip() -> None:
     assert from_tensor(torch.full((1, 3, 4, 4), 2.0))[0].max() == 255  # clamped
     with pytest.raises(ValueError, match="differ in shape"):
         to_tensor([imgs[0], imgs[0][:-4]])
+
+
+def _png16(path: Path, arr: np.ndarray) -> Path:
+    """Write a real 16-bit PNG (OpenCV keeps uint16; channels given in RGB(A) order)."""
+    import cv2
+
+    if arr.ndim == 3:
+        arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]
+    assert cv2.imwrite(str(path), arr)
+    return path
+
+
+def test_read_rgb_16_bit_grey_and_rgb_are_scaled_not_clipped(tmp_path: Path) -> None:
+    ramp = np.array([[0, 257, 32767, 32896, 65535]], np.uint16)
+    grey = read_rgb(_png16(tmp_path / "g.png", ramp))
+    assert grey.dtype == np.uint8 and grey.shape == (1, 5, 3)
+    assert grey[0, :, 0].tolist() == [0, 1, 127, 128, 255]  # round(v * 255 / 65535)
+    rgb = read_rgb(_png16(tmp_path / "c.png", np.stack([ramp, ramp // 2, 65535 - ramp], -1)))
+    assert rgb[0, 4].tolist() == [255, 127, 0] and rgb[0, 0].tolist() == [0, 0, 255]
+
+
+def test_read_rgb_16_bit_pair_does_not_score_as_identical(tmp_path: Path) -> None:
+    """The bug: both files read as all-white, so any two 16-bit faces got PSNR inf."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    b = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    ra, rb = read_rgb(_png16(tmp_path / "a.png", a)), read_rgb(_png16(tmp_path / "b.png", b))
+    assert not np.array_equal(ra, rb) and ra.std() > 30
+
+
+def test_read_rgb_alpha_palette_and_transparency(tmp_path: Path) -> None:
+    opaque = np.full((2, 2, 4), 255, np.uint8)
+    opaque[..., 0] = 10
+    Image.fromarray(opaque).save(tmp_path / "o.png")
+    assert read_rgb(tmp_path / "o.png")[0, 0].tolist() == [10, 255, 255]
+    Image.fromarray(np.full((2, 2), 7, np.uint8)).convert("P").save(tmp_path / "p.png")
+    assert read_rgb(tmp_path / "p.png").shape == (2, 2, 3)
+    seethrough = opaque.copy()
+    seethrough[0, 0, 3] = 0
+    Image.fromarray(seethrough).save(tmp_path / "t.png")
+    with pytest.raises(UserError, match="transparent"):
+        read_rgb(tmp_path / "t.png")
+    s16 = np.full((2, 2, 4), 65535, np.uint16)
+    s16[1, 1, 3] = 100
+    with pytest.raises(UserError, match="transparent"):
+        read_rgb(_png16(tmp_path / "t16.png", s16))
