@@ -293,3 +293,38 @@ def power_session(job: JobConfig, info: DistInfo, comm: Comm,
     if not job.power.enabled:
         return NullPowerSession()
     return PowerSession(job, info, comm, out_dir)
+
+
+def combine_segments(earlier: dict[str, Any] | None, latest: dict[str, Any]) -> dict[str, Any]:
+    """Whole-run power figures of a resumed run: ``earlier`` (the previous segments' summary)
+    followed by ``latest`` (this segment's). Energy, images, crossings and their time add up;
+    the peak is the larger; averages and per-image figures are recomputed from the sums.
+    """
+    if not earlier or not earlier.get("enabled") or not latest.get("enabled") \
+            or "energy_j" not in latest:
+        return latest
+
+    def duration(s: dict[str, Any]) -> float:
+        avg = float(s.get("avg_cluster_w") or 0.0)
+        return float(s.get("energy_j") or 0.0) / avg if avg > 0 else 0.0
+
+    out = dict(latest)
+    energy = float(earlier.get("energy_j", 0.0)) + float(latest["energy_j"])
+    images = int(earlier.get("images", 0)) + int(latest.get("images", 0))
+    seconds = duration(earlier) + duration(latest)
+    out.update(
+        energy_j=energy, images=images,
+        avg_cluster_w=energy / seconds if seconds > 0 else latest.get("avg_cluster_w", 0.0),
+        peak_cluster_w=max(float(earlier.get("peak_cluster_w") or 0.0),
+                           float(latest.get("peak_cluster_w") or 0.0)),
+        crossings=int(earlier.get("crossings", 0)) + int(latest.get("crossings", 0)),
+        crossing_time_s=float(earlier.get("crossing_time_s", 0.0))
+        + float(latest.get("crossing_time_s", 0.0)),
+        fail_safe_steps=int(earlier.get("fail_safe_steps", 0))
+        + int(latest.get("fail_safe_steps", 0)),
+        images_per_s=images / seconds if seconds > 0 else 0.0,
+        images_per_s_per_w=images / energy if energy > 0 else 0.0,
+        j_per_image=energy / images if images > 0 else 0.0,
+        segments=int(earlier.get("segments", 1)) + 1,
+    )
+    return out

@@ -63,6 +63,9 @@ def sweep(job: JobConfig, options: Any) -> tuple[dict[str, Any], Path]:
                      extra=tuple(sorted(extra.items())))
     out = Path(options.resume or options.out or Path(job.launch.run_dir)
                / f"{job.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    from harness.outputs import check_not_input
+
+    check_not_input(out, [options.sim_state, options.checkpoint], what="--out")
     if options.resume and not (out / "sweep.json").is_file():
         raise UserError(f"--resume {out}: no sweep.json there")
     meter = ExternalMeter(p.meter_command, clock=clock) if p.meter_command else None

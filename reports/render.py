@@ -165,6 +165,10 @@ def _power_enabled(block: dict[str, Any]) -> bool:
 # --- summary ---------------------------------------------------------------------------------
 
 
+GENERATOR = "facesr-harness report"
+"""The page's ``<meta name="generator">``: how ``harness report`` knows a file it may replace."""
+
+
 def _summary_section(run: RunData, i: int) -> Markup:
     s = run.summary or {}
     parts: list[Any] = [el("h3", "Summary")]
@@ -793,6 +797,7 @@ def render_report(runs: Sequence[RunData], sweep: SweepData | None = None,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta http-equiv=\"Content-Security-Policy\" content=\"{csp}\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<meta name=\"generator\" content=\"{GENERATOR}\">\n"
         "<title>{title}</title>\n<style>{css}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n",
         csp=CSP, title=title, css=Markup(CSS), body=join(body, "\n"))
     return str(page)

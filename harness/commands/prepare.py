@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if not (args.src and args.out):
         raise UserError("prepare needs SRC and --out DIR (or --fingerprint --hr --lr)")
     info, comm = get_dist_info(), get_comm()
+    from harness.outputs import agree, check_not_input
+
+    agree(comm, lambda: check_not_input(args.out, [args.src]))  # never into or over SRC
     result = shards.prepare(args.src, args.out, kernel=args.kernel, crop=args.crop,
                              rank=info.rank, world_size=info.world_size,
                              shard_size=args.shard_size, progress=info.is_master,

@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a power-sweep directory (with sweep.json): adds the "
                              "throughput-vs-power chart and the chosen cap plan")
     parser.add_argument("-o", "--out", default="report.html", metavar="HTML",
-                        help="output file (default: report.html)")
+                        help="output file (default: report.html); an existing file is replaced "
+                             "only if it is an earlier harness report, or with --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace -o even if it is not a harness report (never an input)")
     parser.add_argument("--mlperf-out", metavar="DIR",
                         help="also write each run's MLPerf-style result and power logs "
                              "(result_<i>.txt, power/result_<i>/node_<n>.txt) into DIR; needs "
@@ -53,6 +56,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "found by name)")
 
 
+def _check_out(out: str, args: argparse.Namespace) -> None:
+    """Never write the report over an input; replace an existing file only if it is an earlier
+    harness report or the user passed --overwrite. (A new file inside a run folder is fine:
+    ``RUN/report.html`` is where the demo keeps it.)"""
+    from pathlib import Path
+
+    from reports.render import GENERATOR
+
+    path = Path(out).resolve()
+    for given in (*args.run_dirs, args.sweep, getattr(args, "meter", None)):
+        if given and Path(given).resolve() == path:
+            raise UserError(f"-o {out}: is also an input; choose another file name")
+    if path.is_dir():
+        raise UserError(f"-o {out}: is a folder, not a file")
+    if path.exists() and not getattr(args, "overwrite", False):
+        with open(path, "rb") as fh:
+            head = fh.read(2048).decode("utf-8", "replace")
+        if f'content="{GENERATOR}"' not in head:
+            raise UserError(f"-o {out}: already exists and is not a harness report; choose "
+                            "another name or pass --overwrite")
+
+
 def run(args: argparse.Namespace) -> int:
     """Render the report; returns the exit code."""
     from reports.render import write_report
@@ -60,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     out = str(args.out)
     if not out or out.endswith(("/", "\\")):
         raise UserError(f"--out {out!r}: expected a file name, e.g. report.html")
+    _check_out(out, args)
     if getattr(args, "meter", None):
         _import_meter(args)
     try:

@@ -168,7 +168,7 @@ def _build_model(job: JobConfig, device: str, info: DistInfo, comm: Comm,
         load_initial_weights(model, job, init_path)
         if info.is_master:
             log.info("generator initialised from %s", init_path)
-    if device.startswith("cuda") and t.channels_last:
+    if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     wrapped = model
     if info.distributed and t.backend == "ddp":
@@ -213,6 +213,8 @@ def _build_losses(job: JobConfig, device: str) -> dict[str, Any]:
     from harness.scoring.recognizers import load_recognizer
 
     loss_rec = loss_recognizer(job, device)
+    if loss_rec is not None and job.train.channels_last:
+        loss_rec.use_channels_last()
     eval_rec = None
     if "is" in job.eval.metrics:
         eval_rec = (loss_rec if loss_rec is not None and job.eval.recognizer == job.loss.recognizer

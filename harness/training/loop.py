@@ -40,7 +40,7 @@ from harness.generators import (
     set_threads,
 )
 from harness.logs import RunLog, choose_log_format
-from harness.precision import autocast
+from harness.precision import autocast, resolve_precision
 from harness.runs import MetricsLog, create_run_dir, lock_run_everywhere, write_manifest
 from harness.training.engine import (
     EmbeddingCache,
@@ -103,9 +103,8 @@ class Trainer:
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_master)
         self.batches = BatchLoader(train_set, job, info.rank, info.world_size)
         t, loss_rec = job.train, engine.loss_rec
-        precision = t.precision if t.precision != "auto" else (
-            "bf16" if engine.device.startswith("cuda") else "fp32")
-        self.autocast = autocast(engine.device, precision)
+        self.precision = resolve_precision(t.precision, engine.device)
+        self.autocast = autocast(engine.device, self.precision)
         # HR targets take only two forms each when augmentation just mirrors: embed them once.
         self.emb_cache = (EmbeddingCache(loss_rec) if job.loss.identity and loss_rec is not None
                           and only_flips(job.data.augment) else None)
@@ -160,6 +159,8 @@ class Trainer:
         """Train on the batch of ``step``; returns the mean loss terms and this rank's images."""
         idx, lr, hr, flips = self.batches.get(step)
         lr, hr = lr.to(self.engine.device), hr.to(self.engine.device)
+        if self.job.train.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
         hr_emb = (self.emb_cache.lookup(list(zip(idx, flips)), hr)
                   if self.emb_cache is not None else None)
         try:
@@ -227,6 +228,7 @@ class Trainer:
         return {
             "run_dir": str(self.run_dir), "job": self.job.name, "steps": ended["final_step"],
             "world_size": info.world_size, "backend": t.backend, "device": self.engine.device,
+            "precision": self.precision,
             "images": images, "train_time_s": elapsed,
             "images_per_s": images / elapsed if elapsed > 0 else 0.0,
             "best_val_is": self.best_is if self.best_is > -math.inf else None,
@@ -344,10 +346,20 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     return summary
 
 
+def _previous_power(run_dir: Path) -> dict[str, Any] | None:
+    """The power block of the summary the run's earlier segment wrote, if readable."""
+    import json
+
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("power")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _run(trainer: Trainer, log_format: str, log_interval_s: float,
          stop_after: int | None) -> dict[str, Any]:
     """Steps, final validation and checkpoint, summary (inside the power session)."""
-    from harness.power_session import power_session
+    from harness.power_session import combine_segments, power_session
 
     job, info, comm, run_dir = trainer.job, trainer.info, trainer.comm, trainer.run_dir
     mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
@@ -370,6 +382,8 @@ def _run(trainer: Trainer, log_format: str, log_interval_s: float,
         finally:
             trainer.batches.close()
     trainer.metrics.close()
+    if trainer.start_step > 0:  # resumed: the power figures cover the whole run
+        power_summary = combine_segments(_previous_power(run_dir), power_summary)
     summary = trainer.summary(ended, elapsed, power_summary)
     if info.is_master:
         write_json_atomic(run_dir / "summary.json", summary)

@@ -158,6 +158,15 @@ CASES = [
          _train("--set", "model.init_from={t}/x/other-arch.pt"), 2, "the job builds"),
     Case("train: model.init_from with crafted metadata",
          _train("--set", "model.init_from={t}/x/crafted.pt"), 2, "do not match"),
+    Case("report -o over a file that is not a report", lambda t: [
+        "report", str(t / "runs/run"), "-o", str(t / "afile")], 2, "not a harness report"),
+    Case("report -o over the run's job.yaml", lambda t: [
+        "report", str(t / "runs/run"), "-o", str(t / "runs/run/job.yaml")], 2,
+        "not a harness report"),
+    Case("report -o is the run folder", lambda t: [
+        "report", str(t / "runs/run"), "-o", str(t / "runs/run")], 2, "is also an input"),
+    Case("prepare --out into its source", lambda t: [
+        "prepare", str(t / "HR"), "--out", str(t / "HR/packed")], 2, "lies inside the input"),
 ]
 
 

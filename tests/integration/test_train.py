@@ -261,3 +261,20 @@ def test_sigusr1_checkpoints_stops_cleanly_and_resumes(mpirun: str, tmp_path: Pa
                                   str(step + 2)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(_train_losses(run))[-1] == step + 2
+
+
+def test_resumed_run_reports_whole_run_power(tmp_path: Path) -> None:
+    """After --resume the power figures cover both segments, not only the last."""
+    base = ["train", "--job", SMOKE, "--quiet", "--run-dir", str(tmp_path), "--set",
+            "train.steps=4", "--set", "power.enabled=true"]
+    first = run_harness(*base, "--stop-after", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = _only_run(tmp_path)
+    part = json.loads((run / "summary.json").read_text())["power"]
+    again = run_harness(*base, "--resume", str(run))
+    assert again.returncode == 0, again.stderr[-2000:]
+    whole = json.loads((run / "summary.json").read_text())["power"]
+    assert part["images"] == 2 * 4 and whole["images"] == 4 * 4
+    assert whole["energy_j"] > part["energy_j"] and whole["segments"] == 2
+    assert whole["j_per_image"] == pytest.approx(whole["energy_j"] / 16, rel=1e-9)
+    assert whole["peak_cluster_w"] >= part["peak_cluster_w"]
