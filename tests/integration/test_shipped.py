@@ -34,7 +34,8 @@ def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
 def test_infer_uses_shipped_weights_and_beats_bicubic(tmp_path: Path) -> None:
     out = tmp_path / "sr"
     proc = run_harness("infer", "--lr", "embedded:heldout", "--out", str(out), "--quiet",
-                       "--set", "eval.metrics=[is, psnr]", timeout=600)
+                       "--set", "eval.metrics=[is, psnr]", "--set", "infer.precision=fp32",
+                       timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores = json.loads((out / "scores.json").read_text())
     assert scores["meta"]["inference"]["weights"].endswith(ENTRIES[0]["file"])
