@@ -311,7 +311,7 @@ class EvalConfig:
     """Recognizer precision for scores; ``bf16`` is faster and labelled approximate."""
 
     def __post_init__(self) -> None:
-        from harness.scoring.evaluate import ALL_METRICS  # the owner of the metric names
+        from harness.scoring import ALL_METRICS  # the owner of the metric names
 
         for m in self.metrics:
             _check(m in ALL_METRICS, "metrics", f"unknown metric {excerpt(m)} (expected some "

@@ -40,6 +40,7 @@ from harness.data.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_r
 from harness.distributed import Comm, get_comm, shard, unshard
 from harness.errors import UserError
 from harness.fileio import write_text_atomic
+from harness.scoring import ALL_METRICS
 from harness.scoring import metrics as _m
 from harness.scoring.identity import identity_similarity_arrays
 
@@ -61,8 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Metric names accepted by :func:`score_pairs`, in the order records list them.
-ALL_METRICS: tuple[str, ...] = ("is", "psnr", "ssim", "psnr_y", "ssim_y", "rmse", "niqe")
 #: What ``harness evaluate`` measures unless told otherwise.
 DEFAULT_METRICS: frozenset[str] = frozenset(ALL_METRICS)
 #: Suffix of the bicubic-baseline metrics (``psnr_bicubic``, ...).
