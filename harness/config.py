@@ -237,7 +237,8 @@ class TrainConfig:
     README's bf16 study: the same held-out IS, 2.8x the images/s on the demo)."""
     channels_last: bool = True
     """Channels-last memory format for the generator and the loss recognizer (faster
-    convolutions on GPUs and CPUs)."""
+    convolutions on GPUs and CPUs; the generator stays contiguous under Horovod, whose
+    collectives take contiguous tensors only)."""
     threads_per_rank: int = 0
     """torch CPU threads per rank (0 = cores / local ranks)."""
     seed: int = 0

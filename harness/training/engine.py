@@ -168,7 +168,7 @@ def _build_model(job: JobConfig, device: str, info: DistInfo, comm: Comm,
         load_initial_weights(model, job, init_path)
         if info.is_master:
             log.info("generator initialised from %s", init_path)
-    if t.channels_last:
+    if t.channels_last and t.backend != "horovod":  # Horovod reduces contiguous tensors only
         model = model.to(memory_format=torch.channels_last)
     wrapped = model
     if info.distributed and t.backend == "ddp":

@@ -104,6 +104,7 @@ class Trainer:
         self.batches = BatchLoader(train_set, job, info.rank, info.world_size)
         t, loss_rec = job.train, engine.loss_rec
         self.precision = resolve_precision(t.precision, engine.device)
+        self.channels_last = t.channels_last and t.backend != "horovod"  # as the engine's model
         self.autocast = autocast(engine.device, self.precision)
         # HR targets take only two forms each when augmentation just mirrors: embed them once.
         self.emb_cache = (EmbeddingCache(loss_rec) if job.loss.identity and loss_rec is not None
@@ -159,7 +160,7 @@ class Trainer:
         """Train on the batch of ``step``; returns the mean loss terms and this rank's images."""
         idx, lr, hr, flips = self.batches.get(step)
         lr, hr = lr.to(self.engine.device), hr.to(self.engine.device)
-        if self.job.train.channels_last:
+        if self.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
         hr_emb = (self.emb_cache.lookup(list(zip(idx, flips)), hr)
                   if self.emb_cache is not None else None)

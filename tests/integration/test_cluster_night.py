@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, mpi_env, run_harness, run_mpi
+from tests.conftest import ROOT, run_harness, run_mpi
 
 SMOKE = str(ROOT / "jobs" / "smoke.yaml")
 FAST_DEFAULT = ["--set", "train.steps=2", "--set", "loss.identity=0", "--set",
@@ -42,7 +42,7 @@ def test_plain_lines_when_stdout_is_a_file(tmp_path: Path) -> None:
     out = tmp_path / "log.txt"
     with out.open("w") as fh:
         proc = subprocess.run([sys.executable, "-m", "harness.train", "--job", SMOKE,
-                               "--run-dir", str(tmp_path / "runs"), "--log-interval", "0.01"],
+                               "--run-dir", str(tmp_path / "runs"), "--log-interval", "1e-9"],
                               stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, timeout=300,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     text = out.read_text()
@@ -78,7 +78,7 @@ def test_terminal_gets_the_bar_and_plain_on_request(tmp_path: Path) -> None:
     rich = _on_pty(["--job", SMOKE, "--run-dir", str(tmp_path / "a")], ROOT)
     assert "harness.progress: step" not in rich and "train" in rich
     plain = _on_pty(["--job", SMOKE, "--run-dir", str(tmp_path / "b"), "--log-format", "plain",
-                     "--log-interval", "0.01"], ROOT)
+                     "--log-interval", "1e-9"], ROOT)
     assert "harness.progress: step 4/4" in plain
 
 

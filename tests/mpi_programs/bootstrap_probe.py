@@ -1,5 +1,6 @@
 """Run under mpirun: bootstrap through harness.distributed, report what this rank sees."""
 import json
+import sys
 
 from harness.distributed import get_comm, get_dist_info, init_torch_distributed, rendezvous
 
@@ -14,10 +15,13 @@ def main() -> None:
 
     t = torch.tensor([float(info.rank + 1)])
     dist.all_reduce(t)
-    print(json.dumps({"rank": info.rank, "world_size": info.world_size,
+    row = json.dumps({"rank": info.rank, "world_size": info.world_size,
                       "local_rank": info.local_rank, "launcher": info.launcher,
                       "addr": addr, "port": port, "allreduce": t.item(),
-                      "comm_size": comm.size}), flush=True)
+                      "comm_size": comm.size})
+    # One write per line: two ranks share the pipe, and a write below PIPE_BUF is atomic.
+    sys.stdout.write(row + "\n")
+    sys.stdout.flush()
     dist.destroy_process_group()
 
 

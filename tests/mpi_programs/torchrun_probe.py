@@ -25,14 +25,17 @@ def main() -> None:
 
     t = torch.tensor([float(info.rank + 1)])
     dist.all_reduce(t)
-    print(json.dumps({
+    row = json.dumps({
         "rank": info.rank, "world_size": info.world_size, "local_rank": info.local_rank,
         "local_world_size": info.local_world_size, "launcher": info.launcher,
         "comm": type(comm).__name__, "comm_rank": comm.rank, "comm_size": comm.size,
         "allgather": comm.allgather(info.rank * 10), "bcast": comm.bcast(f"from {info.rank}"),
         "gather": gathered, "allreduce": comm.allreduce_sum(info.rank + 1.5),
         "tensor_allreduce": t.item(), "leaders": leader_view, "addr": addr, "port": port,
-        "mpi4py_loaded": "mpi4py" in sys.modules, "argv": sys.argv[1:]}), flush=True)
+        "mpi4py_loaded": "mpi4py" in sys.modules, "argv": sys.argv[1:]})
+    # One write per line: two ranks share the pipe, and a write below PIPE_BUF is atomic.
+    sys.stdout.write(row + "\n")
+    sys.stdout.flush()
     dist.destroy_process_group()
 
 
