@@ -17,7 +17,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from reports.markup import Markup
-from reports.rundata import PowerData, SweepData
+from reports.rundata import PowerData, SweepData, interp_at
 
 __all__ = [
     "gpu_timelines",
@@ -288,7 +288,7 @@ def meter_chart(power: PowerData, key: str, title: str) -> Markup | None:
     top.set_ylabel("power (W)")
     top.set_title(mpl_text(title, 90))
     top.legend(loc="lower right", ncol=3)
-    ours_at = [_interp_at(t, ot, ow) for t in mt]
+    ours_at = [interp_at(t, ot, ow) for t in mt]
     diff = [m - o for m, o in zip(mw, ours_at)]
     dx, dy = thin([t - t0 for t in mt], diff)
     bottom.plot(dx, dy, lw=1.0, color=_COLORS[3], drawstyle="steps-post")
@@ -298,22 +298,6 @@ def meter_chart(power: PowerData, key: str, title: str) -> Markup | None:
 
     bottom.set_xlabel(f"seconds after {utc_iso(t0)[:19]} UTC")
     return svg_of(fig, key)
-
-
-def _interp_at(t: float, ts: Sequence[float], ws: Sequence[float]) -> float:
-    if t <= ts[0]:
-        return ws[0]
-    if t >= ts[-1]:
-        return ws[-1]
-    lo, hi = 0, len(ts) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ts[mid] <= t:
-            lo = mid
-        else:
-            hi = mid
-    span = ts[hi] - ts[lo]
-    return ws[hi] if span <= 0 else ws[lo] + (ws[hi] - ws[lo]) * (t - ts[lo]) / span
 
 
 @_with_rc

@@ -68,7 +68,7 @@ class NodePower:
             for t, w in zip(ts, self.gpu_power_w[gpu]):
                 by_t[t] += w
         times = sorted(by_t)
-        totals = [by_t[t] + _interp(t, self.node_t_s, self.node_other_w) for t in times]
+        totals = [by_t[t] + interp_at(t, self.node_t_s, self.node_other_w) for t in times]
         return times, totals
 
 
@@ -113,7 +113,7 @@ class PowerData:
         if not series:
             return [], []
         times = sorted({t for ts, _ in series for t in ts})
-        return times, [sum(_interp(t, ts, ws) for ts, ws in series) for t in times]
+        return times, [sum(interp_at(t, ts, ws) for ts, ws in series) for t in times]
 
     def cluster_series_unix(self) -> tuple[list[float], list[float]]:
         """Cluster power on wall-clock time (Unix s UTC); empty when a node lacks UTC stamps.
@@ -134,7 +134,7 @@ class PowerData:
         start = max(ts[0] for ts, _ in series)
         end = min(ts[-1] for ts, _ in series)
         times = sorted({t for ts, _ in series for t in ts if start <= t <= end})
-        return times, [sum(_interp(t, ts, ws) for ts, ws in series) for t in times]
+        return times, [sum(interp_at(t, ts, ws) for ts, ws in series) for t in times]
 
     @property
     def sensor_kinds(self) -> dict[str, int]:
@@ -241,7 +241,7 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _interp(t: float, ts: list[float], ws: list[float]) -> float:
+def interp_at(t: float, ts: list[float], ws: list[float]) -> float:
     """Piecewise-linear value at ``t`` (held at the ends; 0 with no samples)."""
     if not ts:
         return 0.0
