@@ -33,7 +33,7 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
   sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
     "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
   grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt"
-  "$PY" -m pip install -q cloudpickle packaging wheel setuptools
+  "$PY" -m pip install -q cloudpickle packaging cffi wheel setuptools
   mkdir -p "$cache"
   HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
     HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITHOUT_GLOO=1 HOROVOD_CPU_OPERATIONS=MPI \
@@ -41,5 +41,5 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
     "$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$cache" "$src"
 fi
 "$PY" -m pip install -q --no-deps --force-reinstall "$cache"/horovod-*.whl
-"$PY" -m pip install -q cloudpickle packaging
+"$PY" -m pip install -q cloudpickle packaging cffi
 "$PY" -c 'import horovod.torch as hvd; print("build_horovod: horovod", __import__("horovod").__version__, "with MPI:", hvd.mpi_built())'

@@ -165,53 +165,19 @@ def score_pairs(
         raise ValueError("metric 'is' needs a recognizer")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from concurrent.futures import ThreadPoolExecutor
+
     records: list[dict[str, Any]] = []
     resized: list[str] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        hrs = [read_rgb(p.hr) for p in chunk]
-        srs = []
-        for p, hr in zip(chunk, hrs, strict=True):
-            sr = read_rgb(p.sr)
-            if sr.shape != hr.shape:
-                resized.append(p.name)
-                sr = _resize_to(sr, hr.shape[:2])
-            srs.append(sr)
-        with_lr = [i for i, p in enumerate(chunk) if p.lr is not None]
-        bics = {
-            i: pil_bicubic_upscale(read_rgb(chunk[i].lr), (hrs[i].shape[1], hrs[i].shape[0]))
-            for i in with_lr
-        }
-
-        rows = _quality(names, srs, hrs, shave, "")
-        if "is" in names:
-            for row, value in zip(rows, identity_similarity_arrays(recognizer, srs, hrs, batch_size, precision), strict=True):
-                row["is"] = float(value)
-        if with_lr:
-            bic_rows = _quality(
-                names, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], shave, BICUBIC_SUFFIX
-            )
-            if "is" in names:
-                sims = identity_similarity_arrays(
-                    recognizer, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], batch_size,
-                    precision,
-                )
-                for row, value in zip(bic_rows, sims, strict=True):
-                    row["is" + BICUBIC_SUFFIX] = float(value)
-            for i, row in zip(with_lr, bic_rows, strict=True):
-                rows[i].update(row)
-
-        for p, row in zip(chunk, rows, strict=True):
-            record: dict[str, Any] = {"name": p.name}
-            for name in names:
-                record[name] = row[name]
-            if p.lr is not None:
-                for name in names:
-                    record[name + BICUBIC_SUFFIX] = row[name + BICUBIC_SUFFIX]
-            record["sr_resized"] = p.name in resized
-            records.append(record)
-        if progress is not None:
-            progress(len(chunk))
+    chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+    # Decoding the next chunk's PNGs overlaps the recognizer's work on this one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") as io:
+        for chunk, images in zip(chunks, io.map(_read_chunk, chunks)):
+            resized += images[3]
+            records += _score_chunk(chunk, images, names, recognizer, batch_size, shave,
+                                    precision)
+            if progress is not None:
+                progress(len(chunk))
     if resized:
         log.warning(
             "%d of %d SR images differ in size from their HR image and were resized to it with "
@@ -220,6 +186,58 @@ def score_pairs(
             len(pairs),
             ", ".join(resized[:10]),
         )
+    return records
+
+
+_Images = tuple[list[np.ndarray], list[np.ndarray], dict[int, np.ndarray], list[str]]
+
+
+def _read_chunk(chunk: Sequence[Pair]) -> _Images:
+    """HR, SR (resized to HR where needed), bicubic upscales of LR by position, resized names."""
+    hrs = [read_rgb(p.hr) for p in chunk]
+    srs, resized = [], []
+    for p, hr in zip(chunk, hrs, strict=True):
+        sr = read_rgb(p.sr)
+        if sr.shape != hr.shape:
+            resized.append(p.name)
+            sr = _resize_to(sr, hr.shape[:2])
+        srs.append(sr)
+    bics = {i: pil_bicubic_upscale(read_rgb(p.lr), (hrs[i].shape[1], hrs[i].shape[0]))
+            for i, p in enumerate(chunk) if p.lr is not None}
+    return hrs, srs, bics, resized
+
+
+def _score_chunk(chunk: Sequence[Pair], images: _Images, names: Sequence[str],
+                 recognizer: Recognizer | None, batch_size: int, shave: int,
+                 precision: str) -> list[dict[str, Any]]:
+    """The records of one chunk of pairs (see :func:`score_pairs`)."""
+    hrs, srs, bics, resized = images
+    with_lr = sorted(bics)
+    rows = _quality(names, srs, hrs, shave, "")
+    if "is" in names:
+        sims = identity_similarity_arrays(recognizer, srs, hrs, batch_size, precision)
+        for row, value in zip(rows, sims, strict=True):
+            row["is"] = float(value)
+    if with_lr:
+        bic_rows = _quality(names, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], shave,
+                            BICUBIC_SUFFIX)
+        if "is" in names:
+            sims = identity_similarity_arrays(recognizer, [bics[i] for i in with_lr],
+                                              [hrs[i] for i in with_lr], batch_size, precision)
+            for row, value in zip(bic_rows, sims, strict=True):
+                row["is" + BICUBIC_SUFFIX] = float(value)
+        for i, row in zip(with_lr, bic_rows, strict=True):
+            rows[i].update(row)
+    records = []
+    for p, row in zip(chunk, rows, strict=True):
+        record: dict[str, Any] = {"name": p.name}
+        for name in names:
+            record[name] = row[name]
+        if p.lr is not None:
+            for name in names:
+                record[name + BICUBIC_SUFFIX] = row[name + BICUBIC_SUFFIX]
+        record["sr_resized"] = p.name in resized
+        records.append(record)
     return records
 
 
@@ -458,9 +476,11 @@ def evaluate_dirs(
     if "is" in names and (rec_obj is None or isinstance(rec_obj, str)):
         from harness.scoring.recognizers import load_recognizer
 
-        rec_obj = load_recognizer(rec_obj or "facenet", device=device)
-        if fast:
+        rec_obj = load_recognizer(rec_obj or "facenet", device=device, scoring_only=fast)
+        if fast and precision == "fp32":
             rec_obj.use_fast_inference()
+        elif fast:
+            rec_obj.use_channels_last()
     records = score_pairs(
         mine,
         recognizer=rec_obj if "is" in names else None,

@@ -57,12 +57,15 @@ def parse_recognizer_spec(spec: str) -> tuple[str, str]:
     return name, arg
 
 
-def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -> Recognizer:
+def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu",
+                    scoring_only: bool = False) -> Recognizer:
     """Builds a frozen recognizer from a spec string.
 
     Args:
         spec: See :func:`parse_recognizer_spec`.
         device: Where to put the weights.
+        scoring_only: The recognizer only scores (no gradients): FaceNet then reads its
+            PyTorch weights only if it has to (see ``FaceNetRecognizer.use_fast_inference``).
 
     Returns:
         The recognizer, in eval mode with frozen parameters.
@@ -74,7 +77,7 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu") -
     if name == "facenet":
         from harness.scoring.recognizers.facenet import FaceNetRecognizer
 
-        return FaceNetRecognizer(device=device)
+        return FaceNetRecognizer(device=device, lazy=scoring_only)
     if name == "dlib":
         from harness.scoring.recognizers.dlib_resnet import DlibRecognizer
 

@@ -30,7 +30,7 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +180,10 @@ def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor
     return state
 
 
-def onnx_session(model: torch.nn.Module, cache: Path | None = None) -> Any:
-    """An onnxruntime session running ``model`` (FaceNet, fp32) for scoring, or None.
+def onnx_session(model: Callable[[], torch.nn.Module], cache: Path | None = None) -> Any:
+    """An onnxruntime session running FaceNet (fp32) for scoring, or None.
+
+    ``model()`` gives the PyTorch network; it is called only to export a missing graph.
 
     The ONNX graph is exported once from the PyTorch port and cached beside the converted
     weights; onnxruntime runs it ~1.5x faster than eager PyTorch on CPUs (fused convolution,
@@ -201,7 +203,7 @@ def onnx_session(model: torch.nn.Module, cache: Path | None = None) -> Any:
             example = torch.zeros(2, 3, 160, 160)
             with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
                 warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(model, (example,), buf, input_names=["x"],
+                torch.onnx.export(model(), (example,), buf, input_names=["x"],
                                   output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}},
                                   dynamo=False, opset_version=17)
             atomic_write(path, lambda fh: fh.write(buf.getvalue()))
@@ -220,6 +222,8 @@ class FaceNetRecognizer(Recognizer):
     Args:
         device: Where to put the weights.
         state_dict: Weights to use instead of the cached conversion (e.g. in tests).
+        lazy: Build the PyTorch network only when first needed (scoring through onnxruntime
+            never needs it).
     """
 
     name = "facenet"
@@ -228,43 +232,63 @@ class FaceNetRecognizer(Recognizer):
     differentiable = True
 
     def __init__(
-        self, device: str | torch.device = "cpu", state_dict: dict[str, torch.Tensor] | None = None
+        self, device: str | torch.device = "cpu", state_dict: dict[str, torch.Tensor] | None = None,
+        lazy: bool = False,
     ) -> None:
-        self.model = InceptionResnetV1()
-        self.model.load_state_dict(
-            state_dict if state_dict is not None else load_facenet_state_dict()
-        )
-        self.model.eval()
-        self.model.requires_grad_(False)
-        self.model.to(device)
+        self._device = torch.device(device)
+        self._state = state_dict
+        self._model: InceptionResnetV1 | None = None
+        self._channels_last = False
+        self._ort: Any = None
+        if not lazy:  # build now: training's random draws must not depend on first use
+            self.model  # noqa: B018 - builds the network
+
+    @property
+    def model(self) -> InceptionResnetV1:
+        """The PyTorch network, built (and its weights read) when first needed: scoring through
+        onnxruntime never needs it once the ONNX graph is cached."""
+        if self._model is None:
+            model = InceptionResnetV1()
+            model.load_state_dict(self._state if self._state is not None
+                                  else load_facenet_state_dict())
+            model.eval()
+            model.requires_grad_(False)
+            model.to(self._device)
+            if self._channels_last:
+                model.to(memory_format=torch.channels_last)
+            self._model = model
+        return self._model
 
     @property
     def device(self) -> torch.device:
-        return self.model.last_linear.weight.device
+        return self._device
 
     def to(self, device: str | torch.device) -> FaceNetRecognizer:
-        self.model.to(device)
+        self._device = torch.device(device)
+        if self._model is not None:
+            self._model.to(self._device)
         return self
 
     def use_channels_last(self) -> None:
-        self.model.to(memory_format=torch.channels_last)
         self._channels_last = True
+        if self._model is not None:
+            self._model.to(memory_format=torch.channels_last)
 
     def use_fast_inference(self) -> None:
         """Score through onnxruntime on the CPU (fp32, no gradients; see :func:`onnx_session`);
         bf16 autocast and anything differentiable keep running in PyTorch, channels-last."""
         self.use_channels_last()
         if self.device.type == "cpu":
-            self._ort = onnx_session(self.model)
+            self._ort = onnx_session(lambda: self.model)
 
     def _ort_usable(self) -> bool:
-        return (getattr(self, "_ort", None) is not None and not torch.is_grad_enabled()
+        return (self._ort is not None and not torch.is_grad_enabled()
                 and not torch.is_autocast_enabled("cpu"))
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
         x = preprocess(images.to(self.device, torch.float32))
-        if getattr(self, "_channels_last", False):
+        if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
