@@ -87,6 +87,13 @@ def kernel_figures(threads: int) -> list[tuple[str, str, float, float, float, fl
         with torch.no_grad(), autocast("cpu", precision):
             rec.embed(torch.cat([hr, hr]))
 
+    ort_rec = load_recognizer("facenet", scoring_only=True)
+    ort_rec.use_fast_inference()  # onnxruntime: what `harness evaluate` runs in fp32
+
+    def score_ort(precision: str) -> None:
+        with torch.no_grad():
+            ort_rec.embed(torch.cat([hr, hr]))
+
     def infer(precision: str) -> None:
         super_resolve(model, lr, False, precision)
 
@@ -98,10 +105,13 @@ def kernel_figures(threads: int) -> list[tuple[str, str, float, float, float, fl
         opt.step()
 
     rows = []
-    for name, fn, images in (("scoring (FaceNet)", score, 64), ("inference (SRResNet 64x8)",
-                             infer, 32), ("training step (demo)", train_step, 16)):
-        for precision in ("fp32", "bf16"):
-            flops = _flops(lambda: fn(precision))
+    for name, fn, images, precisions in (
+            ("scoring (FaceNet, PyTorch)", score, 64, ("fp32", "bf16")),
+            ("scoring (FaceNet, ORT)", score_ort, 64, ("fp32",)),
+            ("inference (SRResNet 64x8)", infer, 32, ("fp32", "bf16")),
+            ("training step (demo)", train_step, 16, ("fp32", "bf16"))):
+        for precision in precisions:
+            flops = _flops(lambda: score(precision) if fn is score_ort else fn(precision))
             t = _median_time(lambda: fn(precision))
             gflops = flops / t / 1e9
             peak = matmul_peak_gflops(precision)  # measured next to the workload it divides
