@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_infer.py [--runs 3] [--tta]``. Each run is a fresh
 process (start-up, model load, 300 PNGs written); the median of the runs is reported against
-the 30 s target.
+the 5 s target.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def main() -> None:
             out = Path(tmp) / f"sr{i}"
             cmd = [sys.executable, "-m", "harness", "infer", "--lr",
                    str(ROOT / "data/asc19-val/val_LR"), "--out", str(out), "--quiet",
-                   "--set", "train.threads_per_rank=0"]
+                   "--set", "infer.threads_per_rank=0"]
             cmd += ["--set", f"infer.tta_flip={'true' if args.tta else 'false'}"]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -39,8 +39,8 @@ def main() -> None:
     med = statistics.median(times)
     print(f"harness infer, shipped weights{' + flip TTA' if args.tta else ''}, 300 faces: "
           f"median {med:.2f} s of {args.runs} runs ({', '.join(f'{t:.2f}' for t in times)}) "
-          f"= {300 / med:.1f} images/s incl. start-up; target < 30 s: "
-          f"{'met' if med < 30 else 'NOT met'}")
+          f"= {300 / med:.1f} images/s incl. start-up; target <= 5 s: "
+          f"{'met' if med <= 5 else 'NOT met'}")
 
 
 if __name__ == "__main__":
