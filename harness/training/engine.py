@@ -31,6 +31,12 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
+def uses_channels_last(job: JobConfig) -> bool:
+    """Whether the generator and its input batches run channels-last: ``train.channels_last``,
+    except under Horovod, whose collectives take contiguous tensors only."""
+    return job.train.channels_last and job.train.backend != "horovod"
+
+
 def lr_factor(step: int, job: JobConfig) -> float:
     """Learning-rate multiplier at ``step``: linear warm-up, then the chosen schedule."""
     t = job.train
@@ -168,7 +174,7 @@ def _build_model(job: JobConfig, device: str, info: DistInfo, comm: Comm,
         load_initial_weights(model, job, init_path)
         if info.is_master:
             log.info("generator initialised from %s", init_path)
-    if t.channels_last and t.backend != "horovod":  # Horovod reduces contiguous tensors only
+    if uses_channels_last(job):
         model = model.to(memory_format=torch.channels_last)
     wrapped = model
     if info.distributed and t.backend == "ddp":

@@ -48,6 +48,7 @@ from harness.training.engine import (
     TrainingDiverged,
     build_engine,
     param_checksum,
+    uses_channels_last,
 )
 from harness.training.progress import TrainProgress, print_summary
 from harness.training.validate import validate
@@ -104,7 +105,7 @@ class Trainer:
         self.batches = BatchLoader(train_set, job, info.rank, info.world_size)
         t, loss_rec = job.train, engine.loss_rec
         self.precision = resolve_precision(t.precision, engine.device)
-        self.channels_last = t.channels_last and t.backend != "horovod"  # as the engine's model
+        self.channels_last = uses_channels_last(job)
         self.autocast = autocast(engine.device, self.precision)
         # HR targets take only two forms each when augmentation just mirrors: embed them once.
         self.emb_cache = (EmbeddingCache(loss_rec) if job.loss.identity and loss_rec is not None
