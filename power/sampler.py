@@ -37,6 +37,7 @@ from typing import Any
 
 from power.clock import Clock, MonotonicClock, time_fields
 from power.errors import PowerError
+from power.files import write_text_atomic
 from power.gpu import GPU
 from power.node import NodePower
 
@@ -147,9 +148,7 @@ class PowerSampler:
 
     def _write_sensors(self, start: dict[str, Any]) -> None:
         doc = {"started": start, "rate_hz": 1.0 / self.period_s, "sensors": self.sensors()}
-        tmp = self.run_dir / ".power_sensors.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        os.replace(tmp, self.run_dir / "power_sensors.json")
+        write_text_atomic(self.run_dir / "power_sensors.json", json.dumps(doc, indent=1))
 
     def start(self) -> None:
         """Open the files and start the background thread."""

@@ -57,6 +57,7 @@ import numpy as np
 
 from power.clock import Clock
 from power.errors import NotSupportedError
+from power.files import write_text_atomic
 from power.gpu import GPU, PowerSensor
 
 
@@ -345,9 +346,8 @@ class SimStateFile:
         """Merge ``fields`` into GPU ``index``'s entry and rewrite the file."""
         with self._lock:
             self._gpus.setdefault(str(index), {}).update(fields)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps({"gpus": self._gpus}, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps({"gpus": self._gpus}, indent=1,
+                                                    sort_keys=True))
 
     @staticmethod
     def read(path: str | os.PathLike[str]) -> dict[int, dict[str, object]]:

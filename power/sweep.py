@@ -50,11 +50,12 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from power.clock import Clock, MonotonicClock, SimClock
-from power.signals import RaisingSignalHandlers, signals_blocked
 from power.errors import PowerError
+from power.files import write_text_atomic
 from power.gpu import GPU
 from power.node import NodePower
 from power.sampler import PowerSampler
+from power.signals import RaisingSignalHandlers, signals_blocked
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class SettingsGuard:
         self._entered, self._restored = True, False
         if self.record_dir is not None:
             self.record_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.record_dir / "original_settings.json", json.dumps(
+            write_text_atomic(self.record_dir / "original_settings.json", json.dumps(
                 {"uuids": [g.get_uuid() for g in self.gpus],
                  "power_limits_mw": self.original_limits_mw}, indent=1))
         self._signals.install()
@@ -467,12 +468,6 @@ class SweepSpec:
         return d
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def sweep_document(spec: SweepSpec, points: Sequence[dict[str, Any]],
                    plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the ``sweep.json`` object (points sorted by setting, Pareto flags set)."""
@@ -490,17 +485,17 @@ def write_sweep(out_dir: str | os.PathLike[str], doc: dict[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if meta is not None:
-        _write_atomic(out / "sweep_meta.json", json.dumps(meta, indent=1))
+        write_text_atomic(out / "sweep_meta.json", json.dumps(meta, indent=1))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(POINT_KEYS)
     for p in doc["points"]:
         w.writerow(["" if p[k] is None else (f"{p[k]:.6g}" if isinstance(p[k], float) else p[k])
                     for k in POINT_KEYS])
-    _write_atomic(out / "sweep.csv", buf.getvalue())
-    _write_atomic(out / "sweep.json", json.dumps(doc, indent=1))
+    write_text_atomic(out / "sweep.csv", buf.getvalue())
+    write_text_atomic(out / "sweep.json", json.dumps(doc, indent=1))
     if doc.get("plan") is not None:
-        _write_atomic(out / "plan.json", json.dumps(doc["plan"], indent=1))
+        write_text_atomic(out / "plan.json", json.dumps(doc["plan"], indent=1))
 
 
 def load_sweep(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -16,12 +16,12 @@ folders.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.fileio import write_text_atomic
 from power.meter_log import MeterLogError, compare_with_meter, read_meter_log
 from reports.rundata import load_run
 
@@ -36,12 +36,6 @@ class ImportedMeter:
     """``"training"`` or ``"inference"``."""
     folder: Path
     figures: dict[str, Any]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def import_meter(run_dir: str | Path, meter_csv: str | Path, *, utc_offset_h: float = 0.0,
@@ -89,8 +83,8 @@ def import_meter(run_dir: str | Path, meter_csv: str | Path, *, utc_offset_h: fl
                 <= comp.unix_s[-1] + 1e-6]
         if offset_s:
             keep = [_shift(ln, offset_s) for ln in keep]
-        _write_atomic(pd.path / "meter_log.csv", "\n".join([lines[0], *keep]) + "\n")
-        _write_atomic(pd.path / "meter_comparison.json", json.dumps(figures, indent=1))
+        write_text_atomic(pd.path / "meter_log.csv", "\n".join([lines[0], *keep]) + "\n")
+        write_text_atomic(pd.path / "meter_comparison.json", json.dumps(figures, indent=1))
         done.append(ImportedMeter(phase, pd.path, figures))
     if not done:
         why = "; ".join(reasons) or "the run has no power samples"

@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from harness.fileio import write_text_atomic
 from reports import images, plots
 from reports.markup import Markup, el, fmt_num, join, render
 from reports.rundata import PowerData, RunData, SweepData, load_run, load_sweep
@@ -821,9 +822,4 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path,
     runs = [load_run(d) for d in run_dirs]
     sweep = load_sweep(sweep_dir) if sweep_dir is not None else None
     html_text = render_report(runs, sweep)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html_text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(out, html_text)
