@@ -510,9 +510,10 @@ def load_sweep(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{p}: no sweep.json here") from None
+        raise ValueError(f"{p}: no sweep.json here (expected a folder written by the power "
+                         "sweep)") from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{p}: unreadable sweep ({exc.__class__.__name__})") from None
+        raise ValueError(f"{p}: unreadable sweep file ({exc.__class__.__name__})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
         raise ValueError(f"{p}: not a sweep.json (no points list)")
     return doc

@@ -394,18 +394,6 @@ def power_bars(rows: Sequence[tuple[str, float | None, float | None]], budget_w:
     return svg_of(fig, key)
 
 
-def _pareto_indices(points: Sequence[dict[str, Any]]) -> list[int]:
-    """Points not dominated (less power and more throughput) by another; by power."""
-    idx = sorted(range(len(points)), key=lambda i: (points[i]["avg_gpu_w"],
-                                                    -points[i]["images_per_s"]))
-    front, best = [], -math.inf
-    for i in idx:
-        if points[i]["images_per_s"] > best:
-            front.append(i)
-            best = points[i]["images_per_s"]
-    return front
-
-
 @_with_rc
 def sweep_chart(sweep: SweepData, key: str) -> Markup | None:
     """Throughput against measured GPU power for every setting, the Pareto front, the plan.
@@ -420,11 +408,11 @@ def sweep_chart(sweep: SweepData, key: str) -> Markup | None:
     xs = [p["avg_gpu_w"] for p in pts]
     ys = [p["images_per_s"] for p in pts]
     flags = [p.get("pareto") for p in pts]
-    if all(isinstance(f, bool) for f in flags):
-        front = [i for i, f in enumerate(flags) if f]
-        front.sort(key=lambda i: xs[i])
-    else:
-        front = _pareto_indices(pts)
+    if not all(isinstance(f, bool) for f in flags):
+        from power.sweep import pareto_flags
+
+        flags = pareto_flags(pts)
+    front = sorted((i for i, f in enumerate(flags) if f), key=lambda i: xs[i])
     ax_tp.scatter(xs, ys, s=22, color="#999999", zorder=2, label="measured settings")
     if front:
         ax_tp.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color=_COLORS[0],

@@ -424,19 +424,16 @@ def _dict_or_none(v: Any) -> dict[str, Any] | None:
 
 
 def load_sweep(path: str | Path) -> SweepData:
-    """Read a sweep directory (or its ``sweep.json``).
+    """Read a sweep directory (or its ``sweep.json``) with :func:`power.sweep.load_sweep`.
 
     Raises:
         UserError: No readable ``sweep.json`` there.
     """
+    from power.sweep import load_sweep as read_sweep
+
     p = Path(path)
-    f = p if p.is_file() else p / "sweep.json"
-    if not f.is_file():
-        raise UserError(f"{p}: no sweep.json (expected a directory written by the power sweep)")
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{f}: unreadable sweep file ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{f}: expected a JSON object")
-    return SweepData(path=f.parent, data=data)
+        data = read_sweep(p)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return SweepData(path=p if p.is_dir() else p.parent, data=data)
