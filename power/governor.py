@@ -40,7 +40,7 @@ from typing import Any
 from power.clock import Clock, MonotonicClock, time_fields
 from power.comm import Communicator, SingleProcessComm
 from power.errors import PowerError
-from power.gpu import GPU
+from power.gpu import GPU, restore_gpu_settings
 from power.policy import (
     BUDGET_SHRINK,
     FAIL_SAFE,
@@ -287,18 +287,8 @@ class Governor:
             self._closed = True
             if not self._entered:
                 return
-            errors: list[str] = []
-            for i, g in enumerate(self.gpus):
-                try:
-                    if g.get_power_limit_mw() != self._original_limits_mw[i]:
-                        g.set_power_limit_mw(self._original_limits_mw[i])
-                except PowerError as exc:
-                    errors.append(f"GPU {i} limit: {exc}")
-                if self._clocks_touched:
-                    try:
-                        g.unlock_gpu_clocks()
-                    except PowerError as exc:
-                        errors.append(f"GPU {i} clocks: {exc}")
+            errors = restore_gpu_settings(self.gpus, self._original_limits_mw,
+                                          self._clocks_touched)
             self.restore_errors.extend(errors)
             for e in errors:
                 logger.error("restore failed: %s", e)

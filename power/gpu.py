@@ -190,3 +190,29 @@ class GPU(abc.ABC):
     @abc.abstractmethod
     def get_utilization_percent(self) -> int:
         """Return the percentage of recent time a kernel was running (0-100)."""
+
+
+def restore_gpu_settings(gpus: list[GPU] | tuple[GPU, ...], original_limits_mw: list[int],
+                         unlock_clocks: bool) -> list[str]:
+    """Put every GPU back to its original power limit and, if asked, unlock its clocks.
+
+    The one restore the governor and the sweep share. Every GPU is tried even if one fails.
+
+    Returns:
+        One message per failure (empty when all went back).
+    """
+    from power.errors import PowerError
+
+    errors: list[str] = []
+    for i, g in enumerate(gpus):
+        try:
+            if g.get_power_limit_mw() != original_limits_mw[i]:
+                g.set_power_limit_mw(original_limits_mw[i])
+        except PowerError as exc:
+            errors.append(f"GPU {i} limit: {exc}")
+        if unlock_clocks:
+            try:
+                g.unlock_gpu_clocks()
+            except PowerError as exc:
+                errors.append(f"GPU {i} clocks: {exc}")
+    return errors

@@ -50,9 +50,8 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from power.clock import Clock, MonotonicClock, SimClock
-from power.errors import PowerError
 from power.files import write_text_atomic
-from power.gpu import GPU
+from power.gpu import GPU, restore_gpu_settings
 from power.node import NodePower
 from power.sampler import PowerSampler
 from power.signals import RaisingSignalHandlers, signals_blocked
@@ -240,17 +239,8 @@ class SettingsGuard:
             if not self._entered or self._restored:
                 return
             self._restored = True
-            for i, g in enumerate(self.gpus):
-                try:
-                    if g.get_power_limit_mw() != self.original_limits_mw[i]:
-                        g.set_power_limit_mw(self.original_limits_mw[i])
-                except PowerError as exc:
-                    self.restore_errors.append(f"GPU {i} limit: {exc}")
-                if self._clocks_touched:
-                    try:
-                        g.unlock_gpu_clocks()
-                    except PowerError as exc:
-                        self.restore_errors.append(f"GPU {i} clocks: {exc}")
+            self.restore_errors.extend(restore_gpu_settings(self.gpus, self.original_limits_mw,
+                                                            self._clocks_touched))
             for e in self.restore_errors:
                 logger.error("restore failed: %s", e)
 
