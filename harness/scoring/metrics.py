@@ -33,8 +33,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import convolve, convolve1d
-from scipy.special import gamma
 
 from harness.data.degradation import matlab_imresize
 from harness.errors import UserError
@@ -154,6 +152,8 @@ def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
 
 def _ssim_2d(a: np.ndarray, b: np.ndarray) -> float:
     """MATLAB-style SSIM of two float64 greyscale images with values in 0..255."""
+    from scipy.ndimage import convolve1d  # lazy: scipy costs 0.1 s at start-up
+
     win = _gaussian_1d(11, 1.5)
     pad = 5
     if min(a.shape) <= 2 * pad:
@@ -229,6 +229,8 @@ def niqe_params_path(data_root: str | Path | None = None) -> Path:
 @functools.lru_cache(maxsize=1)
 def _aggd_table() -> tuple[np.ndarray, np.ndarray]:
     """The grid of AGGD shape parameters and their generalized Gaussian ratio (as MATLAB)."""
+    from scipy.special import gamma
+
     gam = np.arange(0.2, 10.001, 0.001)
     inv = np.reciprocal(gam)
     r_gam = np.square(gamma(inv * 2)) / (gamma(inv) * gamma(inv * 3))
@@ -237,6 +239,8 @@ def _aggd_table() -> tuple[np.ndarray, np.ndarray]:
 
 def _aggd_params(block: np.ndarray) -> tuple[float, float, float]:
     """Moment-matching fit of an asymmetric generalized Gaussian: ``(alpha, beta_l, beta_r)``."""
+    from scipy.special import gamma
+
     x = block.ravel()
     gam, r_gam = _aggd_table()
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
@@ -253,6 +257,8 @@ def _aggd_params(block: np.ndarray) -> tuple[float, float, float]:
 
 def _niqe_features(block: np.ndarray) -> list[float]:
     """The 18 NIQE features of one normalised block."""
+    from scipy.special import gamma
+
     alpha, beta_l, beta_r = _aggd_params(block)
     feat = [alpha, (beta_l + beta_r) / 2]
     for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
@@ -288,6 +294,8 @@ def niqe_gray(
         raise UserError(f"NIQE needs images of at least {block_px}x{block_px} pixels, got {w}x{h}")
     mu_pris, cov_pris, window = _load_niqe_params(str(params_path or niqe_params_path()))
     arr = arr[: blocks_h * block_px, : blocks_w * block_px]
+
+    from scipy.ndimage import convolve
 
     features = []
     for scale in (1, 2):
