@@ -102,6 +102,20 @@ def check_mpi4py() -> Check:
     return Check("mpi4py", "ok", ver)
 
 
+def check_bf16_scoring() -> Check:
+    """OpenVINO and bf16 units: what ``harness evaluate --precision bf16`` runs on a CPU."""
+    from harness.precision import cpu_has_bf16
+
+    ver = _version("openvino")
+    if ver is None:
+        return Check("bf16 scoring", "warn", "OpenVINO not installed (bf16 scores fall back "
+                     "to PyTorch autocast, ~1.8x slower)", "pip install openvino")
+    if not cpu_has_bf16():
+        return Check("bf16 scoring", "warn", f"OpenVINO {ver}; this CPU has no bf16 units "
+                     "(bf16 would be emulated: score in fp32)")
+    return Check("bf16 scoring", "ok", f"OpenVINO {ver} on bf16 CPU units")
+
+
 def check_horovod() -> Check:
     ver = _version("horovod")
     if ver is None:
@@ -174,7 +188,8 @@ def run_checks(job: JobConfig | None = None) -> list[Check]:
     """All machine checks, then (when a job is given) the job's own requirements."""
     checks = [check_python(), check_torch(), check_mpirun(job.launch.mpirun if job else
                                                           "mpirun"),
-              check_mpi4py(), check_horovod(), *check_gpus(), check_rapl(),
+              check_mpi4py(), check_horovod(), check_bf16_scoring(), *check_gpus(),
+              check_rapl(),
               check_disk(job.launch.run_dir if job else ".")]
     if job is not None:
         checks += job_requirements(job, {c.name: c for c in checks})

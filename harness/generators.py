@@ -26,24 +26,36 @@ if TYPE_CHECKING:
     from harness.distributed import DistInfo
 
 
+#: Device nodes without which no CUDA device can exist: NVIDIA, WSL2's GPU, AMD ROCm.
+_GPU_NODES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
 def resolve_device(choice: str, info: DistInfo, key: str = "train.device") -> str:
     """``cpu`` or ``cuda:N`` for this rank (``auto`` picks CUDA when present); ``key`` names
-    the setting in the error when CUDA is asked for but absent."""
+    the setting in the error when CUDA is asked for but absent. ``auto`` on a machine without
+    a GPU device node is ``cpu`` without importing torch (~1 s)."""
+    if choice == "cpu" or (choice == "auto" and not any(Path(n).exists() for n in _GPU_NODES)):
+        return "cpu"
     import torch
 
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+    if choice == "auto" and not torch.cuda.is_available():
         return "cpu"
     if not torch.cuda.is_available():
         raise UserError(f"{key}: cuda requested but torch sees no GPU (run `harness doctor`)")
     return f"cuda:{info.local_rank % torch.cuda.device_count()}"
 
 
+def rank_threads(requested: int, info: DistInfo) -> int:
+    """CPU threads for this rank: ``requested``, or 0: the cores this rank owns (cores / local
+    ranks)."""
+    return requested or max(1, (os.cpu_count() or 1) // info.local_world_size)
+
+
 def set_threads(requested: int, info: DistInfo) -> int:
-    """Set torch's CPU threads for this rank (``requested``, or 0: the cores this rank owns,
-    i.e. cores / local ranks) and return the number."""
+    """Set torch's CPU threads for this rank (see :func:`rank_threads`) and return the number."""
     import torch
 
-    n = requested or max(1, (os.cpu_count() or 1) // info.local_world_size)
+    n = rank_threads(requested, info)
     torch.set_num_threads(n)
     return n
 

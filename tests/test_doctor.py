@@ -111,3 +111,20 @@ def test_doctor_cli_shows_the_plan_rows(tmp_path) -> None:
     proc = run_harness("doctor", "jobs/smoke.yaml", "--set",
                        f"power.plan={tmp_path / 'none.json'}")
     assert proc.returncode == 1 and "power plan" in proc.stdout
+
+
+def test_bf16_scoring_row_names_the_runtime_and_the_units(monkeypatch) -> None:
+    import harness.doctor as doctor
+    import harness.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(doctor, "_version", lambda name: "2026.4.1" if name == "openvino" else None)
+    row = doctor.check_bf16_scoring()
+    assert (row.status, row.detail) == ("ok", "OpenVINO 2026.4.1 on bf16 CPU units")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    row = doctor.check_bf16_scoring()
+    assert row.status == "warn" and "no bf16 units" in row.detail
+    monkeypatch.setattr(doctor, "_version", lambda name: None)
+    row = doctor.check_bf16_scoring()
+    assert row.status == "warn" and "pip install openvino" in row.hint
+    assert not row.required

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                         "is not shipped with the harness; use niqe, or supply the model")
     from harness.data.imageio import pair_by_name
     from harness.distributed import get_dist_info, shard
-    from harness.generators import resolve_device
+    from harness.generators import rank_threads, resolve_device
     from harness.logs import CountProgress, choose_log_format
     from harness.outputs import agree
     from harness.scoring.evaluate import check_scores_output, evaluate_dirs
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_dirs(args.hr, args.sr, args.out, lr_dir=args.lr,
                                recognizer=args.recognizer, metrics=metrics,
                                batch_size=args.batch_size, shave=args.shave, device=device,
-                               progress=bar.advance, precision=args.precision)
+                               progress=bar.advance, precision=args.precision,
+                               threads=rank_threads(0, info))
     print_scores(result, args.sr)
     if result is not None and not args.out:
         print("scores not saved (pass --out DIR to write scores.json and per_image.csv)")

@@ -441,6 +441,7 @@ def evaluate_dirs(
     meta: Mapping[str, Any] | None = None,
     precision: str = "fp32",
     fast: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any] | None:
     """What ``harness evaluate`` runs: pair, score this rank's share, gather, summarise, write.
 
@@ -459,9 +460,10 @@ def evaluate_dirs(
         progress: Called with the number of pairs finished after each batch.
         meta: Extra fields for ``scores.json``'s ``meta``.
         precision: ``fp32`` (the score) or ``bf16`` (approximate; recorded in ``meta``).
-        fast: Prepare a recognizer loaded here for scoring only
-            (:meth:`~harness.scoring.recognizers.Recognizer.use_fast_inference`: onnxruntime
-            for FaceNet on CPUs, channels-last otherwise; the same scores to float rounding).
+        fast: Load a recognizer named here for scoring only (see
+            :func:`~harness.scoring.recognizers.load_recognizer`: FaceNet on CPUs runs fp32
+            through onnxruntime, the same scores to float rounding, and bf16 through OpenVINO).
+        threads: CPU threads of a compiled recognizer runtime (default: torch's setting).
 
     Returns:
         On rank 0, ``{"summary", "records", "paths"}``; None on other ranks.
@@ -476,11 +478,8 @@ def evaluate_dirs(
     if "is" in names and (rec_obj is None or isinstance(rec_obj, str)):
         from harness.scoring.recognizers import load_recognizer
 
-        rec_obj = load_recognizer(rec_obj or "facenet", device=device, scoring_only=fast)
-        if fast and precision == "fp32":
-            rec_obj.use_fast_inference()
-        elif fast:
-            rec_obj.use_channels_last()
+        rec_obj = load_recognizer(rec_obj or "facenet", device=device, scoring_only=fast,
+                                  precision=precision, threads=threads)
     records = score_pairs(
         mine,
         recognizer=rec_obj if "is" in names else None,

@@ -10,18 +10,30 @@ all score through this module.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from harness.scoring.recognizers.base import Recognizer, check_images
 
+if TYPE_CHECKING:  # imported where used: bf16 scoring through OpenVINO runs without torch
+    import torch
 
-def cosines(e_sr: torch.Tensor, e_hr: torch.Tensor) -> np.ndarray:
-    """Row-wise cosine of two (N, D) embedding batches, computed in float64 on the CPU."""
-    a = e_sr.detach().to("cpu", torch.float64)
-    b = e_hr.detach().to("cpu", torch.float64)
-    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).numpy()
+
+def cosines(e_sr: Any, e_hr: Any) -> np.ndarray:
+    """Row-wise cosine of two (N, D) embedding batches (tensors or arrays), in float64 on the
+    CPU."""
+    a, b = _float64(e_sr), _float64(e_hr)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
+                                       1e-12)
+
+
+def _float64(e: Any) -> np.ndarray:
+    if hasattr(e, "detach"):  # a torch tensor, possibly on a GPU or in bf16
+        import torch
+
+        e = e.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(e, dtype=np.float64)
 
 
 def identity_similarity(
@@ -50,6 +62,8 @@ def identity_similarity(
         raise ValueError(f"sr has {sr.shape[0]} images but hr has {hr.shape[0]}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    import torch
+
     from harness.precision import autocast
 
     out = np.empty(sr.shape[0], dtype=np.float64)
@@ -68,15 +82,43 @@ def identity_similarity(
 def identity_similarity_arrays(rec: Recognizer, srs: Sequence[np.ndarray],
                                hrs: Sequence[np.ndarray], batch_size: int = 64,
                                precision: str = "fp32") -> np.ndarray:
-    """Per-pair IS of uint8 ``(H, W, 3)`` images; pairs are grouped by HR size (a tensor batch
-    needs one size), each SR already at its HR's size."""
-    from harness.data.imageio import to_tensor
+    """Per-pair IS of uint8 ``(H, W, 3)`` images; pairs are grouped by HR size (a batch needs
+    one size), each SR already at its HR's size.
 
+    A recognizer whose own path takes arrays (:attr:`Recognizer.array_native`, e.g. FaceNet in
+    bf16 through OpenVINO) embeds them as they are, without torch; it must run at
+    ``precision``. Others get tensors (:func:`identity_similarity`).
+
+    Raises:
+        ValueError: An array-native recognizer runs at another precision.
+    """
+    native = rec.array_native
+    if native and getattr(rec, "precision", "fp32") != precision:
+        raise ValueError(f"{rec.name} runs in {getattr(rec, 'precision', 'fp32')}, "
+                         f"not {precision}")
     out = np.empty(len(hrs), dtype=np.float64)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, hr in enumerate(hrs):
         groups.setdefault(hr.shape, []).append(i)
     for idx in groups.values():
-        out[idx] = identity_similarity(rec, to_tensor([srs[i] for i in idx]),
-                                       to_tensor([hrs[i] for i in idx]), batch_size, precision)
+        if native:
+            out[idx] = _native_similarity(rec, np.stack([srs[i] for i in idx]),
+                                          np.stack([hrs[i] for i in idx]), batch_size)
+        else:
+            from harness.data.imageio import to_tensor
+
+            out[idx] = identity_similarity(rec, to_tensor([srs[i] for i in idx]),
+                                           to_tensor([hrs[i] for i in idx]), batch_size,
+                                           precision)
+    return out
+
+
+def _native_similarity(rec: Recognizer, sr: np.ndarray, hr: np.ndarray,
+                       batch_size: int) -> np.ndarray:
+    """:func:`identity_similarity`'s batching over uint8 (N, H, W, 3) arrays, in numpy."""
+    out = np.empty(len(sr), dtype=np.float64)
+    for start in range(0, len(sr), batch_size):
+        stop = min(start + batch_size, len(sr))
+        both = rec.embed_arrays(np.concatenate([sr[start:stop], hr[start:stop]]))
+        out[start:stop] = cosines(both[: stop - start], both[stop - start :])
     return out

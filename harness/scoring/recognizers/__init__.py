@@ -19,10 +19,13 @@ Example:
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from harness.errors import UserError
 from harness.scoring.recognizers.base import NOMINAL_SIZE_HW, Recognizer
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "NOMINAL_SIZE_HW",
@@ -58,14 +61,22 @@ def parse_recognizer_spec(spec: str) -> tuple[str, str]:
 
 
 def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu",
-                    scoring_only: bool = False) -> Recognizer:
+                    scoring_only: bool = False, precision: str = "fp32",
+                    threads: int | None = None) -> Recognizer:
     """Builds a frozen recognizer from a spec string.
 
     Args:
         spec: See :func:`parse_recognizer_spec`.
         device: Where to put the weights.
-        scoring_only: The recognizer only scores (no gradients): FaceNet then reads its
-            PyTorch weights only if it has to (see ``FaceNetRecognizer.use_fast_inference``).
+        scoring_only: The recognizer only scores (no gradients): it is prepared for the fastest
+            path at ``precision`` (fp32: :meth:`Recognizer.use_fast_inference`; bf16:
+            channels-last). FaceNet on a CPU then runs fp32 through onnxruntime and bf16
+            through OpenVINO
+            (:class:`~harness.scoring.recognizers.facenet_runtime.FaceNetBf16`, no torch), and
+            reads its PyTorch weights only if it has to.
+        precision: ``fp32`` or ``bf16``, for ``scoring_only``.
+        threads: CPU threads: of a compiled runtime, or torch's (set for the process) for a
+            recognizer that runs in torch (default: torch's setting).
 
     Returns:
         The recognizer, in eval mode with frozen parameters.
@@ -73,8 +84,29 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu",
     Raises:
         UserError: Unknown name, missing path, or a missing/unreadable/corrupt weights file.
     """
+    rec = _load(spec, device, scoring_only, precision, threads)
+    if threads and not rec.array_native:
+        import torch
+
+        torch.set_num_threads(threads)
+    if scoring_only and not rec.array_native:
+        if precision == "fp32":
+            rec.use_fast_inference()
+        else:  # PyTorch's bf16 autocast (no OpenVINO or no bf16 units)
+            rec.use_channels_last()
+    return rec
+
+
+def _load(spec: str, device: str | torch.device, scoring_only: bool, precision: str,
+          threads: int | None) -> Recognizer:
     name, arg = parse_recognizer_spec(spec)
     if name == "facenet":
+        if scoring_only and precision == "bf16" and str(device) == "cpu":
+            from harness.scoring.recognizers.facenet_runtime import open_facenet_bf16
+
+            rec = open_facenet_bf16(threads or _torch_threads())
+            if rec is not None:
+                return rec
         from harness.scoring.recognizers.facenet import FaceNetRecognizer
 
         return FaceNetRecognizer(device=device, lazy=scoring_only)
@@ -92,3 +124,9 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu",
     from harness.scoring.recognizers.onnx import OnnxRecognizer
 
     return OnnxRecognizer(arg, device=device)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

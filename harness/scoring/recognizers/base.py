@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used: FaceNetBf16 scores without it
+    import torch
 
 #: Nominal input size (height, width) of every recognizer: the ASC19 96x112 face crop.
 NOMINAL_SIZE_HW: tuple[int, int] = (112, 96)
@@ -21,6 +25,8 @@ def check_images(images: torch.Tensor, what: str = "images") -> None:
         images: The batch to check.
         what: Name used in the message.
     """
+    import torch
+
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{what}: expected a torch.Tensor, got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
@@ -37,12 +43,15 @@ class Recognizer(abc.ABC):
         embedding_dim: Length D of an embedding.
         feature_layers: Names accepted by :meth:`features` (empty if unsupported).
         differentiable: Whether :meth:`embed` passes gradients to its input.
+        array_native: Whether :meth:`embed_arrays` is the recognizer's own path (numpy in and
+            out, no torch); IS is then computed in numpy (see :mod:`harness.scoring.identity`).
     """
 
     name: str = "recognizer"
     embedding_dim: int = 0
     feature_layers: tuple[str, ...] = ()
     differentiable: bool = False
+    array_native: bool = False
 
     @abc.abstractmethod
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -56,6 +65,22 @@ class Recognizer(abc.ABC):
             (N, D) L2-normalised embeddings on the recognizer's device (differentiable w.r.t.
             ``images`` when :attr:`differentiable`).
         """
+
+    def embed_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Embeds a batch of uint8 faces without gradients: numpy in, numpy out.
+
+        Args:
+            images: (N, H, W, 3) uint8 RGB.
+
+        Returns:
+            (N, D) float32 L2-normalised embeddings. Default: through :meth:`embed`.
+        """
+        import torch
+
+        from harness.data.imageio import to_tensor
+
+        with torch.no_grad():
+            return self.embed(to_tensor(list(images))).detach().cpu().float().numpy()
 
     def features(self, images: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
         """Returns intermediate activations by layer name (for a perceptual/identity loss).
@@ -85,6 +110,8 @@ class Recognizer(abc.ABC):
     @property
     def device(self) -> torch.device:
         """Device the weights live on (CPU unless overridden)."""
+        import torch
+
         return torch.device("cpu")
 
     def __repr__(self) -> str:

