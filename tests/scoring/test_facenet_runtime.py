@@ -145,3 +145,15 @@ def test_device_auto_without_gpu_nodes_needs_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.stdout.split() == ["cpu", "False"], out.stderr
+
+
+@needs_bf16
+def test_a_damaged_cached_graph_is_exported_again(tmp_path: Path, caplog) -> None:
+    graph = onnx_graph(_torch_network)
+    damaged = tmp_path / graph.name
+    damaged.write_bytes(graph.read_bytes()[:1_000_000])  # a truncated copy
+    with caplog.at_level("WARNING"):
+        rec = open_facenet_bf16(threads=1, cache=tmp_path)
+    assert isinstance(rec, FaceNetBf16)
+    assert damaged.stat().st_size == graph.stat().st_size
+    assert any("is damaged; exporting it again" in r.getMessage() for r in caplog.records)

@@ -128,6 +128,37 @@ def onnx_graph(model: Callable[[], Any], cache: Path | None = None) -> Path:
     return path
 
 
+def _open_graph(opener: Callable[[Path], Any], model: Callable[[], Any],
+                cache: Path | None) -> Any:
+    """``opener(path)`` on the cached graph; a damaged cached graph (one that onnx cannot
+    parse) is exported again, once."""
+    path = onnx_graph(model, cache)
+    try:
+        return opener(path)
+    except Exception:
+        if _graph_intact(path):
+            raise  # the runtime's fault, not the file's
+        logger.warning("facenet: cached graph %s is damaged; exporting it again", path)
+        path.unlink(missing_ok=True)
+        return opener(onnx_graph(model, cache))
+
+
+def _graph_intact(path: Path) -> bool:
+    try:
+        import onnx
+
+        onnx.checker.check_model(str(path))
+        return True
+    except Exception:  # noqa: BLE001 - unreadable, truncated or not ONNX at all
+        return False
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a runtime's (often multi-line) exception: its last non-empty line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(exc).__name__
+
+
 def onnx_session(model: Callable[[], Any], threads: int,
                  cache: Path | None = None) -> Callable[[np.ndarray], np.ndarray] | None:
     """FaceNet in fp32 through onnxruntime, or None.
@@ -142,13 +173,16 @@ def onnx_session(model: Callable[[], Any], threads: int,
     try:
         import onnxruntime as ort
 
-        path = onnx_graph(model, cache)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - the PyTorch path always works
+        session = _open_graph(lambda path: ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]), model, cache)
+    except ImportError as exc:
         logger.info("facenet: scoring with PyTorch (onnxruntime path unavailable: %s)", exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - the PyTorch path always works
+        logger.warning("facenet: scoring with PyTorch (onnxruntime failed: %s)", _reason(exc))
         return None
     return lambda x: session.run(None, {"x": x})[0]
 
@@ -220,20 +254,25 @@ def open_facenet_bf16(threads: int, cache: Path | None = None) -> FaceNetBf16 | 
     root = cache if cache is not None else cache_dir()
     try:
         import openvino as ov
+    except ImportError as exc:
+        logger.info("facenet: bf16 scoring with PyTorch (OpenVINO unavailable: %s)", exc)
+        return None
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False,
+    }
 
-        path = onnx_graph(_torch_network, cache)
+    def compile_graph(path: Path) -> Any:
         core = ov.Core()
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False,
-        }
         network = core.read_model(str(path))
         try:
-            compiled = core.compile_model(network, "CPU",
-                                          {**config, "CACHE_DIR": str(root / "openvino")})
+            return core.compile_model(network, "CPU",
+                                      {**config, "CACHE_DIR": str(root / "openvino")})
         except Exception:  # noqa: BLE001 - e.g. a read-only or full cache: compile uncached
-            compiled = core.compile_model(network, "CPU", config)
-        return FaceNetBf16(compiled, threads)
+            return core.compile_model(network, "CPU", config)
+
+    try:
+        return FaceNetBf16(_open_graph(compile_graph, _torch_network, cache), threads)
     except Exception as exc:  # noqa: BLE001 - the PyTorch path always works
-        logger.info("facenet: bf16 scoring with PyTorch (OpenVINO unavailable: %s)", exc)
+        logger.warning("facenet: bf16 scoring with PyTorch (OpenVINO failed: %s)", _reason(exc))
         return None
