@@ -180,8 +180,11 @@ class Trainer:
         """Steps from ``start_step`` to the end (or a stop); returns counts and how it ended."""
         t, comm = self.job.train, self.comm
         images, t_start = 0, time.perf_counter()
-        deadline = min(t_start + t.max_minutes * 60 if t.max_minutes else math.inf,
-                       t_start + time_limit_deadline(self.job) - time.monotonic())
+        own = t_start + t.max_minutes * 60 if t.max_minutes else math.inf
+        slurm = t_start + time_limit_deadline(self.job) - time.monotonic()
+        deadline = min(own, slurm)
+        out_of_time = (f"train.max_minutes ({t.max_minutes:g})" if own <= slurm
+                       else f"the Slurm time limit ({self.job.launch.time})")
         step, stopped_early = self.start_step, False
         for step in range(self.start_step, t.steps):
             self.watchdog.arm(step + 1)
@@ -214,12 +217,13 @@ class Trainer:
             if stopped_by:
                 return {"final_step": done, "images": images, "t_start": t_start,
                         "stopped_early": True, "interrupted": True, "stopped_by": stopped_by}
-            if flags[0][0]:
+            if flags[0][0] and done < t.steps:
                 stopped_early = True  # out of time: finish like a completed run
                 break
         final = step + 1 if t.steps > self.start_step else self.start_step
         return {"final_step": final, "images": images, "t_start": t_start,
-                "stopped_early": stopped_early, "interrupted": False}
+                "stopped_early": stopped_early, "interrupted": False,
+                "out_of_time": out_of_time if stopped_early else None}
 
     def summary(self, ended: dict[str, Any], elapsed: float,
                 power_summary: dict[str, Any]) -> dict[str, Any]:
@@ -394,4 +398,8 @@ def _run(trainer: Trainer, log_format: str, log_interval_s: float,
             log.warning("stopped by %s after step %d; checkpoint %s; continue with "
                         "--resume %s", summary["stopped_by"], summary["steps"],
                         summary["checkpoint"], run_dir)
+        elif ended.get("out_of_time"):
+            log.warning("reached %s after step %d of %d: the run ended there, validated and "
+                        "checkpointed; continue with --resume %s", ended["out_of_time"],
+                        summary["steps"], job.train.steps, run_dir)
     return summary

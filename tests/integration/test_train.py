@@ -278,3 +278,25 @@ def test_resumed_run_reports_whole_run_power(tmp_path: Path) -> None:
     assert whole["energy_j"] > part["energy_j"] and whole["segments"] == 2
     assert whole["j_per_image"] == pytest.approx(whole["energy_j"] / 16, rel=1e-9)
     assert whole["peak_cluster_w"] >= part["peak_cluster_w"]
+
+
+def test_out_of_time_ends_the_run_and_says_so(tmp_path: Path) -> None:
+    """train.max_minutes ends a run early like a finished one (validated, checkpointed), says
+    which limit and where to resume, and --resume takes it to the planned end."""
+    base = ["train", "--job", SMOKE, "--quiet", "--run-dir", str(tmp_path), "--set",
+            "train.steps=50"]
+    proc = run_harness(*base, "--set", "train.max_minutes=0.0001")  # 6 ms: one step
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _only_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["stopped_by"] is None
+    step = summary["steps"]
+    assert 0 < step < 50
+    assert (run / "checkpoints" / f"ckpt-{step:06d}.pt").is_file()
+    assert f"reached train.max_minutes (0.0001) after step {step} of 50" in proc.stderr
+    assert f"--resume {run}" in proc.stderr
+    resumed = run_harness("train", "--job", SMOKE, "--quiet", "--resume", str(run),
+                          "--set", "train.steps=50")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 50
+    assert "reached" not in resumed.stderr
