@@ -242,10 +242,15 @@ def build_engine(job: JobConfig, info: DistInfo, comm: Comm, device: str,
     reducer = Reducer(t.backend, info.world_size)
     losses = _build_losses(job, device)
     opt = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.99), weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, job))
     if hvd is not None:
+        # Every rank starts from fresh optimizer state or loads the same checkpoint, so only
+        # the weights are broadcast (Horovod's broadcast_optimizer_state would take a
+        # zero-gradient step, i.e. one step of weight decay).
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(opt, root_rank=0)
         opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+    # Built on the optimizer that steps: Horovod's wrapper is a new object, and loading a
+    # checkpoint replaces its param groups, so a scheduler of the unwrapped one would set the
+    # learning rate of groups nobody uses (the rate froze after a resume).
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, job))
     return Engine(job=job, device=device, model=model, wrapped=wrapped, params=params, opt=opt,
                   sched=sched, reducer=reducer, hvd=hvd, **losses)
