@@ -30,6 +30,18 @@ def choose_log_format(requested: str, launcher: str | None, stream: Any = None) 
     return "rich" if interactive and launcher in (None, "none") else "plain"
 
 
+def table_console() -> Any:
+    """A ``rich`` console for tables: styled on a terminal, plain text under a launcher (as
+    :func:`choose_log_format`: ``mpirun`` gives each rank a pseudo-terminal, and escape codes
+    would end up in the job's log file)."""
+    from rich.console import Console
+
+    from harness.distributed import get_dist_info
+
+    launched = get_dist_info().launcher not in (None, "none")
+    return Console(force_terminal=False) if launched else Console()
+
+
 def utc_formatter(where: str = "") -> logging.Formatter:
     """``2026-11-30T11:07:10Z INFO name: message`` (``where``, e.g. ``node3:5 ``, before name)."""
     fmt = logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s",

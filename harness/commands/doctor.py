@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from harness.commands.common import add_overrides
 from harness.config import load_job
+from harness.logs import table_console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from harness.doctor import job_can_run, run_checks
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     style = {"ok": "green", "warn": "yellow", "missing": "red"}
     for c in checks:
         table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.detail, c.hint)
-    console = Console()
+    console = table_console()
     console.print(table)
     ok = job_can_run(checks)
     if job is not None:

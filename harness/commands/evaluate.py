@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.distributed import get_comm
-from harness.logs import LOG_FORMATS
+from harness.logs import LOG_FORMATS, table_console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,11 +94,9 @@ def print_scores(result: dict[str, Any] | None, sr_dir: str) -> None:
     """The score table and the files written (rank 0's result; None elsewhere prints nothing)."""
     if result is None:
         return
-    from rich.console import Console
-
     from harness.scoring.evaluate import render_table
 
-    console = Console()
+    console = table_console()
     console.print(render_table(result["summary"], title=f"Scores of {sr_dir}"))
     precision = (result.get("meta") or {}).get("precision", "fp32")
     if precision != "fp32":

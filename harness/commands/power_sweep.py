@@ -34,6 +34,7 @@ from typing import Any
 from harness.commands.common import add_job_arguments, run_guarded, setup_logging
 from harness.config import load_job
 from harness.errors import UserError
+from harness.logs import table_console
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(doc: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"power sweep: {doc['job']} ({doc['workload']}) on {doc['gpu']}"
@@ -162,16 +162,15 @@ def _print_table(doc: dict[str, Any], out: Path) -> None:
                   f"{p['avg_gpu_w']:.1f}", f"{p['peak_gpu_w']:.1f}", f"{p['avg_node_w']:.0f}",
                   f"{p['j_per_image']:.4f}", f"{p['images_per_s_per_w']:.3f}",
                   "-" if p["is"] is None else f"{p['is']:.4f}", "*" if p["pareto"] else "")
-    c = Console()
+    c = table_console()
     c.print(t)
     c.print(f"results: {out / 'sweep.json'}, {out / 'sweep.csv'}")
 
 
 def _print_plan(plan: Any, quiet: bool = False) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    c = table_console()
     if not quiet:
         t = Table(title=f"plan ({plan.objective}): budget {plan.budget_w:.0f} W, headroom "
                         f"{plan.headroom_w:.0f} W")

@@ -32,13 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from harness.data import degradation, shards
     from harness.distributed import get_comm, get_dist_info
     from harness.errors import UserError
+    from harness.logs import table_console
 
-    console = Console()
+    console = table_console()
     if args.fingerprint:
         if not (args.hr and args.lr):
             raise UserError("--fingerprint needs --hr DIR and --lr DIR")

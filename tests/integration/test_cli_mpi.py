@@ -40,6 +40,8 @@ def test_evaluate_two_ranks_equals_one_process(mpirun: str, tmp_path: Path) -> N
     assert a["summary"] == b["summary"]
     assert [r["name"] for r in b["per_image"]] == [p.stem for p in sorted(hr.iterdir())]
     assert a["per_image"] == b["per_image"]
+    # mpirun gives ranks a pseudo-terminal: the table must still reach the log as plain text
+    assert "PSNR" in two.stdout and "\x1b[" not in two.stdout
     assert (tmp_path / "two" / "per_image.csv").read_text() == \
         (tmp_path / "one" / "per_image.csv").read_text()
     # nearest-neighbour upscaling is worse than bicubic in PSNR
