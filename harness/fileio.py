@@ -44,8 +44,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(dest)  # "disk full: <the file>", not a bare "disk full"
         raise
     return dest
 

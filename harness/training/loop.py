@@ -139,7 +139,17 @@ class Trainer:
             return
         state = {**self.engine.state(), "step": step, "best_is": self.best_is,
                  "best_step": self.best_step, "rng": rngs, **self._meta()}
-        self.last_saved = ckpt.save_atomic(state, self.ckpt_dir / ckpt.checkpoint_name(step))
+        try:
+            saved = ckpt.save_atomic(state, self.ckpt_dir / ckpt.checkpoint_name(step))
+        except OSError as exc:  # disk full, quota: say what is safe and how to go on
+            from harness.errors import UserError, describe_os_error
+
+            where = (f"last good checkpoint {self.last_saved}" if self.last_saved
+                     else "no checkpoint was written yet")
+            raise UserError(f"{describe_os_error(exc)}; step {step} not saved, {where}; make "
+                            f"room and continue with --resume {self.run_dir}",
+                            exit_code=1) from exc
+        self.last_saved = saved
         ckpt.prune(self.ckpt_dir, self.job.train.keep_last)
 
     def validate(self, step: int) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,3 +262,39 @@ def test_environment_errors_are_one_line(tmp_path: Path) -> None:
 
     (tmp_path / "afile").write_text("x")
     assert run_guarded(boom) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 300 KB file system (tmpfs; needs the right to mount, which CI's root has)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(small_disk: Path) -> None:
+    base = ["train", "--job", str(ROOT / "jobs/smoke.yaml"), "--quiet", "--set", "train.steps=6",
+            "--set", "train.ckpt_every=2", "--set", "train.keep_last=5"]
+    proc = run_harness(*base, "--run-dir", str(small_disk))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    run = next(p for p in small_disk.iterdir() if p.is_dir() and not p.is_symlink())
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    last = run / "checkpoints" / saved[-1]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("harness: error: disk full: ") and "Traceback" not in proc.stderr
+    assert f"last good checkpoint {last}" in line and f"--resume {run}" in line
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    import torch
+
+    assert torch.load(last, weights_only=False)["step"] == int(last.stem.split("-")[1])
+    # Make room, as the message says, and go on.
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)
+    resumed = run_harness(*base, "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
