@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pairs per recognizer pass (each pass embeds twice as many "
                              "images; default: 16, the fastest on CPUs)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="fp32 (default): the score; bf16: faster on CPUs/GPUs with bf16 "
-                             "units, approximate (IS differs by ~1e-3), and said so")
+                        help="fp32 (default): the score; bf16: faster where there are bf16 "
+                             "units (FaceNet through OpenVINO on CPUs, autocast on GPUs), "
+                             "approximate (mean IS within ~1e-3), and said so")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the recognizer runs (default: auto, CUDA when present; "
                              "one GPU per local rank)")
