@@ -88,8 +88,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *,
         probe = probe.parent
     if not probe.is_dir():
         raise UserError(f"{what} {out}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {out}: permission denied (cannot write in {probe})")
+    _check_writable(probe, out, what)
     if not o.is_dir():
         return o
     if will_write is None:
@@ -109,6 +108,18 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *,
     return o
 
 
+def _check_writable(folder: Path, out: str | Path, what: str) -> None:
+    """``folder`` (the nearest existing one of ``out``) must take new files."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "read-only file system" if read_only else "permission denied"
+    raise UserError(f"{what} {out}: {why} (cannot write in {folder})")
+
+
 def check_output_file(out: str | Path, inputs: Iterable[str | Path | None] = (), *,
                       overwrite: bool = False, what: str = "-o") -> Path:
     """Like :func:`check_output` for a single output file (e.g. ``report.html``)."""
@@ -123,8 +134,7 @@ def check_output_file(out: str | Path, inputs: Iterable[str | Path | None] = (),
         probe = probe.parent
     if not probe.is_dir():
         raise UserError(f"{what} {out}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {out}: permission denied (cannot write in {probe})")
+    _check_writable(probe, out, what)
     return o
 
 
