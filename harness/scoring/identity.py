@@ -86,16 +86,15 @@ def identity_similarity_arrays(rec: Recognizer, srs: Sequence[np.ndarray],
     one size), each SR already at its HR's size.
 
     A recognizer whose own path takes arrays (:attr:`Recognizer.array_native`, e.g. FaceNet in
-    bf16 through OpenVINO) embeds them as they are, without torch; it must run at
-    ``precision``. Others get tensors (:func:`identity_similarity`).
+    bf16 through OpenVINO) embeds them as they are, without torch. Others get tensors
+    (:func:`identity_similarity`).
 
     Raises:
-        ValueError: An array-native recognizer runs at another precision.
+        ValueError: The recognizer always runs at another precision.
     """
+    if rec.precision not in (None, precision):
+        raise ValueError(f"{rec.name} runs in {rec.precision}, not {precision}")
     native = rec.array_native
-    if native and getattr(rec, "precision", "fp32") != precision:
-        raise ValueError(f"{rec.name} runs in {getattr(rec, 'precision', 'fp32')}, "
-                         f"not {precision}")
     out = np.empty(len(hrs), dtype=np.float64)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, hr in enumerate(hrs):

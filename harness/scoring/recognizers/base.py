@@ -45,6 +45,8 @@ class Recognizer(abc.ABC):
         differentiable: Whether :meth:`embed` passes gradients to its input.
         array_native: Whether :meth:`embed_arrays` is the recognizer's own path (numpy in and
             out, no torch); IS is then computed in numpy (see :mod:`harness.scoring.identity`).
+        precision: The precision a compiled recognizer always runs at; None: the caller's
+            (:func:`harness.precision.autocast`).
     """
 
     name: str = "recognizer"
@@ -52,6 +54,7 @@ class Recognizer(abc.ABC):
     feature_layers: tuple[str, ...] = ()
     differentiable: bool = False
     array_native: bool = False
+    precision: str | None = None
 
     @abc.abstractmethod
     def embed(self, images: torch.Tensor) -> torch.Tensor:

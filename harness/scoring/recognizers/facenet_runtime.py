@@ -212,14 +212,15 @@ class FaceNetBf16(Recognizer):
     embedding_dim = 512
     differentiable = False
     array_native = True
-    precision = "bf16"
+    precision: str | None = "bf16"
 
     def __init__(self, compiled: Any, threads: int) -> None:
         self._request = compiled.create_infer_request()
         self.threads = threads
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB faces -> (N, 512) float32 L2-normalised embeddings."""
+        """(N, H, W, 3) RGB faces, uint8 or float in [0, 1] -> (N, 512) float32 L2-normalised
+        embeddings."""
         return self._request.infer({0: preprocess_arrays(images)})[0].copy()
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -230,7 +231,7 @@ class FaceNetBf16(Recognizer):
 
         check_images(images)
         x = images.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).contiguous().numpy()
-        return torch.from_numpy(self._request.infer({0: preprocess_arrays(x)})[0].copy())
+        return torch.from_numpy(self.embed_arrays(x))
 
     def to(self, device: Any) -> FaceNetBf16:
         if str(device) != "cpu":
