@@ -58,3 +58,24 @@ def run_harness(*args: str, timeout: float = 300, cwd: Path = ROOT,
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd, env=full_env)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """``tmpfs(name, options)``: a real small file system (e.g. ``"size=300k"``, ``"size=64k,ro"``)
+    mounted under ``tmp_path`` and unmounted afterwards; skips where mounting is not allowed
+    (CI's root may)."""
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        mnt = tmp_path / name
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -264,21 +264,8 @@ def test_environment_errors_are_one_line(tmp_path: Path) -> None:
     assert run_guarded(boom) == 1
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A real 300 KB file system (tmpfs; needs the right to mount, which CI's root has)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(small_disk: Path) -> None:
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tmpfs) -> None:
+    small_disk = tmpfs("small", "size=300k")
     base = ["train", "--job", str(ROOT / "jobs/smoke.yaml"), "--quiet", "--set", "train.steps=6",
             "--set", "train.ckpt_every=2", "--set", "train.keep_last=5"]
     proc = run_harness(*base, "--run-dir", str(small_disk))
