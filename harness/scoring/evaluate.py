@@ -463,7 +463,8 @@ def evaluate_dirs(
         fast: Load a recognizer named here for scoring only (see
             :func:`~harness.scoring.recognizers.load_recognizer`: FaceNet on CPUs runs fp32
             through onnxruntime, the same scores to float rounding, and bf16 through OpenVINO).
-        threads: CPU threads of a compiled recognizer runtime (default: torch's setting).
+        threads: CPU threads of the recognizer (see
+            :func:`~harness.scoring.recognizers.load_recognizer`).
 
     Returns:
         On rank 0, ``{"summary", "records", "paths"}``; None on other ranks.
