@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from harness.config import load_job  # noqa: E402
 from harness.data.imageio import list_images, read_rgb, to_tensor  # noqa: E402
-from harness.generators import load_generator, super_resolve  # noqa: E402
-from harness.precision import autocast  # noqa: E402
+from harness.model.generators import load_generator, super_resolve  # noqa: E402
+from harness.model.precision import autocast  # noqa: E402
 
 
 def _median_time(fn, repeats: int = 3) -> float:
@@ -78,7 +78,7 @@ def kernel_figures(threads: int) -> list[tuple[str, str, float, float, float, fl
     rec = load_recognizer("facenet")
     rec.use_channels_last()
     demo = load_job(str(ROOT / "jobs" / "demo.yaml"))
-    from harness.generators import build_generator, model_kwargs
+    from harness.model.generators import build_generator, model_kwargs
 
     gen = build_generator(demo.model.name, model_kwargs(demo)).train()
     loss_fn, _ = make_loss(demo, "cpu", loss_recognizer(demo, "cpu"))

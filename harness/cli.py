@@ -2,7 +2,7 @@
 
 Each subcommand lives in the module that owns its concern and exposes two functions:
 ``add_arguments(parser)`` and ``run(args) -> int``. This module only wires them together,
-turns :class:`~harness.errors.UserError` into one line on stderr with its exit code, and keeps
+turns :class:`~fileio.user_error.UserError` into one line on stderr with its exit code, and keeps
 ``harness --help`` fast by importing a subcommand's module only when it runs.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from harness.commands.common import run_guarded, setup_logging
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("harness.commands.doctor", "check this machine (and a job's requirements)"),
     "launch": ("harness.commands.launch", "start a job with mpirun, or write a Slurm script"),
-    "train": ("harness.commands.train", "train a FaceSR model (one process, or under mpirun)"),
-    "infer": ("harness.commands.infer", "super-resolve a folder of LR faces (sharded over ranks)"),
+    "train": ("harness.train", "train a FaceSR model (one process, or under mpirun)"),
+    "infer": ("harness.infer", "super-resolve a folder of LR faces (sharded over ranks)"),
     "evaluate": ("harness.commands.evaluate", "score SR images against HR: IS, PSNR, SSIM, NIQE"),
     "prepare": ("harness.commands.prepare", "pack face images into training shards, or "
                 "fingerprint an LR set's kernel"),
@@ -51,7 +51,7 @@ def version() -> str:
     """The installed package's version and the checkout's git commit."""
     from importlib import metadata
 
-    from harness.runs import git_commit
+    from harness.outputs.run_folders import git_commit
 
     try:
         v = metadata.version("facesr-harness")

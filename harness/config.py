@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from harness.errors import UserError
+from fileio.user_error import UserError
+from power.config import FieldError, PowerConfig
+from power.config import check as _check
 
 #: Data sources that name the embedded ASC19 validation set (see ``harness.data.pairs``).
 EMBEDDED_SOURCES = ("embedded:train", "embedded:heldout", "embedded:all")
@@ -89,20 +91,6 @@ def _clip(text: str, limit: int = EXCERPT_CHARS) -> str:
     """``text`` itself (not its repr), cut to ``limit`` characters."""
     text = _CONTROL.sub("?", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class FieldError(ValueError):
-    """A value that fails validation; ``key`` is the dotted path below the section."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.message = message
-
-
-def _check(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise FieldError(key, message)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -288,7 +276,7 @@ class InferConfig:
     """Checkpoint to load; empty = the shipped weights for the model, when there are any."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """SR forward pass precision; ``auto`` is bf16 where the device has bf16 units (CUDA,
-    AVX-512 BF16/AMX CPUs: outputs within 3/255 of fp32, see tests/test_precision.py)."""
+    AVX-512 BF16/AMX CPUs: outputs within 3/255 of fp32, see tests/model/test_precision.py)."""
     threads_per_rank: int = 0
     """torch CPU threads per inference rank (0 = cores / local ranks)."""
 
@@ -303,7 +291,8 @@ class EvalConfig:
     recognizer: str = "facenet"
     """``facenet`` (embedded), ``sphere20a:PATH`` or ``onnx:PATH``."""
     metrics: tuple[str, ...] = ("is", "psnr", "ssim")
-    """Metrics to compute: any of is, psnr, ssim, psnr_y, ssim_y, rmse, niqe."""
+    """Metrics to compute: any of :data:`harness.scoring.ALL_METRICS` (is, psnr, ssim, psnr_y,
+    ssim_y, rmse, niqe)."""
     shave: int = 0
     """Border pixels ignored by PSNR/SSIM."""
     batch_size: int = 64
@@ -319,69 +308,6 @@ class EvalConfig:
                    f"of {', '.join(ALL_METRICS)})")
         _check(self.shave >= 0, "shave", "must be >= 0")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PowerConfig:
-    """Power measurement and the cluster-wide governor."""
-
-    enabled: bool = False
-    """Run the sampler and governor during train/infer."""
-    backend: Literal["simulated", "nvml", "replay", "auto"] = "simulated"
-    """Where GPU power comes from: simulated GPUs, NVIDIA NVML, or a recorded trace; ``auto``
-    is NVML where this node has NVIDIA GPUs and simulated GPUs elsewhere (said in the log)."""
-    budget_w: float = 3000.0
-    """Whole-cluster power budget in watts (GPUs + CPUs + node overhead + switch)."""
-    headroom_w: float = 150.0
-    """Safety margin kept below the budget."""
-    mode: Literal["power_limit", "clocks"] = "power_limit"
-    """Cap GPUs by power limit or by locked clocks."""
-    control_hz: float = 10.0
-    """Governor control frequency."""
-    sample_hz: float = 10.0
-    """Power sampling frequency (>= 10 Hz)."""
-    stale_s: float = 1.0
-    """Readings older than this trigger the fail-safe cap."""
-    sim_profile: str = "A100-SXM4"
-    """Simulated GPU profile (see ``power.simulated``)."""
-    sim_gpus_per_node: int = 4
-    """Simulated GPUs per node."""
-    replay_csv: str = ""
-    """Trace to replay when ``backend: replay``."""
-    node_overhead_w: float = 150.0
-    """Fixed per-node power besides CPUs and GPUs (fans, NICs, disks)."""
-    switch_w: float = 0.0
-    """Power of the cluster switch, counted once."""
-    cpu_tdp_w: float = 205.0
-    """CPU package TDP used to estimate CPU power where RAPL is unreadable."""
-    meter_command: str = ""
-    """Optional command printing node power (e.g. ``ipmitool dcmi power reading``)."""
-    power_source: Literal["auto", "instant", "usage"] = "auto"
-    """Which NVML power reading each GPU uses (``backend: nvml``): ``auto`` the instant field
-    where the driver has it, else ``nvmlDeviceGetPowerUsage``; ``instant`` that field or an
-    error; ``usage`` always ``nvmlDeviceGetPowerUsage`` (a 1-s average on Ampere and newer)."""
-    sim_sensor: Literal["instant", "average_1s"] = "instant"
-    """What a simulated GPU's power reading models (``backend: simulated``): a perfect
-    instantaneous sensor, or ``nvmlDeviceGetPowerUsage``'s 1-s average."""
-    plan: str = ""
-    """A power plan (``plan.json``, a ``sweep.json`` holding one, or a sweep folder, from
-    ``harness power-sweep``): ``harness launch`` starts its nodes and GPUs, and every GPU
-    starts at its planned cap (the governor still moves it); empty = no plan."""
-
-    def __post_init__(self) -> None:
-        _check(self.budget_w > 0, "budget_w", "must be > 0")
-        _check(0 <= self.headroom_w < self.budget_w, "headroom_w",
-               "must be >= 0 and below budget_w")
-        _check(0 < self.control_hz <= 100, "control_hz", "must be in (0, 100]")
-        _check(10 <= self.sample_hz <= 1000, "sample_hz", "must be between 10 and 1000")
-        _check(self.stale_s > 0, "stale_s", "must be > 0")
-        _check(1 <= self.sim_gpus_per_node <= 16, "sim_gpus_per_node", "must be between 1 and 16")
-        _check(self.node_overhead_w >= 0, "node_overhead_w", "must be >= 0")
-        _check(self.switch_w >= 0, "switch_w", "must be >= 0")
-        _check(self.cpu_tdp_w >= 0, "cpu_tdp_w", "must be >= 0")
-        _check(self.backend != "replay" or bool(self.replay_csv), "replay_csv",
-               "must name a CSV trace when backend is replay")
-        _no_control(self.plan, "plan")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

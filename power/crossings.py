@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from power.config import check_budget
+
 
 @dataclass(frozen=True, slots=True)
 class CrossingInterval:
@@ -81,8 +83,7 @@ def budget_crossings(times_s: Sequence[float], watts: Sequence[float],
     """
     if len(times_s) != len(watts):
         raise ValueError(f"budget_crossings: {len(times_s)} times but {len(watts)} values")
-    if not budget_w > 0:
-        raise ValueError(f"budget_crossings: budget_w must be > 0, got {budget_w}")
+    check_budget(budget_w)
     intervals: list[CrossingInterval] = []
     start: float | None = None
     peak = 0.0

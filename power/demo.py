@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fileio.atomic import write_text_atomic
 from power.clock import MonotonicClock
 from power.governor import Governor
 from power.simulated import constant_load, make_simulated_gpus
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             steps += 1
             if args.ready_file and steps == 1:
                 if any(g.get_power_limit_mw() != o for g, o in zip(gpus, original)):
-                    args.ready_file.write_text("ready\n")
+                    write_text_atomic(args.ready_file, "ready\n")
             if args.raise_after_steps and steps >= args.raise_after_steps:
                 raise RuntimeError(f"simulated training failure after {steps} steps")
             clock.sleep(args.period_s)

@@ -37,8 +37,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from fileio.atomic import write_json_atomic
 from power.clock import Clock, MonotonicClock, time_fields
 from power.comm import Communicator, SingleProcessComm
+from power.config import DEFAULT_BUDGET_W, check_budget
 from power.errors import PowerError
 from power.gpu import GPU, restore_gpu_settings
 from power.policy import (
@@ -108,7 +110,8 @@ class Governor:
     """
 
     def __init__(self, gpus: Sequence[GPU], *, comm: Communicator | None = None,
-                 budget_w: float = 3000.0, headroom_w: float = 50.0, mode: str = "power_limit",
+                 budget_w: float = DEFAULT_BUDGET_W, headroom_w: float = 50.0,
+                 mode: str = "power_limit",
                  other_power_w: Callable[[float], float] | None = None,
                  shared_overhead_w: float = 0.0, run_dir: str | os.PathLike[str] | None = None,
                  clock: Clock | None = None, period_s: float = 0.05,
@@ -116,10 +119,7 @@ class Governor:
                  busy_max_age_s: float = 5.0, energy_power: bool | None = None) -> None:
         if not gpus:
             raise ValueError("Governor: gpus must not be empty")
-        if not budget_w > 0:
-            raise ValueError(f"Governor: budget_w must be > 0, got {budget_w}")
-        if not 0 <= headroom_w < budget_w:
-            raise ValueError(f"Governor: headroom_w must be in [0, budget_w), got {headroom_w}")
+        check_budget(budget_w, headroom_w)
         if mode not in MODES:
             raise ValueError(f"Governor: mode must be one of {MODES}, got {mode!r}")
         if not period_s > 0:
@@ -207,9 +207,9 @@ class Governor:
         self._entered = True
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / f"original_limits.rank{self.comm.rank}.json").write_text(json.dumps(
-                {"uuids": [g.get_uuid() for g in self.gpus],
-                 "power_limits_mw": self._original_limits_mw}, indent=1))
+            write_json_atomic(self.run_dir / f"original_limits.rank{self.comm.rank}.json",
+                              {"uuids": [g.get_uuid() for g in self.gpus],
+                               "power_limits_mw": self._original_limits_mw}, indent=1)
         self._signals.install()
         self._log("start", budget_w=self.budget_w, headroom_w=self.headroom_w, mode=self.mode,
                   gpus=len(self.gpus), original_limits_mw=self._original_limits_mw,
@@ -229,8 +229,7 @@ class Governor:
         self._signals.remove()
         self._finish_crossing(self._last_t if self._last_t is not None else self._clock.now())
         if self.run_dir is not None and self.comm.rank == 0:
-            (self.run_dir / "governor_summary.json").write_text(
-                json.dumps(self.summary(), indent=1))
+            write_json_atomic(self.run_dir / "governor_summary.json", self.summary(), indent=1)
         if self._events_fh is not None:
             self._events_fh.close()
             self._events_fh = None

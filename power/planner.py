@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from power.config import check_budget
+
 OBJECTIVES = ("sum", "sync")
 
 
@@ -386,9 +388,7 @@ def plan_cluster(node_types: Sequence[NodeType], *, budget_w: float, headroom_w:
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    if not budget_w > 0 or not 0 <= headroom_w < budget_w:
-        raise ValueError(f"need budget_w > 0 and 0 <= headroom_w < budget_w, got {budget_w}, "
-                         f"{headroom_w}")
+    check_budget(budget_w, headroom_w)
     if switch_w < 0 or cap_step_w <= 0:
         raise ValueError("need switch_w >= 0 and cap_step_w > 0")
     if not node_types:
@@ -423,13 +423,7 @@ def plan_cluster(node_types: Sequence[NodeType], *, budget_w: float, headroom_w:
                 continue
             settings = got[0]
         node_plans = _layout(types, counts, settings)
-        gpu_w = sum(sum(n.gpu_power_w) for n in node_plans)
-        total_w = fixed + gpu_w
-        if objective == "sum":
-            ips = sum(sum(n.gpu_images_per_s) for n in node_plans)
-        else:
-            per = [v for n in node_plans for v in n.gpu_images_per_s]
-            ips = len(per) * min(per)
+        ips, total_w = _throughput(node_plans, objective), fixed + _gpu_w(node_plans)
         key = (ips, -total_w)
         m_total = sum(nodes)
         if m_total not in by_nodes or key > (by_nodes[m_total][0], -by_nodes[m_total][1]):
@@ -442,7 +436,7 @@ def plan_cluster(node_types: Sequence[NodeType], *, budget_w: float, headroom_w:
             f"{headroom_w:.0f} W): the cheapest option (one node, one GPU at its lowest "
             f"setting) needs {cheapest:.0f} W")
     ips, total_w, node_plans = best
-    gpu_w = sum(sum(n.gpu_power_w) for n in node_plans)
+    gpu_w = _gpu_w(node_plans)
     alternatives = tuple((m, v[0], v[1]) for m, v in sorted(by_nodes.items()))
     text = _explain(node_plans, types, budget_w=budget_w, headroom_w=headroom_w,
                     switch_w=switch_w, total_w=total_w, gpu_w=gpu_w, ips=ips,
@@ -473,6 +467,20 @@ def _layout(types: Sequence[_Type], counts: Sequence[int],
 
 def _fmt(v: float) -> str:
     return f"{v:.0f}" if abs(v - round(v)) < 1e-6 else f"{v:.1f}"
+
+
+def _gpu_w(node_plans: Sequence[NodePlan]) -> float:
+    """The GPUs' predicted power of a layout."""
+    return sum(sum(n.gpu_power_w) for n in node_plans)
+
+
+def _throughput(node_plans: Sequence[NodePlan], objective: str) -> float:
+    """Images/s of a layout: the sum of its GPUs (``sum``), or every GPU at the slowest GPU's
+    pace (``sync``: synchronous data parallel)."""
+    if objective == "sum":
+        return sum(sum(n.gpu_images_per_s) for n in node_plans)
+    per = [v for n in node_plans for v in n.gpu_images_per_s]
+    return len(per) * min(per)
 
 
 def _explain(node_plans: Sequence[NodePlan], types: Sequence[_Type], *, budget_w: float,

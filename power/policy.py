@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from power.config import check_budget
+
 MODES = ("power_limit", "clocks")
 
 STEADY = "steady"
@@ -149,10 +151,7 @@ def _cut(values: np.ndarray, floor: np.ndarray, amount: float) -> np.ndarray:
 
 def _validate(budget_w: float, headroom_w: float, readings: Sequence[GpuReading],
               mode: str) -> None:
-    if not budget_w > 0:
-        raise ValueError(f"budget_w must be > 0, got {budget_w}")
-    if not 0 <= headroom_w < budget_w:
-        raise ValueError(f"headroom_w must be in [0, budget_w), got {headroom_w}")
+    check_budget(budget_w, headroom_w)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not readings:
@@ -198,30 +197,48 @@ def decide(*, budget_w: float, headroom_w: float, readings: Sequence[GpuReading]
     target = budget_w - headroom_w
 
     stale = [r for r in readings if _is_stale(r, cfg.stale_after_s)]
-    other_unknown = other_power_w is None or not math.isfinite(other_power_w)
-    if stale or other_unknown:
-        safe = lo if cfg.safe_limit_w is None else np.clip(cfg.safe_limit_w, lo, hi)
-        parts = [f"node {r.node} GPU {r.gpu} ("
-                 + ("no reading" if r.power_w is None else f"{r.age_s:.2f} s old") + ")"
-                 for r in stale[:8]]
-        if len(stale) > 8:
-            parts.append(f"and {len(stale) - 8} more")
-        msg = ("stale or missing power readings: " + ", ".join(parts)) if stale else (
-            "other node power unknown")
-        clocks = (tuple(float(r.min_clock_mhz) for r in readings)  # type: ignore[arg-type]
-                  if mode == "clocks" else None)
-        return Decision(tuple(float(v) for v in safe), clocks, FAIL_SAFE,
-                        (msg + f"; safe cap applied to all {len(readings)} GPUs",), None, target)
+    if stale or other_power_w is None or not math.isfinite(other_power_w):
+        return _fail_safe(readings, stale, lo, hi, target, mode, cfg)
 
     p = np.array([r.power_w for r in readings], dtype=float)
-    other = float(other_power_w)  # type: ignore[arg-type]
+    other = float(other_power_w)
     measured = float(p.sum()) + other
-    gpu_budget = target - other
-    span = hi - lo
     capped = p >= lim * (1.0 - cfg.near_limit_fraction)
     reasons: list[str] = []
-    messages: list[str] = []
+    new, rel = _rebalance(readings, p, lim, lo, hi, capped, cfg, reasons)
+    messages = _fit_budget(new, p, lim, lo, hi, capped, rel, cfg, reasons, measured=measured,
+                           target=target, other=other)
 
+    clocks = None
+    if mode == "clocks":
+        clocks = tuple(_clock_for(r, float(pw), float(a), cfg) for r, pw, a in zip(readings, p, new))
+    return Decision(tuple(float(v) for v in new), clocks, reasons[0] if reasons else STEADY,
+                    tuple(messages), measured, target)
+
+
+def _fail_safe(readings: Sequence[GpuReading], stale: Sequence[GpuReading], lo: np.ndarray,
+               hi: np.ndarray, target: float, mode: str, cfg: PolicyConfig) -> Decision:
+    """Every GPU at the safe cap: readings are stale or missing, or other power is unknown."""
+    safe = lo if cfg.safe_limit_w is None else np.clip(cfg.safe_limit_w, lo, hi)
+    parts = [f"node {r.node} GPU {r.gpu} ("
+             + ("no reading" if r.power_w is None else f"{r.age_s:.2f} s old") + ")"
+             for r in stale[:8]]
+    if len(stale) > 8:
+        parts.append(f"and {len(stale) - 8} more")
+    msg = ("stale or missing power readings: " + ", ".join(parts)) if stale else (
+        "other node power unknown")
+    clocks = (tuple(float(r.min_clock_mhz) for r in readings)  # type: ignore[arg-type]
+              if mode == "clocks" else None)
+    return Decision(tuple(float(v) for v in safe), clocks, FAIL_SAFE,
+                    (msg + f"; safe cap applied to all {len(readings)} GPUs",), None, target)
+
+
+def _rebalance(readings: Sequence[GpuReading], p: np.ndarray, lim: np.ndarray, lo: np.ndarray,
+               hi: np.ndarray, capped: np.ndarray, cfg: PolicyConfig, reasons: list[str]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Caps moved towards stragglers and away from GPUs below their cap; (caps, relative
+    lateness of each GPU)."""
+    span = hi - lo
     new = lim.copy()
     rel = np.zeros(len(readings))
     busy = [r.busy_s for r in readings]
@@ -235,17 +252,27 @@ def decide(*, budget_w: float, headroom_w: float, readings: Sequence[GpuReading]
             reasons.append(REBALANCE)
     slack = np.where(capped, 0.0, np.maximum(lim * (1.0 - cfg.near_limit_fraction) - p, 0.0))
     new -= cfg.donate_fraction * slack
-    new = np.clip(new, lo, hi)
+    return np.clip(new, lo, hi), rel
 
+
+def _fit_budget(new: np.ndarray, p: np.ndarray, lim: np.ndarray, lo: np.ndarray,
+                hi: np.ndarray, capped: np.ndarray, rel: np.ndarray, cfg: PolicyConfig,
+                reasons: list[str], *, measured: float, target: float, other: float
+                ) -> list[str]:
+    """Cut ``new`` (in place) when the cluster is over target or the caps exceed the GPUs'
+    share, else raise capped GPUs into the room left; returns the messages."""
+    messages: list[str] = []
+    gpu_budget = target - other
+    span = hi - lo
     if measured > target:
         excess = measured - target
-        new = np.maximum(_cut(np.minimum(new, np.maximum(p, lo)), lo, excess), lo)
+        new[:] = np.maximum(_cut(np.minimum(new, np.maximum(p, lo)), lo, excess), lo)
         reasons.insert(0, OVERSHOOT)
         messages.append(f"cluster {measured:.0f} W over target {target:.0f} W: cut {excess:.0f} W")
     if new.sum() > gpu_budget:
         if lim.sum() > gpu_budget and OVERSHOOT not in reasons:
             reasons.insert(0, BUDGET_SHRINK)
-        new = np.maximum(_cut(new, lo, float(new.sum()) - gpu_budget), lo)
+        new[:] = np.maximum(_cut(new, lo, float(new.sum()) - gpu_budget), lo)
         if lo.sum() > gpu_budget:
             reasons.insert(0, INFEASIBLE)
             messages.append(f"minimum limits ({lo.sum():.0f} W) + other power ({other:.0f} W) "
@@ -260,12 +287,7 @@ def decide(*, budget_w: float, headroom_w: float, readings: Sequence[GpuReading]
         if inc.sum() > 1e-9:
             new += inc
             reasons.append(RAISE)
-
-    clocks = None
-    if mode == "clocks":
-        clocks = tuple(_clock_for(r, float(pw), float(a), cfg) for r, pw, a in zip(readings, p, new))
-    return Decision(tuple(float(v) for v in new), clocks, reasons[0] if reasons else STEADY,
-                    tuple(messages), measured, target)
+    return messages
 
 
 def _clock_for(r: GpuReading, power_w: float, alloc_w: float, cfg: PolicyConfig) -> float:

@@ -35,9 +35,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from fileio.atomic import write_text_atomic
 from power.clock import Clock, MonotonicClock, time_fields
 from power.errors import PowerError
-from power.files import write_text_atomic
 from power.gpu import GPU
 from power.node import NodePower
 

@@ -55,9 +55,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fileio.atomic import write_text_atomic
 from power.clock import Clock
 from power.errors import NotSupportedError
-from power.files import write_text_atomic
 from power.gpu import GPU, PowerSensor
 
 
@@ -346,8 +346,9 @@ class SimStateFile:
         """Merge ``fields`` into GPU ``index``'s entry and rewrite the file."""
         with self._lock:
             self._gpus.setdefault(str(index), {}).update(fields)
+            # rewritten at every setting change: atomic, but not flushed to disk each time
             write_text_atomic(self.path, json.dumps({"gpus": self._gpus}, indent=1,
-                                                    sort_keys=True))
+                                                    sort_keys=True), fsync=False)
 
     @staticmethod
     def read(path: str | os.PathLike[str]) -> dict[int, dict[str, object]]:

@@ -49,8 +49,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from fileio.atomic import write_text_atomic
 from power.clock import Clock, MonotonicClock, SimClock
-from power.files import write_text_atomic
 from power.gpu import GPU, restore_gpu_settings
 from power.node import NodePower
 from power.sampler import PowerSampler

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
-from harness.fileio import write_text_atomic
+from fileio.atomic import write_text_atomic
+from fileio.user_error import UserError
 from power.meter_log import MeterLogError, compare_with_meter, read_meter_log
 from reports.rundata import load_run
 

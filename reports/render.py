@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from harness.fileio import write_text_atomic
+from fileio.atomic import write_text_atomic
 from reports import images, plots
 from reports.markup import Markup, el, fmt_num, join, render
 from reports.rundata import PowerData, RunData, SweepData, load_run, load_sweep
@@ -241,8 +241,12 @@ def _quality_block(run: RunData, is_sr: Any) -> list[Any]:
     """IS/PSNR/SSIM/NIQE/RMSE of the scored set against bicubic."""
     parts: list[Any] = []
     quality_rows = []
-    for name, label, digits in (("is", "IS", 4), ("psnr", "PSNR (dB)", 3), ("ssim", "SSIM", 4),
-                                ("niqe", "NIQE", 3), ("rmse", "RMSE", 3)):
+    stats = run.infer_summary.get("metrics")
+    names = [k for k in (stats if isinstance(stats, dict) else {})
+             if not k.endswith("_bicubic")]
+    for name in names:
+        info = run.metric_info(name)
+        label, digits = info["label"], min(max(info["digits"], 0), 8)
         sr, bic = run.metric(name), run.metric(f"{name}_bicubic")
         if not sr:
             continue

@@ -2,10 +2,10 @@
 
 Every reader is tolerant: a missing or unreadable file becomes None (and a line in
 :attr:`RunData.problems`), so a report of a half-finished run still renders. Only a path that
-is not a run directory at all raises :class:`~harness.errors.UserError`.
+is not a run directory at all raises :class:`~fileio.user_error.UserError`.
 
-The file formats are those written by :mod:`harness.runs`, :mod:`harness.train`,
-:mod:`harness.infer` / :mod:`harness.scoring.evaluate` and :mod:`power.sampler` /
+The file formats are those written by :mod:`harness.outputs.run_folders`, :mod:`harness.train`,
+:mod:`harness.infer` / :mod:`harness.scoring.score_folders` and :mod:`power.sampler` /
 :mod:`power.governor`.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from harness.errors import UserError
-from harness.runs import read_metrics
+from fileio.run_files import read_metrics
+from fileio.user_error import UserError
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,17 @@ class RunData:
         m = self.infer_summary.get("metrics")
         v = m.get(name) if isinstance(m, dict) else None
         return v if isinstance(v, dict) else {}
+
+    def metric_info(self, name: str) -> dict[str, Any]:
+        """How to show metric ``name`` (``label``, ``digits``, ``higher_is_better``), as the
+        scorer wrote it into ``scores.json``; for files written before it did, the name and 4
+        digits."""
+        info = self.infer_meta.get("metric_info")
+        v = info.get(name) if isinstance(info, dict) else None
+        out = {"label": name.upper(), "digits": 4, "higher_is_better": True}
+        if isinstance(v, dict):
+            out.update({k: v[k] for k in out if k in v and isinstance(v[k], type(out[k]))})
+        return out
 
     @property
     def inference(self) -> dict[str, Any]:

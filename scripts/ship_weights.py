@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> int:
     import torch
 
-    from harness.checkpoint import load, save_atomic
+    from harness.outputs.checkpoints import load, save_atomic
     from kernels.shipped import WEIGHTS_DIR, sha256
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

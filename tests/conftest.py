@@ -31,7 +31,7 @@ def mpi_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def mpirun() -> str:
     """Path of a working mpirun (with mpi4py importable), or skip the test saying why."""
-    from harness.doctor import find_mpirun
+    from harness.cluster.machine_checks import find_mpirun
 
     path = find_mpirun("mpirun")
     if path is None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from fileio.user_error import UserError
 from harness.config import JobConfig, dump_job, job_from_dict, load_job
-from harness.errors import UserError
 from tests.conftest import ROOT, run_harness
 
 SHIPPED = sorted((ROOT / "jobs").glob("*.yaml"))

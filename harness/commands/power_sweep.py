@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fileio.user_error import UserError
 from harness.commands.common import add_job_arguments, run_guarded, setup_logging
 from harness.config import load_job
-from harness.errors import UserError
-from harness.logs import table_console
+from harness.outputs.logs import table_console
 
 log = logging.getLogger(__name__)
 
@@ -107,46 +107,42 @@ def run(args: argparse.Namespace) -> int:
     """Run ``harness power-sweep``; returns the exit code."""
     if not args.job and not args.plan_from:
         raise UserError("power-sweep: --job is required (or --plan-from DIR to plan only)")
-    job = load_job(args.job, args.overrides) if args.job else None
-    if not args.warmup_s >= 0:
-        raise UserError(f"--warmup-s: must be >= 0, got {args.warmup_s}")
-    for name in ("warmup_steps", "steps", "batch_size"):
-        v = getattr(args, name)
-        if v is not None and v < (0 if name == "warmup_steps" else 1):
-            raise UserError(f"--{name.replace('_', '-')}: must be >= "
-                            f"{0 if name == 'warmup_steps' else 1}, got {v}")
-    from harness.power_sweep import load_sweep_dir, make_plan, read_meta, sweep
+    from harness.workloads.sweep_workloads import (
+        PlanOptions,
+        SweepOptions,
+        load_sweep_dir,
+        make_plan,
+        read_meta,
+        sweep,
+    )
 
+    job = load_job(args.job, args.overrides) if args.job else None
+    options, planning = SweepOptions.from_args(args), PlanOptions.from_args(args)
     if args.plan_from:
         docs = []
         for d in args.plan_from:
             docs.append(load_sweep_dir(d))
-        plan = make_plan(docs, job, args)
+        plan = make_plan(docs, job, planning)
         _print_plan(plan, quiet=args.quiet)
         return 0
-    doc, out = sweep(job, args)  # type: ignore[arg-type]
+    doc, out = sweep(job, options, on_point=None if args.quiet else _print_point)  # type: ignore[arg-type]
     if not args.quiet:
         _print_table(doc, out)
     if not args.no_plan:
         from power.sweep import write_sweep
 
-        plan = make_plan([(doc, read_meta(out))], job, args)
+        plan = make_plan([(doc, read_meta(out))], job, planning)
         doc["plan"] = plan.to_json()
         write_sweep(out, doc)
         _print_plan(plan, quiet=args.quiet)
     return 0
 
 
-# --------------------------------------------------------------------------- sweep
-
-
-# --------------------------------------------------------------------------- real workloads
-
-
-# --------------------------------------------------------------------------- planning
-
-
-# --------------------------------------------------------------------------- output
+def _print_point(point: dict[str, Any], done: int, total: int) -> None:
+    print(f"[{done}/{total}] {point['setting']:g} {point['unit']}: "
+          f"{point['images_per_s']:.1f} images/s/GPU, {point['avg_gpu_w']:.1f} W avg, "
+          f"{point['peak_gpu_w']:.1f} W peak"
+          + (f", IS {point['is']:.4f}" if point["is"] is not None else ""), flush=True)
 
 
 def _print_table(doc: dict[str, Any], out: Path) -> None:

@@ -32,10 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fileio.user_error import UserError
+    from harness.cluster.distributed import get_comm, get_dist_info
     from harness.data import degradation, shards
-    from harness.distributed import get_comm, get_dist_info
-    from harness.errors import UserError
-    from harness.logs import table_console
+    from harness.outputs.logs import table_console
 
     console = table_console()
     if args.fingerprint:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.src and args.out):
         raise UserError("prepare needs SRC and --out DIR (or --fingerprint --hr --lr)")
     info, comm = get_dist_info(), get_comm()
-    from harness.outputs import agree, check_not_input
+    from harness.outputs.write_checks import agree, check_not_input
 
     agree(comm, lambda: check_not_input(args.out, [args.src]))  # never into or over SRC
     result = shards.prepare(args.src, args.out, kernel=args.kernel, crop=args.crop,

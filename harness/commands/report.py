@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from harness.errors import UserError
+from fileio.user_error import UserError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if getattr(args, "mlperf_out", None):
-        from reports.mlperf import export_mlperf
+        from reports.mlperf_export import export_mlperf
 
         for i, run_dir in enumerate(args.run_dirs):
             files = export_mlperf(run_dir, args.mlperf_out, index=i, org=args.mlperf_org)

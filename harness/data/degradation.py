@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fileio.user_error import UserError
 from harness.data.imageio import pair_by_name, read_rgb
-from harness.errors import UserError
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:

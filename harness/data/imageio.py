@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from harness.errors import UserError
-from harness.fileio import atomic_write
+from fileio.atomic import atomic_write
+from fileio.user_error import UserError
 
 if TYPE_CHECKING:  # torch is imported lazily: reading images must not pay its import time
     import torch

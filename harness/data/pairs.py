@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fileio.user_error import UserError
+from harness.cluster.distributed import shard
 from harness.config import AugmentConfig
 from harness.data.degradation import downscale
-from harness.distributed import shard
-from harness.errors import UserError
-from harness.paths import embedded_asc19_dir
+from harness.data.locations import embedded_asc19_dir
 
 HELDOUT_EVERY = 5
 """Every fifth embedded pair (positions 4, 9, …) is held out."""

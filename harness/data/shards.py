@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fileio.atomic import atomic_write, write_json_atomic
+from fileio.user_error import UserError
+from harness.cluster.distributed import shard
 from harness.data.degradation import DEFAULT_DEGRADATION, check_degradation, downscale
 from harness.data.imageio import IMAGE_SUFFIXES, read_rgb
-from harness.distributed import shard
-from harness.errors import UserError
-from harness.fileio import atomic_write, write_json_atomic
 
 __all__ = [
     "ASC19_TEMPLATE",

@@ -48,7 +48,7 @@ def identity_similarity(
         hr: (N, 3, H, W) float RGB in [0, 1], the originals, same order.
         batch_size: Pairs per forward pass (each pass embeds 2 * batch_size images).
         precision: ``fp32`` (the score) or ``bf16`` (faster, approximate; see
-            :mod:`harness.precision`).
+            :mod:`harness.model.precision`).
 
     Returns:
         (N,) float64 cosines; their mean is the contest score.
@@ -64,7 +64,7 @@ def identity_similarity(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     import torch
 
-    from harness.precision import autocast
+    from harness.model.precision import autocast
 
     out = np.empty(sr.shape[0], dtype=np.float64)
     with torch.no_grad(), autocast(str(rec.device), precision):

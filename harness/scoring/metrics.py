@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fileio.user_error import UserError
 from harness.data.degradation import matlab_imresize
-from harness.errors import UserError
-from harness.paths import data_dir
+from harness.data.locations import data_dir
 
 __all__ = [
 

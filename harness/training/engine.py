@@ -18,11 +18,17 @@ from typing import Any
 
 import torch
 
+from fileio.user_error import UserError
+from harness.cluster.distributed import (
+    Comm,
+    DistInfo,
+    Reducer,
+    init_horovod,
+    init_torch_distributed,
+)
+from harness.cluster.watchdog import torch_timeout_s
 from harness.config import JobConfig
-from harness.distributed import Comm, DistInfo, Reducer, init_horovod, init_torch_distributed
-from harness.watchdog import torch_timeout_s
-from harness.errors import UserError
-from harness.generators import build_generator, load_initial_weights, model_kwargs
+from harness.model.generators import build_generator, load_initial_weights, model_kwargs
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Data-parallel FaceSR training: the run of one job, from its data to its summary.
 
-Every rank bootstraps through :mod:`harness.distributed`, builds its replica with
+Every rank bootstraps through :mod:`harness.cluster.distributed`, builds its replica with
 :func:`harness.training.engine.build_engine` (``torch.nn.parallel.DistributedDataParallel``
 over gloo on CPU or NCCL on GPU, or Horovod's ``DistributedOptimizer`` with
 ``train.backend: horovod``) and steps through :class:`Trainer`. Sampling and augmentation are
 pure functions of (seed, step, rank) (:mod:`harness.data.pairs`), so ``--resume`` continues
-exactly where a run stopped. The command line is :mod:`harness.commands.train`.
+exactly where a run stopped. The command line is :mod:`harness.train`.
 """
 from __future__ import annotations
 
@@ -20,28 +20,35 @@ from typing import Any
 
 import torch
 
-from harness import checkpoint as ckpt
-from harness.config import JobConfig
-from harness.data.loader import BatchLoader
-from harness.data.pairs import PairSet, check_split, load_pairs, only_flips
-from harness.distributed import (
+from fileio.atomic import write_json_atomic
+from harness.cluster.distributed import (
     Comm,
     DistInfo,
     get_comm,
     get_dist_info,
     shutdown_torch_distributed,
 )
-from harness.fileio import write_json_atomic
-from harness.generators import (
+from harness.cluster.watchdog import StallWatchdog
+from harness.config import JobConfig
+from harness.data.loader import BatchLoader
+from harness.data.pairs import PairSet, check_split, load_pairs, only_flips
+from harness.model.generators import (
+    check_checkpoint_model,
     model_kwargs,
     preflight_model,
     resolve_device,
     resolve_init_from,
     set_threads,
 )
-from harness.logs import RunLog, choose_log_format
-from harness.precision import autocast, resolve_precision
-from harness.runs import MetricsLog, create_run_dir, lock_run_everywhere, write_manifest
+from harness.model.precision import autocast, resolve_precision
+from harness.outputs import checkpoints as ckpt
+from harness.outputs.logs import RunLog, choose_log_format
+from harness.outputs.run_folders import (
+    MetricsLog,
+    create_run_dir,
+    lock_run_everywhere,
+    write_manifest,
+)
 from harness.training.engine import (
     EmbeddingCache,
     Engine,
@@ -52,7 +59,6 @@ from harness.training.engine import (
 )
 from harness.training.progress import TrainProgress, print_summary
 from harness.training.validate import validate
-from harness.watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +148,7 @@ class Trainer:
         try:
             saved = ckpt.save_atomic(state, self.ckpt_dir / ckpt.checkpoint_name(step))
         except OSError as exc:  # disk full, quota: say what is safe and how to go on
-            from harness.errors import UserError, describe_os_error
+            from fileio.user_error import UserError, describe_os_error
 
             where = (f"last good checkpoint {self.last_saved}" if self.last_saved
                      else "no checkpoint was written yet")
@@ -267,7 +273,9 @@ def _open_run(job: JobConfig, info: DistInfo, comm: Comm, resume: str | None,
             log.info("--resume auto: %s", f"continuing {resume}" if resume else "no earlier "
                      f"run of {job.name} with a checkpoint: starting a new run")
     if resume:  # checked in full before anything is written; one writer per run folder
-        run_dir, resume_ckpt = ckpt.resolve_resume(resume, job)
+        run_dir, resume_ckpt = ckpt.resolve_resume(
+            resume, lambda state, where: check_checkpoint_model(
+                state, where, expect=(job.model.name, model_kwargs(job))))
         lock_run_everywhere(run_dir, comm)
         return run_dir, resume_ckpt, None
     # model.init_from is resolved before a run folder exists, so a typo leaves none.
@@ -333,16 +341,18 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
 
     Args:
         resume: A run folder, a checkpoint, ``auto`` (see :func:`latest_resumable`) or None.
-        log_format: ``auto``, ``rich``, ``plain`` or ``off`` (see :mod:`harness.logs`).
+        log_format: ``auto``, ``rich``, ``plain`` or ``off`` (see :mod:`harness.outputs.logs`).
 
     Raises:
         UserError: bad data or job for this world size, a diverged loss (after keeping the
             last good checkpoint), or a missing engine.
     """
-    from harness.power_session import resolve_backend
+    import dataclasses
+
+    from power.backends import resolve_backend
 
     info, comm = get_dist_info(), get_comm()
-    job = resolve_backend(job)
+    job = dataclasses.replace(job, power=resolve_backend(job.power))
     threads = set_threads(job.train.threads_per_rank, info)
     device = resolve_device(job.train.device, info)
     train_set = load_pairs(job.data.train, job.data.lr_kernel)
@@ -375,14 +385,15 @@ def _previous_power(run_dir: Path) -> dict[str, Any] | None:
 def _run(trainer: Trainer, log_format: str, log_interval_s: float,
          stop_after: int | None) -> dict[str, Any]:
     """Steps, final validation and checkpoint, summary (inside the power session)."""
-    from harness.power_session import combine_segments, power_session
+    from harness.cluster.watchdog import on_stall
+    from power.session import combine_segments, power_session
 
     job, info, comm, run_dir = trainer.job, trainer.info, trainer.comm, trainer.run_dir
     mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
     trainer.engine.wrapped.train()
     trainer.last_saved = ckpt.latest(trainer.ckpt_dir)
     with StopSignals() as signals, trainer.watchdog, \
-            power_session(job, info, comm, run_dir) as power:
+            power_session(job.power, info, comm, run_dir, on_stall=on_stall) as power:
         display = TrainProgress(mode, total=job.train.steps, start=trainer.start_step,
                                 batch_size=job.train.batch_size, interval_s=log_interval_s,
                                 power=power.live)

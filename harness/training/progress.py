@@ -1,10 +1,10 @@
 """What a person sees of a training run: a live bar on a terminal, plain lines in a log.
 
-In ``plain`` mode (see :func:`harness.logs.choose_log_format`) rank 0 prints a timestamped line
-every ``interval_s`` seconds — step/total, loss, images/s, cluster W and the margin to the
+In ``plain`` mode (see :func:`harness.outputs.logs.choose_log_format`) rank 0 prints a
+timestamped line every ``interval_s`` seconds — step/total, loss, images/s, cluster W and the margin to the
 budget, the last validation IS and the ETA — that a person can read the morning after; in
 ``rich`` mode a live bar. Either way the lines also reach ``<run>/train.log``
-(:class:`harness.logs.RunLog`).
+(:class:`harness.outputs.logs.RunLog`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from harness.logs import utc_formatter
+from harness.outputs.logs import utc_formatter
 
 log = logging.getLogger("harness.progress")
 
@@ -43,7 +43,7 @@ class TrainProgress:
     """Progress of the run on rank 0: rich bar, plain lines or nothing (other ranks).
 
     Args:
-        mode: ``rich``, ``plain`` or ``off`` (see :func:`harness.logs.choose_log_format`).
+        mode: ``rich``, ``plain`` or ``off`` (see :func:`harness.outputs.logs.choose_log_format`).
         total: Last step of the run.
         start: Step the run starts from (non-zero when resumed).
         batch_size: Images per step (global), for images/s.

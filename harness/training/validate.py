@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from harness.cluster.distributed import Comm, DistInfo, shard
 from harness.data.pairs import PairSet, make_batch
-from harness.distributed import Comm, DistInfo, shard
 from harness.scoring.recognizers import Recognizer
 
 

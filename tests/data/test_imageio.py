@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.errors import UserError
+from fileio.user_error import UserError
 from harness.data.degradation import downscale
 from harness.data.imageio import (
     Pair,

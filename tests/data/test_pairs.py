@@ -4,10 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fileio.user_error import UserError
 from harness.config import AugmentConfig
-from harness.data.pairs import (augment_pair, batch_indices, batches_per_epoch, check_split,
-                          load_pairs, make_batch, materialize_split, only_flips)
-from harness.errors import UserError
+from harness.data.pairs import (
+    augment_pair,
+    batch_indices,
+    batches_per_epoch,
+    check_split,
+    load_pairs,
+    make_batch,
+    materialize_split,
+    only_flips,
+)
 
 
 def test_embedded_split_is_fixed_and_disjoint() -> None:
@@ -60,8 +68,8 @@ def test_augmentation_keeps_pairs_aligned() -> None:
 
 
 def test_warp_makes_new_consistent_pairs() -> None:
-    from harness.data.pairs import warp_hr
     from harness.data.degradation import downscale
+    from harness.data.pairs import warp_hr
 
     pairs = load_pairs("embedded:heldout")
     hr0 = pairs.hr[0]

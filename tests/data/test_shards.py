@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.errors import UserError
-from harness.data.imageio import read_rgb
+from fileio.user_error import UserError
 from harness.data.degradation import DEGRADATIONS, downscale, fingerprint
+from harness.data.imageio import read_rgb
 from harness.data.shards import (
     PackedPairs,
     crop_box,

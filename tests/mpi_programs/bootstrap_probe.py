@@ -1,8 +1,8 @@
-"""Run under mpirun: bootstrap through harness.distributed, report what this rank sees."""
+"""Run under mpirun: bootstrap through harness.cluster.distributed, report what this rank sees."""
 import json
 import sys
 
-from harness.distributed import get_comm, get_dist_info, init_torch_distributed, rendezvous
+from harness.cluster.distributed import get_comm, get_dist_info, init_torch_distributed, rendezvous
 
 
 def main() -> None:

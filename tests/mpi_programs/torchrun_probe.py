@@ -1,9 +1,9 @@
-"""Run under torchrun: bootstrap through harness.distributed with no MPI, report what this rank
+"""Run under torchrun: bootstrap through harness.cluster.distributed with no MPI, report what this rank
 sees and the results of every collective of the communicator."""
 import json
 import sys
 
-from harness.distributed import (
+from harness.cluster.distributed import (
     get_comm,
     get_dist_info,
     init_torch_distributed,

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from harness.errors import UserError
+from fileio.user_error import UserError
+from harness.commands import report as report_cli
 from power.clock import SIM_WALL_ORIGIN_S as T0
 from power.clock import SimClock
 from power.governor import Governor
 from power.node import NodePower
 from power.sampler import PowerSampler
 from power.simulated import constant_load, make_simulated_gpus
-from harness.commands import report as report_cli
 from reports.meter import import_meter
 from reports.render import render_report
 from reports.rundata import load_run

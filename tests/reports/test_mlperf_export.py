@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.cluster.distributed import DistInfo, SingleComm
 from harness.config import job_from_dict
-from harness.distributed import DistInfo, SingleComm
-from harness.power_session import PowerSession
+from power.session import PowerSession
 from tests.conftest import run_harness
 
 pytest.importorskip("mlperf_logging")

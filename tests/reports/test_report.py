@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.errors import UserError
+from fileio.user_error import UserError
 from harness.commands import report as report_cli
 from reports.images import bicubic_upscale, find_image, pick_samples
 from reports.markup import el, esc, fmt_num, render
 from reports.plots import thin
 from reports.render import render_report, section_ids, write_report
 from reports.rundata import load_run, load_sweep
-from tests.reports.browser import find_chromium, inspect_page
 from tests.conftest import ROOT, run_harness
+from tests.reports.browser import find_chromium, inspect_page
 
 # --- synthetic run directories ---------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def test_dlib_scores_same_person_above_others() -> None:
 
 @pytest.mark.skipif(HAVE_DLIB, reason="dlib is installed")
 def test_dlib_missing_is_a_user_error() -> None:
-    from harness.errors import UserError
+    from fileio.user_error import UserError
 
     with pytest.raises(UserError, match="quality"):
         load_recognizer("dlib")

@@ -1,4 +1,4 @@
-"""Tests for harness.scoring.evaluate on the embedded ASC19 validation images.
+"""Tests for harness.scoring.score_folders on the embedded ASC19 validation images.
 
 IS is computed with a tiny stand-in recognizer (real tensors, real cosines); the real FaceNet
 run is marked slow.
@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fileio.user_error import UserError
+from harness.cluster.distributed import shard, unshard
+from harness.data.imageio import pair_by_name, pil_bicubic_upscale, read_rgb, write_png
 from harness.scoring import metrics as M
-from harness.errors import UserError
-from harness.distributed import shard, unshard
-from harness.scoring.evaluate import (
+from harness.scoring.recognizers import Recognizer
+from harness.scoring.score_folders import (
     evaluate_dirs,
     render_table,
     score_pairs,
@@ -31,8 +33,6 @@ from harness.scoring.evaluate import (
     validate_metrics,
     write_scores,
 )
-from harness.data.imageio import pair_by_name, pil_bicubic_upscale, read_rgb, write_png
-from harness.scoring.recognizers import Recognizer
 
 ROOT = Path(__file__).resolve().parents[2]
 HR_DIR = ROOT / "data" / "asc19-val" / "val_HR"
@@ -123,10 +123,10 @@ def test_wrong_size_is_resized_with_warning(
     big = Image.open(sr_tree / "sr" / "303.png").resize((100, 120), Image.Resampling.BICUBIC)
     big.save(sr_tree / "sr" / "303.png")
     pairs = pair_by_name(sr_tree / "hr", sr_tree / "sr")[:5]
-    with caplog.at_level(logging.WARNING, logger="harness.scoring.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="harness.scoring.score_folders"):
         records = score_pairs(pairs, recognizer=TinyRecognizer(), metrics={"is", "psnr"})
     assert [r["sr_resized"] for r in records] == [False, False, True, False, False]
-    warnings = [r for r in caplog.records if r.name == "harness.scoring.evaluate"]
+    warnings = [r for r in caplog.records if r.name == "harness.scoring.score_folders"]
     assert (
         len(warnings) == 1
         and "1 of 5" in warnings[0].getMessage()

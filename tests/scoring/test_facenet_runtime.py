@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from harness.data.imageio import list_images, read_rgb, to_tensor
-from harness.precision import cpu_has_bf16
+from harness.model.precision import cpu_has_bf16
 from harness.scoring.identity import cosines, identity_similarity_arrays
-from harness.scoring.recognizers import load_recognizer
+from harness.scoring.recognizers import facenet_network, load_recognizer
 from harness.scoring.recognizers.facenet import FaceNetRecognizer, preprocess
 from harness.scoring.recognizers.facenet_runtime import (
     FaceNetBf16,
-    _torch_network,
     onnx_graph,
     open_facenet_bf16,
     preprocess_arrays,
@@ -45,7 +44,7 @@ def faces() -> tuple[np.ndarray, np.ndarray]:
 def bf16() -> FaceNetBf16:
     if not cpu_has_bf16():
         pytest.skip("this CPU has no bf16 units")
-    rec = open_facenet_bf16(threads=2)
+    rec = open_facenet_bf16(threads=2, network=facenet_network)
     assert isinstance(rec, FaceNetBf16), "OpenVINO is a requirement: bf16 must compile"
     return rec
 
@@ -102,12 +101,12 @@ def test_loader_picks_the_runtime_for_the_precision(monkeypatch: pytest.MonkeyPa
 @needs_bf16
 def test_an_unwritable_compile_cache_is_skipped(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    graph = onnx_graph(_torch_network)  # the user's cache (exported once)
+    graph = onnx_graph(facenet_network)  # the user's cache (exported once)
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / graph.name).symlink_to(graph)
     (cache / "openvino").write_text("a file where the compile cache would go")
-    rec = open_facenet_bf16(threads=1, cache=cache)
+    rec = open_facenet_bf16(threads=1, network=facenet_network, cache=cache)
     assert isinstance(rec, FaceNetBf16)
     assert rec.embed_arrays(read_rgb(list_images(DATA / "val_HR")[0])[None]).shape == (1, 512)
 
@@ -115,7 +114,7 @@ def test_an_unwritable_compile_cache_is_skipped(tmp_path: Path,
 @needs_bf16
 def test_bf16_evaluate_runs_without_torch(tmp_path: Path) -> None:
     """The whole command, in its own process: scores printed, torch never imported."""
-    onnx_graph(_torch_network)  # exported once per cache (that first run does need torch)
+    onnx_graph(facenet_network)  # exported once per cache (that first run does need torch)
     for sub in ("hr", "sr"):
         (tmp_path / sub).mkdir()
     for path in list_images(DATA / "val_HR")[:6]:
@@ -136,12 +135,12 @@ def test_bf16_evaluate_runs_without_torch(tmp_path: Path) -> None:
 
 
 def test_device_auto_without_gpu_nodes_needs_no_torch() -> None:
-    from harness.generators import _GPU_NODES
+    from harness.model.generators import _GPU_NODES
 
     if any(Path(n).exists() for n in _GPU_NODES):
         pytest.skip("this machine has a GPU device node")
-    code = ("import sys; from harness.distributed import get_dist_info; "
-            "from harness.generators import resolve_device; "
+    code = ("import sys; from harness.cluster.distributed import get_dist_info; "
+            "from harness.model.generators import resolve_device; "
             "print(resolve_device('auto', get_dist_info()), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
@@ -150,11 +149,11 @@ def test_device_auto_without_gpu_nodes_needs_no_torch() -> None:
 
 @needs_bf16
 def test_a_damaged_cached_graph_is_exported_again(tmp_path: Path, caplog) -> None:
-    graph = onnx_graph(_torch_network)
+    graph = onnx_graph(facenet_network)
     damaged = tmp_path / graph.name
     damaged.write_bytes(graph.read_bytes()[:1_000_000])  # a truncated copy
     with caplog.at_level("WARNING"):
-        rec = open_facenet_bf16(threads=1, cache=tmp_path)
+        rec = open_facenet_bf16(threads=1, network=facenet_network, cache=tmp_path)
     assert isinstance(rec, FaceNetBf16)
     assert damaged.stat().st_size == graph.stat().st_size
     assert any("is damaged; exporting it again" in r.getMessage() for r in caplog.records)

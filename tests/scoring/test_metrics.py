@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from fileio.user_error import UserError
 from harness.data.degradation import matlab_imresize
 from harness.scoring import metrics as M
-from harness.errors import UserError
 
 skm = pytest.importorskip("skimage.metrics")
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from harness.errors import UserError
+from fileio.user_error import UserError
 from harness.scoring.identity import identity_similarity
 from harness.scoring.recognizers import load_recognizer
 

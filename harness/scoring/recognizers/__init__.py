@@ -19,9 +19,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from harness.errors import UserError
+from fileio.user_error import UserError
 from harness.scoring.recognizers.base import NOMINAL_SIZE_HW, Recognizer
 
 if TYPE_CHECKING:
@@ -97,6 +97,13 @@ def load_recognizer(spec: str = "facenet", device: str | torch.device = "cpu",
     return rec
 
 
+def facenet_network() -> Any:
+    """FaceNet's PyTorch port (for the one-time ONNX export of the compiled runtimes)."""
+    from harness.scoring.recognizers.facenet import FaceNetRecognizer
+
+    return FaceNetRecognizer().model
+
+
 def _load(spec: str, device: str | torch.device, scoring_only: bool, precision: str,
           threads: int | None) -> Recognizer:
     name, arg = parse_recognizer_spec(spec)
@@ -104,7 +111,7 @@ def _load(spec: str, device: str | torch.device, scoring_only: bool, precision: 
         if scoring_only and precision == "bf16" and str(device) == "cpu":
             from harness.scoring.recognizers.facenet_runtime import open_facenet_bf16
 
-            rec = open_facenet_bf16(threads or _torch_threads())
+            rec = open_facenet_bf16(threads or _torch_threads(), facenet_network)
             if rec is not None:
                 return rec
         from harness.scoring.recognizers.facenet import FaceNetRecognizer

@@ -46,7 +46,7 @@ class Recognizer(abc.ABC):
         array_native: Whether :meth:`embed_arrays` is the recognizer's own path (numpy in and
             out, no torch); IS is then computed in numpy (see :mod:`harness.scoring.identity`).
         precision: The precision a compiled recognizer always runs at; None: the caller's
-            (:func:`harness.precision.autocast`).
+            (:func:`harness.model.precision.autocast`).
     """
 
     name: str = "recognizer"

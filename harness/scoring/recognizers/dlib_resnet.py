@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from harness.errors import UserError
+from fileio.user_error import UserError
 from harness.scoring.recognizers.base import Recognizer
 
 

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.errors import UserError
-from harness.fileio import atomic_write
+from fileio.atomic import atomic_write
+from fileio.user_error import UserError
 from harness.scoring.recognizers.base import Recognizer, check_images
 from harness.scoring.recognizers.facenet_runtime import (
     INPUT_SIZE,

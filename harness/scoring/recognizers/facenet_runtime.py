@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.errors import UserError
-from harness.fileio import atomic_write
+from fileio.atomic import atomic_write
+from fileio.user_error import UserError
 from harness.scoring.recognizers.base import Recognizer
 
 if TYPE_CHECKING:
@@ -187,13 +187,6 @@ def onnx_session(model: Callable[[], Any], threads: int,
     return lambda x: session.run(None, {"x": x})[0]
 
 
-def _torch_network() -> Any:
-    """The PyTorch port, for the one-time ONNX export."""
-    from harness.scoring.recognizers.facenet import FaceNetRecognizer
-
-    return FaceNetRecognizer().model
-
-
 class FaceNetBf16(Recognizer):
     """FaceNet in bf16 through OpenVINO: approximate scores, fast, no torch (scoring only).
 
@@ -239,15 +232,17 @@ class FaceNetBf16(Recognizer):
         return self
 
 
-def open_facenet_bf16(threads: int, cache: Path | None = None) -> FaceNetBf16 | None:
+def open_facenet_bf16(threads: int, network: Callable[[], Any], cache: Path | None = None
+                      ) -> FaceNetBf16 | None:
     """:class:`FaceNetBf16` compiled for ``threads`` threads, or None (and a log line) when
     OpenVINO is missing, the CPU has no bf16 units, or compiling fails (callers fall back to
-    PyTorch's bf16 autocast).
+    PyTorch's bf16 autocast). ``network()`` gives the PyTorch port, called only when the ONNX
+    graph must be exported (this module never imports the port: it would import torch).
 
     Threads are not pinned to cores, so that ranks sharing a node do not pin to the same ones.
     A cache that cannot be written (read-only, full) is skipped: the network is compiled anew.
     """
-    from harness.precision import cpu_has_bf16
+    from harness.model.precision import cpu_has_bf16
 
     if not cpu_has_bf16():
         logger.info("facenet: bf16 scoring with PyTorch (this CPU has no bf16 units)")
@@ -273,7 +268,7 @@ def open_facenet_bf16(threads: int, cache: Path | None = None) -> FaceNetBf16 | 
             return core.compile_model(network, "CPU", config)
 
     try:
-        return FaceNetBf16(_open_graph(compile_graph, _torch_network, cache), threads)
+        return FaceNetBf16(_open_graph(compile_graph, network, cache), threads)
     except Exception as exc:  # noqa: BLE001 - the PyTorch path always works
         logger.warning("facenet: bf16 scoring with PyTorch (OpenVINO failed: %s)", _reason(exc))
         return None

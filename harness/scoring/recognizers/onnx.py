@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.errors import UserError
+from fileio.user_error import UserError
 from harness.scoring.recognizers.base import Recognizer, check_images
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import UserError
+from fileio.user_error import UserError
 from harness.scoring.recognizers.base import NOMINAL_SIZE_HW, Recognizer, check_images
 
 logger = logging.getLogger(__name__)

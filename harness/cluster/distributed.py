@@ -1,0 +1,566 @@
+"""Distributed bootstrap: the one module that knows how ranks are launched.
+
+Rank, local rank and world size come from the launcher's environment variables:
+
+* torchrun: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` — first when
+  ``TORCHELASTIC_RUN_ID`` marks a torchrun worker, since torchrun started by srun leaves the
+  agent's own ``SLURM_*`` variables behind;
+* Open MPI: ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``;
+* MPICH and Intel MPI (Hydra): ``PMI_RANK``/``PMI_SIZE`` and ``MPI_LOCALRANKID``/
+  ``MPI_LOCALNRANKS`` (or ``PMI_LOCAL_RANK``/``PMI_LOCAL_SIZE``);
+* Slurm's srun: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``),
+  ``SLURM_LOCALID`` and this node's entry of ``SLURM_STEP_TASKS_PER_NODE`` such as ``4(x2),3``;
+* bare ``RANK``/``WORLD_SIZE`` (torch.distributed's env:// convention) last.
+
+With no launcher the process is rank 0 of 1 and everything runs in-process. (A Slurm batch
+shell also carries ``SLURM_PROCID``/``SLURM_NTASKS``: start ranks with srun, as the scripts of
+``harness launch --scheduler slurm`` do, not by running Python in the batch shell itself.)
+
+:func:`get_comm` gives the small collectives (bcast, gather, allgather, barrier, allreduce_sum):
+mpi4py's ``COMM_WORLD`` under an MPI launcher or srun, and ``torch.distributed`` over gloo under
+torchrun (no MPI there), or wherever mpi4py is missing or sees a world of one while
+``MASTER_ADDR``/``MASTER_PORT`` say where rank 0 listens.
+
+Nothing happens at import time: mpi4py (which initialises MPI) or torch.distributed is set up
+only when :func:`get_comm` is first called in a launched process.
+
+Typical use::
+
+    info = get_dist_info()
+    comm = get_comm()                     # MPI, torch.distributed or a single-process stand-in
+    init_torch_distributed(info, comm, backend="gloo")
+    print0(info, "training on", info.world_size, "ranks")
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from fileio.user_error import UserError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds a collective of the torch.distributed-backed communicator may wait.
+TORCH_COMM_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class _LauncherEnv:
+    """Where one launcher puts rank, size, local rank and local size (first set name wins)."""
+
+    name: str
+    rank: tuple[str, ...]
+    size: tuple[str, ...]
+    local_rank: tuple[str, ...]
+    local_size: tuple[str, ...]
+    marker: str = ""
+    """A variable that must be set too (empty: none)."""
+
+
+_TORCHRUN = _LauncherEnv("torchrun", ("RANK",), ("WORLD_SIZE",), ("LOCAL_RANK",),
+                         ("LOCAL_WORLD_SIZE",), marker="TORCHELASTIC_RUN_ID")
+_SLURM = _LauncherEnv("slurm", ("SLURM_PROCID",), ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
+                                                   "SLURM_NPROCS"),
+                      ("SLURM_LOCALID",), ("SLURM_NTASKS_PER_NODE",))
+# Checked in this order: the innermost launcher first (torchrun under srun; mpirun in a batch
+# shell that has SLURM_PROCID=0 of SLURM_NTASKS).
+_LAUNCHER_ENV: tuple[_LauncherEnv, ...] = (
+    _TORCHRUN,
+    _LauncherEnv("openmpi", ("OMPI_COMM_WORLD_RANK",), ("OMPI_COMM_WORLD_SIZE",),
+                 ("OMPI_COMM_WORLD_LOCAL_RANK",), ("OMPI_COMM_WORLD_LOCAL_SIZE",)),
+    _LauncherEnv("mpich", ("PMI_RANK",), ("PMI_SIZE",), ("MPI_LOCALRANKID", "PMI_LOCAL_RANK"),
+                 ("MPI_LOCALNRANKS", "PMI_LOCAL_SIZE")),
+    _SLURM,
+    _LauncherEnv("torchrun", ("RANK",), ("WORLD_SIZE",), ("LOCAL_RANK",),
+                 ("LOCAL_WORLD_SIZE",)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DistInfo:
+    """Where this process stands among the ranks of a job."""
+
+    rank: int
+    """Global rank, 0-based."""
+    local_rank: int
+    """Rank among the processes on this node."""
+    world_size: int
+    """Total number of ranks."""
+    local_world_size: int
+    """Number of ranks on this node."""
+    launcher: str
+    """``openmpi``, ``mpich`` (also Intel MPI), ``slurm``, ``torchrun``, ``mpi`` (mpi4py
+    disagreed with the environment) or ``none``."""
+
+    @property
+    def distributed(self) -> bool:
+        """True when more than one rank runs."""
+        return self.world_size > 1
+
+    @property
+    def is_master(self) -> bool:
+        """True on global rank 0 (the rank that writes shared files and prints)."""
+        return self.rank == 0
+
+    @property
+    def node_index(self) -> int:
+        """Index of this node, assuming ranks are packed node by node."""
+        return self.rank // max(self.local_world_size, 1)
+
+
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value.split("(")[0].split(",")[0])
+    except ValueError:
+        return None
+
+
+def _first(env: Mapping[str, str], names: Sequence[str]) -> tuple[str, int | None]:
+    for name in names:
+        value = _int(env, name)
+        if value is not None:
+            return name, value
+    return names[0], None
+
+
+def slurm_tasks_on_node(spec: str, node: int) -> int | None:
+    """Tasks on node ``node`` from Slurm's compressed list, e.g. ``"2(x3),1"`` -> 2, 2, 2, 1.
+
+    Returns None when ``spec`` is malformed or has no entry for ``node``.
+    """
+    counts: list[int] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if m is None:
+            return None
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+        if len(counts) > node:
+            return counts[node]
+    return None
+
+
+def _slurm_local_size(env: Mapping[str, str]) -> int | None:
+    node = _int(env, "SLURM_NODEID") or 0
+    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        if env.get(name):
+            count = slurm_tasks_on_node(env[name], node)
+            if count is not None:
+                return count
+    return _int(env, "SLURM_NTASKS_PER_NODE")
+
+
+def dist_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
+    """Read rank/size from launcher environment variables (pure; no MPI calls).
+
+    Args:
+        env: Environment to read; ``os.environ`` by default.
+
+    Returns:
+        The ranks seen by the first launcher whose variables are set, or a single process.
+
+    Raises:
+        UserError: the variables contradict each other (rank outside the world, ...).
+    """
+    env = os.environ if env is None else env
+    for spec in _LAUNCHER_ENV:
+        if spec.marker and not env.get(spec.marker):
+            continue
+        rk, rank = _first(env, spec.rank)
+        sz, size = _first(env, spec.size)
+        if rank is None or size is None:
+            continue
+        lrk, local_rank = _first(env, spec.local_rank)
+        _, local_size = _first(env, spec.local_size)
+        if spec is _SLURM:
+            local_size = _slurm_local_size(env)
+        if local_size is None:
+            local_size = size
+        if local_rank is None:
+            local_rank = rank % local_size  # ranks packed node by node
+        if not 0 <= rank < size:
+            raise UserError(f"launcher variables {rk}={rank} {sz}={size} are inconsistent")
+        if not 0 <= local_rank < local_size <= size:
+            raise UserError(f"launcher variables {lrk}={local_rank} local size {local_size} "
+                            f"{sz}={size} are inconsistent")
+        return DistInfo(rank, local_rank, size, local_size, spec.name)
+    return DistInfo(0, 0, 1, 1, "none")
+
+
+class Comm(Protocol):
+    """The collective operations the harness needs (a subset of mpi4py's lowercase API)."""
+
+    rank: int
+    size: int
+
+    def bcast(self, obj: T, root: int = 0) -> T: ...
+    def allgather(self, obj: T) -> list[T]: ...
+    def gather(self, obj: T, root: int = 0) -> list[T] | None: ...
+    def allreduce_sum(self, value: float) -> float: ...
+    def barrier(self) -> None: ...
+
+
+class SingleComm:
+    """The communicator of a job with one rank."""
+
+    rank = 0
+    size = 1
+
+    def bcast(self, obj: T, root: int = 0) -> T:
+        return obj
+
+    def allgather(self, obj: T) -> list[T]:
+        return [obj]
+
+    def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        return [obj]
+
+    def allreduce_sum(self, value: float) -> float:
+        return value
+
+    def barrier(self) -> None:
+        return None
+
+
+class MPIComm:
+    """Adapter over an ``mpi4py.MPI.Comm`` (pickle-based lowercase collectives)."""
+
+    def __init__(self, comm: Any) -> None:
+        self._comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+
+    @property
+    def raw(self) -> Any:
+        """The wrapped ``mpi4py`` communicator (for splitting sub-communicators)."""
+        return self._comm
+
+    def bcast(self, obj: T, root: int = 0) -> T:
+        return self._comm.bcast(obj, root=root)
+
+    def allgather(self, obj: T) -> list[T]:
+        return self._comm.allgather(obj)
+
+    def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        return self._comm.gather(obj, root=root)
+
+    def allreduce_sum(self, value: float) -> float:
+        return float(sum(self._comm.allgather(value)))
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+
+class TorchComm:
+    """The collectives over ``torch.distributed`` with gloo, for launches without MPI.
+
+    Objects travel pickled, as with mpi4py. The default process group is initialised from
+    ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them) with gloo for CPU tensors, and NCCL
+    for CUDA tensors when CUDA is present, so that :func:`init_torch_distributed` and DDP can use
+    the same group later; the collectives here always run on a gloo group.
+
+    Args:
+        group: The gloo process group to use (None: the default group, when it is gloo).
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self._group = group
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+
+    @classmethod
+    def from_env(cls, info: DistInfo, timeout_s: float = TORCH_COMM_TIMEOUT_S) -> TorchComm:
+        """Join (or create) the default process group, then open a gloo group over all ranks.
+
+        Raises:
+            UserError: torch.distributed is unavailable, or ``MASTER_ADDR``/``MASTER_PORT``
+                are missing.
+        """
+        import datetime
+
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise UserError(f"started by {info.launcher} with {info.world_size} ranks but this "
+                            "torch has no torch.distributed")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if not dist.is_initialized():
+            missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+            if missing:
+                raise UserError(f"started by {info.launcher} with {info.world_size} ranks "
+                                f"without MPI, and {' and '.join(missing)} not set: use "
+                                "torchrun, or an MPI launcher with mpi4py installed")
+            backend = ("cpu:gloo,cuda:nccl" if torch.cuda.is_available()
+                       and dist.is_nccl_available() else "gloo")
+            dist.init_process_group(backend=backend, init_method="env://", rank=info.rank,
+                                    world_size=info.world_size, timeout=timeout)
+        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo",
+                                                                         timeout=timeout)
+        return cls(group)
+
+    def bcast(self, obj: T, root: int = 0) -> T:
+        box = [obj if self.rank == root else None]
+        self._dist.broadcast_object_list(box, src=root, group=self._group)
+        return box[0]
+
+    def allgather(self, obj: T) -> list[T]:
+        out: list[Any] = [None] * self.size
+        self._dist.all_gather_object(out, obj, group=self._group)
+        return out
+
+    def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        out: list[Any] | None = [None] * self.size if self.rank == root else None
+        self._dist.gather_object(obj, out, dst=root, group=self._group)
+        return out
+
+    def allreduce_sum(self, value: float) -> float:
+        # Summed in rank order on every rank, so every rank gets the same float (as MPIComm).
+        return float(sum(self.allgather(value)))
+
+    def barrier(self) -> None:
+        self._dist.barrier(group=self._group)
+
+    def node_leaders(self, local_rank: int) -> TorchGroupComm | None:
+        """A communicator of the local-rank-0 processes (one per node), for the power governor.
+
+        Collective: every rank must call it. Returns None where ``local_rank != 0``.
+        """
+        leaders = [r for r, lead in enumerate(self.allgather(local_rank == 0)) if lead]
+        group = self._dist.new_group(ranks=leaders, backend="gloo")
+        if local_rank != 0:
+            return None
+        return TorchGroupComm(group, leaders.index(self.rank), len(leaders))
+
+
+class TorchGroupComm:
+    """``rank``, ``size`` and ``allgather`` over a torch.distributed sub-group."""
+
+    def __init__(self, group: Any, rank: int, size: int) -> None:
+        import torch.distributed as dist
+
+        self._dist, self._group, self.rank, self.size = dist, group, rank, size
+
+    def allgather(self, obj: Any) -> list[Any]:
+        """Gather ``obj`` from every member, in member order."""
+        out: list[Any] = [None] * self.size
+        self._dist.all_gather_object(out, obj, group=self._group)
+        return out
+
+
+_COMM: Comm | None = None
+
+
+def get_dist_info() -> DistInfo:
+    """Rank, local rank and world size of this process.
+
+    Uses the launcher's environment; when mpi4py is already initialised, its communicator is
+    trusted over the environment.
+    """
+    info = dist_info_from_env()
+    if isinstance(_COMM, MPIComm) and _COMM.size != info.world_size:
+        return DistInfo(_COMM.rank, info.local_rank, _COMM.size, info.local_world_size, "mpi")
+    return info
+
+
+def _torch_can_rendezvous() -> bool:
+    return bool(os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"))
+
+
+def get_comm() -> Comm:
+    """The job's communicator (created on first call, then cached).
+
+    * one rank: a single-process stand-in;
+    * torchrun: :class:`TorchComm` (gloo), without importing mpi4py;
+    * an MPI launcher or srun: mpi4py's ``COMM_WORLD``; if mpi4py is missing, or sees a world of
+      one (built against another MPI), :class:`TorchComm` when ``MASTER_ADDR``/``MASTER_PORT``
+      are set.
+
+    Raises:
+        UserError: several ranks but no way to reach them (mpi4py missing or disagreeing with
+            the launcher, and no ``MASTER_ADDR``/``MASTER_PORT``).
+    """
+    global _COMM
+    if _COMM is not None:
+        return _COMM
+    info = dist_info_from_env()
+    if info.world_size == 1:
+        _COMM = SingleComm()
+        return _COMM
+    if info.launcher == "torchrun":
+        _COMM = TorchComm.from_env(info)
+        return _COMM
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        if _torch_can_rendezvous():
+            log.warning("mpi4py is not installed: using torch.distributed (gloo) for the %d "
+                        "ranks", info.world_size)
+            _COMM = TorchComm.from_env(info)
+            return _COMM
+        raise UserError(f"started by {info.launcher} with {info.world_size} ranks but mpi4py "
+                        "is not installed: pip install mpi4py (see `harness doctor`)") from None
+    comm = MPIComm(MPI.COMM_WORLD)
+    if comm.size != info.world_size:
+        if comm.size == 1 and _torch_can_rendezvous():
+            log.warning("mpi4py sees 1 rank but %s says %d: using torch.distributed (gloo)",
+                        info.launcher, info.world_size)
+            _COMM = TorchComm.from_env(info)
+            return _COMM
+        raise UserError(f"mpi4py sees {comm.size} ranks but the launcher says "
+                        f"{info.world_size}: mpi4py was built against another MPI than the "
+                        "mpirun used (run `harness doctor`)")
+    _COMM = comm
+    return _COMM
+
+
+def reset_comm() -> None:
+    """Forget the cached communicator (for tests)."""
+    global _COMM
+    _COMM = None
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port that is free on this host right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def rendezvous(comm: Comm) -> tuple[str, int]:
+    """Rank 0 picks its address and a free port; every rank receives the same pair.
+
+    ``MASTER_ADDR``/``MASTER_PORT`` from the environment win when both are set.
+    """
+    env_addr, env_port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if env_addr and env_port:
+        return env_addr, int(env_port)
+    pair = None
+    if comm.rank == 0:
+        pair = (socket.gethostname() if comm.size > 1 else "127.0.0.1", free_port())
+    return comm.bcast(pair, root=0)
+
+
+def init_torch_distributed(info: DistInfo, comm: Comm, backend: str = "gloo",
+                           timeout_s: float = 300.0) -> None:
+    """Initialise ``torch.distributed`` for a multi-rank job (no-op for one rank).
+
+    Args:
+        info: This rank's placement.
+        comm: The job's communicator, used to broadcast rank 0's address and port.
+        backend: ``gloo`` (CPU) or ``nccl`` (GPU).
+        timeout_s: Collective timeout.
+    """
+    if not info.distributed:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    addr, port = rendezvous(comm)
+    if addr == socket.gethostname():
+        addr = _resolvable(addr)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _resolvable(host: str) -> str:
+    try:
+        socket.gethostbyname(host)
+        return host
+    except OSError:
+        return "127.0.0.1"
+
+
+def shutdown_torch_distributed() -> None:
+    """Tear down ``torch.distributed`` if it was initialised (and forget a :class:`TorchComm`,
+    whose groups go with it)."""
+    global _COMM
+    if isinstance(_COMM, TorchComm):
+        _COMM = None
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """Every ``world_size``-th item starting at ``rank`` (round-robin, order-preserving)."""
+    return list(items[rank::world_size])
+
+
+def unshard(parts: Sequence[Sequence[T]]) -> list[T]:
+    """Inverse of :func:`shard`: interleave the per-rank lists back into the original order."""
+    out: list[T] = []
+    longest = max((len(p) for p in parts), default=0)
+    for i in range(longest):
+        for part in parts:
+            if i < len(part):
+                out.append(part[i])
+    return out
+
+
+def print0(info: DistInfo, *args: Any, **kwargs: Any) -> None:
+    """``print`` on global rank 0 only."""
+    if info.is_master:
+        print(*args, **kwargs, flush=True)
+
+
+# --------------------------------------------------------------------------- training engines
+
+
+def init_horovod(info: DistInfo) -> Any:
+    """Import and start Horovod (``train.backend: horovod``); returns ``horovod.torch``.
+
+    Raises:
+        UserError: Horovod is not installed, or sees another world size than the launcher.
+    """
+    try:
+        import horovod.torch as hvd
+    except ImportError:
+        raise UserError("train.backend: horovod, but Horovod is not installed (see README: "
+                        "build 0.28.1 with C++17), or use train.backend: ddp") from None
+    hvd.init()
+    if hvd.size() != info.world_size:
+        raise UserError(f"Horovod sees {hvd.size()} ranks, the launcher {info.world_size}")
+    return hvd
+
+
+class Reducer:
+    """Averages small lists of floats over ranks with the training engine's collectives."""
+
+    def __init__(self, backend: str, world: int) -> None:
+        self.backend, self.world = backend, world
+
+    def mean(self, values: Sequence[float]) -> list[float]:
+        """The element-wise mean of ``values`` over all ranks (every rank gets it)."""
+        if self.world == 1:
+            return list(values)
+        import torch
+
+        t = torch.tensor(list(values), dtype=torch.float64)
+        if self.backend == "horovod":
+            import horovod.torch as hvd
+
+            t = hvd.allreduce(t, op=hvd.Sum)
+        else:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return (t / self.world).tolist()

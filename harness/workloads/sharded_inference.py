@@ -1,0 +1,172 @@
+"""Sharded FaceSR inference: LR folder in, SR PNGs out (same names), scored when HR is given.
+
+Launch::
+
+    python -m harness.infer --job jobs/demo.yaml --lr data/asc19-val/val_LR --out sr/
+    mpirun -np 16 python -m harness.infer --job jobs/asc19-final.yaml --lr LR --out SR --hr HR
+
+The LR files are cut into batches of ``infer.batch_size`` in name order and the batches are
+dealt round-robin to ranks, so every image is processed in the same batch whatever the number
+of ranks: the output is bit-identical for ``-np 1`` and ``-np N``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.cluster.distributed import get_comm, get_dist_info, shard
+from harness.config import JobConfig
+from harness.outputs.logs import CountProgress, choose_log_format
+
+log = logging.getLogger(__name__)
+
+
+def deal_batches(n_items: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """Batches of consecutive indices, dealt round-robin: this rank's share."""
+    batches = [list(range(i, min(i + batch_size, n_items)))
+               for i in range(0, n_items, batch_size)]
+    return shard(batches, rank, world)
+
+
+def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None = None,
+          hr_dir: str | None = None, log_format: str = "auto",
+          overwrite: bool = False) -> dict[str, Any]:
+    """Super-resolve every image in ``lr_dir`` into ``out_dir``; score if ``hr_dir`` is given.
+
+    ``out_dir`` is checked before anything is written (:func:`check_infer_output`): never an
+    input, and existing files are replaced only with ``overwrite``.
+
+    Returns:
+        On every rank: counts, timing and (when scored) the score summary.
+    """
+
+    import dataclasses
+
+    import torch
+
+    from harness.cluster.watchdog import on_stall
+    from harness.data.imageio import list_images
+    from harness.model.generators import load_generator, resolve_device, set_threads
+    from harness.model.precision import resolve_precision
+    from power.backends import resolve_backend
+    from power.session import power_session
+
+    info, comm = get_dist_info(), get_comm()
+    job = dataclasses.replace(job, power=resolve_backend(job.power))
+    set_threads(job.infer.threads_per_rank, info)
+    device = resolve_device(job.train.device, info)
+    out = Path(out_dir)
+    from harness.outputs.write_checks import agree
+
+    agree(comm, lambda: check_infer_output(lr_dir, out_dir, hr_dir, checkpoint, overwrite))
+    model, source = load_generator(job, checkpoint, device)  # a bad checkpoint: no --out yet
+    if info.is_master:
+        out.mkdir(parents=True, exist_ok=True)
+        if lr_dir.startswith("embedded:"):
+            from harness.data.pairs import materialize_split
+
+            materialize_split(lr_dir, out / "inputs")
+    comm.barrier()
+    if lr_dir.startswith("embedded:"):
+        lr_dir, hr_dir = str(out / "inputs" / "LR"), hr_dir or str(out / "inputs" / "HR")
+    files = list_images(lr_dir)
+    model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision(job.infer.precision, device)
+    mine = deal_batches(len(files), job.infer.batch_size, info.rank, info.world_size)
+    t0 = time.perf_counter()
+    mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
+    bar = CountProgress("infer", sum(len(b) for b in mine), mode)
+    with power_session(job.power, info, comm, out, on_stall=on_stall) as power, bar:
+        done = _run_batches(model, files, mine, out, device, job.infer.tta_flip, precision,
+                            on_batch=lambda n: (power.add_images(n), bar.advance(n)))
+        elapsed = time.perf_counter() - t0
+        power_summary = power.summary(done)
+    total = int(comm.allreduce_sum(done))
+    wall = max(comm.allgather(elapsed))
+    result: dict[str, Any] = {"images": total, "seconds": wall,
+                              "images_per_s": total / wall if wall > 0 else 0.0,
+                              "weights": source, "world_size": info.world_size,
+                              "precision": precision,
+                              "power": power_summary}
+    comm.barrier()
+    if info.is_master:
+        log.info("wrote %d SR images to %s in %.1f s (%.1f images/s)", total, out, wall,
+                 result["images_per_s"])
+    if hr_dir:
+        from harness.scoring.score_folders import evaluate_dirs
+
+        scored = evaluate_dirs(hr_dir, str(out), str(out), lr_dir=lr_dir,
+                               recognizer=job.eval.recognizer, metrics=job.eval.metrics,
+                               batch_size=job.eval.batch_size, shave=job.eval.shave, comm=comm,
+                               device=device, meta={"inference": result},
+                               precision=job.eval.precision)
+        result["scores"] = comm.bcast(scored and scored["summary"], root=0)
+        result["score_paths"] = [str(p) for p in (scored or {}).get("paths") or []]
+        comm.barrier()
+    return result
+
+
+def check_infer_output(lr_dir: str, out_dir: str, hr_dir: str | None,
+                       checkpoint: str | None, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is, holds or lies in an input, or whose files would be replaced.
+
+    Two LR files that would give one SR name (``a.png`` and ``a.jpg``) are refused too.
+    """
+    from fileio.user_error import UserError
+    from harness.data.imageio import list_images
+    from harness.outputs.write_checks import check_output
+
+    names: list[str] = ["power", "scores.json", "per_image.csv"]
+    if lr_dir.startswith("embedded:"):
+        names.append("inputs")
+        from harness.data.pairs import load_pairs  # the split's names are the SR names
+
+        names += [n + ".png" for n in load_pairs(lr_dir).names]
+    else:
+        seen: dict[str, str] = {}
+        for f in list_images(lr_dir):
+            stem = f.stem
+            if stem in seen:
+                raise UserError(f"--lr {lr_dir}: {seen[stem]} and {f.name} would both be "
+                                f"written as {stem}.png; keep one image per name")
+            seen[stem] = f.name
+        names += [s + ".png" for s in seen]
+    check_output(out_dir, [lr_dir, hr_dir, checkpoint], overwrite=overwrite, will_write=names)
+
+
+def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: Path,
+                 device: str, tta_flip: bool, precision: str,
+                 on_batch: Callable[[int], Any]) -> int:
+    """Super-resolve ``batches`` of ``files`` into ``out``; returns the images done.
+
+    PNG decoding runs ahead in a thread pool and encoding behind the compute (both release
+    the GIL in zlib), so the forward passes do not wait on files. Images of other sizes in
+    one batch are run one by one (any size works at 4x).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.data.imageio import from_tensor, read_rgb, to_tensor, write_png
+    from harness.model.generators import super_resolve
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as io:
+        reads = io.map(lambda b: [read_rgb(files[i]) for i in b], batches)
+        writes = []
+        for batch, images in zip(batches, reads):
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for j, im in enumerate(images):
+                groups.setdefault(im.shape, []).append(j)
+            for members in groups.values():
+                lr = to_tensor([images[j] for j in members]).to(device)
+                sr = super_resolve(model, lr, tta_flip, precision)
+                for j, arr in zip(members, from_tensor(sr.cpu())):
+                    writes.append(io.submit(write_png, out / (files[batch[j]].stem + ".png"),
+                                            arr))
+            done += len(batch)
+            on_batch(len(batch))
+        for w in writes:
+            w.result()  # a failed write raises here
+    return done
