@@ -67,8 +67,12 @@ def test_mpirun_inside_salloc_spans_the_nodes(slurm_cluster):
     if not mpirun.exists():
         mpirun = Path(shutil.which("mpirun") or "mpirun")
     t0 = time.monotonic()
+    # The mapping said outright, as the harness's line does: under `make test`'s environment
+    # (PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe) a bare `-np 2` packs both ranks
+    # onto the allocation's first node.
     proc = slurm_cluster.salloc("-N2", "-n2", "timeout", "90", str(mpirun), "-np", "2",
-                                sys.executable, str(PROBE), timeout=120)
+                                "--map-by", "ppr:1:node", sys.executable, str(PROBE),
+                                timeout=120)
     print(f"salloc + mpirun 2 ranks on 2 nodes: {time.monotonic() - t0:.1f} s")
     assert proc.returncode == 0, proc.stderr
     assert_two_ranks_over_tcp(slurm_cluster, probe_records(proc.stdout))
