@@ -15,7 +15,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export PRTE_MCA_rmaps_default_mapping_policy := :oversubscribe
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
-.PHONY: setup demo test bench clean horovod
+.PHONY: setup demo test bench clean horovod testcluster-up testcluster-down
 
 setup: $(STAMP)
 
@@ -43,6 +43,13 @@ horovod: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# A real 2-node Slurm on this machine (network namespaces; root): tests/cluster use it.
+testcluster-up:
+	scripts/testcluster up
+
+testcluster-down:
+	scripts/testcluster down
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
