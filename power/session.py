@@ -71,6 +71,9 @@ class PowerSession(NullPowerSession):
 
     def __init__(self, settings: PowerConfig, info: RankInfo, comm: RankComm, out_dir: Path,
                  *, on_stall: StallHook | None = None) -> None:
+        if not isinstance(settings, PowerConfig):
+            raise TypeError(f"PowerSession takes a job's power section (job.power), not "
+                            f"{type(settings).__name__}")
         self.settings, self.info, self.comm = resolve_backend(settings), info, comm
         self._on_stall = on_stall
         self.out_dir = Path(out_dir) / "power"

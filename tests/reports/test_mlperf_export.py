@@ -20,7 +20,7 @@ def _simulated_run(tmp_path: Path) -> Path:
     job = job_from_dict({"name": "sim", "power": {"enabled": True, "backend": "simulated",
                                                   "sim_gpus_per_node": 2, "sample_hz": 20}})
     info = DistInfo(rank=0, local_rank=0, world_size=1, local_world_size=1, launcher="none")
-    with PowerSession(job, info, SingleComm(), run) as session:
+    with PowerSession(job.power, info, SingleComm(), run) as session:
         time.sleep(1.0)
         session.add_images(500)
     (run / "summary.json").write_text(json.dumps({"job": "sim", "power": session.summary(500)}))
