@@ -83,7 +83,8 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         done = _run_batches(model, files, mine, out, device, job.infer.tta_flip, precision,
                             on_batch=lambda n: (power.add_images(n), bar.advance(n)))
         elapsed = time.perf_counter() - t0
-        power_summary = power.summary(done)
+    # After the session: images/s, W and J over one window, the governor's start to restore.
+    power_summary = power.summary(done)
     total = int(comm.allreduce_sum(done))
     wall = max(comm.allgather(elapsed))
     result: dict[str, Any] = {"images": total, "seconds": wall,
