@@ -25,7 +25,6 @@ when it started and unlocks them on exit in ``clocks`` mode.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fileio.atomic import write_json_atomic
+from fileio.atomic import dumps_json, write_json_atomic
 from power.clock import Clock, MonotonicClock, time_fields
 from power.comm import Communicator, SingleProcessComm
 from power.config import DEFAULT_BUDGET_W, check_budget
@@ -214,7 +213,7 @@ class Governor:
         self._log("start", budget_w=self.budget_w, headroom_w=self.headroom_w, mode=self.mode,
                   gpus=len(self.gpus), original_limits_mw=self._original_limits_mw,
                   power_sensors=self._sensor_labels(), power_sources=self.power_sources,
-                  cluster_wide=False)
+                  shared_overhead_w=self.shared_overhead_w, cluster_wide=False)
         try:
             self.step()
         except BaseException:
@@ -497,7 +496,7 @@ class Governor:
         stamp = time_fields(self._clock)
         record = {"event": event, "wall_time": stamp["unix_s"], "utc": stamp["utc"],
                   "mono_s": stamp["mono_s"], "rank": self.comm.rank, **fields}
-        self._events_fh.write(json.dumps(record) + "\n")
+        self._events_fh.write(dumps_json(record, indent=None) + "\n")
         self._events_fh.flush()
 
     # --- signals ----------------------------------------------------------------------------

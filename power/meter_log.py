@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import logging
 import math
 import os
 import re
@@ -44,6 +45,8 @@ import numpy as np
 
 from power.clock import utc_iso
 from power.crossings import budget_crossings
+
+log = logging.getLogger(__name__)
 
 TIME_NAMES = ("time", "timestamp", "datetime", "date_time", "utc", "unix_s", "epoch", "unix",
               "time_s", "ts", "time_utc", "timestamp_utc")
@@ -102,6 +105,24 @@ def _scale(original: str) -> float | None:
     if n in POWER_NAMES or n.endswith(("_w", "_watts")):
         return 1.0
     return None
+
+
+_ZONE = re.compile(r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
+
+
+def _zone(text: str) -> str:
+    """The time zone a stamp states (``Z``, ``+08:00``...), '' for none or a Unix time."""
+    s = text.strip()
+    try:
+        float(s)
+        return "unix"
+    except ValueError:
+        pass
+    m = _ZONE.search(s) if re.search(r"\d[T ]\d|\d:\d", s) else None
+    if m is None:
+        return ""
+    z = m.group(0).upper()
+    return "+00:00" if z in ("Z", "+00", "+0000", "+00:00", "-00:00") else z
 
 
 def parse_time(text: str, *, utc_offset_h: float = 0.0) -> float:
@@ -207,6 +228,8 @@ def read_meter_log(path: str | os.PathLike[str], *, time_column: str | None = No
     times: list[float] = []
     watts: list[float] = []
     chans: list[str] = []
+    first_zone: tuple[int, str] | None = None
+    zeros: list[int] = []
     for line, row in enumerate(rows, start=2):
         if len(row) < len(header):
             raise MeterLogError(f"{p}:{line}: {len(row)} fields, the header has {len(header)}")
@@ -217,9 +240,27 @@ def read_meter_log(path: str | os.PathLike[str], *, time_column: str | None = No
                           and "." not in row[i] else row[i]) * sc for i, sc in p_cols)
         except ValueError as exc:
             raise MeterLogError(f"{p}:{line}: {exc}") from None
+        if not math.isfinite(w) or w < 0:
+            raise MeterLogError(f"{p}:{line}: power {w} W is not a finite, non-negative "
+                                "reading; fix or remove the row")
+        zone = _zone(stamp)
+        if first_zone is None:
+            first_zone = (line, zone)
+        elif zone != first_zone[1]:
+            raise MeterLogError(
+                f"{p}:{line}: time zone {zone or 'none'} differs from line {first_zone[0]}'s "
+                f"({first_zone[1] or 'none'}); export the log in one time zone")
+        if w == 0:
+            zeros.append(line)  # a dropped reading, not a cluster drawing nothing
+            continue
         times.append(t)
         watts.append(w)
         chans.append(row[chan_col].strip() if chan_col is not None else "")
+    if zeros:
+        log.warning("%s: %d reading(s) of 0 W excluded (lines %s)", p, len(zeros),
+                    ", ".join(map(str, zeros[:5])) + (" ..." if len(zeros) > 5 else ""))
+    if not times:
+        raise MeterLogError(f"{p}: no reading above 0 W")
     channels = tuple(sorted(set(chans))) if chan_col is not None else ()
     if channels and len(channels) > 1:
         t_arr, w_arr = _sum_channels(times, watts, chans)

@@ -13,6 +13,7 @@ what happened, it does not model the response to new caps (use :mod:`power.simul
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,11 @@ def load_trace(path: str | os.PathLike[str]) -> dict[int, TraceSeries]:
                 clock = float(row["clock"]) if row.get("clock") not in (None, "") else None
             except ValueError as exc:
                 raise PowerError(f"{path}:{line}: {exc}") from exc
+            if not math.isfinite(t):
+                raise PowerError(f"{path}:{line}: time_s {row['time_s']!r} is not a finite number")
+            if not (math.isfinite(p) and p > 0):
+                raise PowerError(f"{path}:{line}: power_w {row['power_w']!r} for GPU {gpu} is "
+                                 "not a positive finite number (a dropped reading? remove the row)")
             series = rows.setdefault(gpu, [])
             if series and t < series[-1][0]:
                 raise PowerError(f"{path}:{line}: time_s goes backwards for GPU {gpu}")

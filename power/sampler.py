@@ -26,7 +26,6 @@ it uses (:class:`power.gpu.PowerSensor`) and whether it has an energy counter.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import threading
@@ -35,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fileio.atomic import write_text_atomic
+from fileio.atomic import dumps_json, write_json_atomic
 from power.clock import Clock, MonotonicClock, time_fields
 from power.errors import PowerError
 from power.gpu import GPU
@@ -81,6 +80,8 @@ class PowerSampler:
         self.flush_interval_s = flush_interval_s
         self._clock = clock or MonotonicClock()
         self._t0: float | None = None
+        self.started_unix_s: float | None = None
+        """Wall-clock UTC (Unix s) of the first sample's opening, None before :meth:`open`."""
         self._last_flush = 0.0
         self._counter_start: list[int | None] = [None] * len(self.gpus)
         self._gpu_energy_j = [0.0] * len(self.gpus)
@@ -128,6 +129,7 @@ class PowerSampler:
                 logger.warning("GPU %d: no energy counter (%s); integrating power", i, exc)
         start = time_fields(self._clock)
         self._t0 = start["mono_s"]
+        self.started_unix_s = start["unix_s"]
         self._write_sensors(start)
         self._last_flush = self._t0
 
@@ -148,7 +150,7 @@ class PowerSampler:
 
     def _write_sensors(self, start: dict[str, Any]) -> None:
         doc = {"started": start, "rate_hz": 1.0 / self.period_s, "sensors": self.sensors()}
-        write_text_atomic(self.run_dir / "power_sensors.json", json.dumps(doc, indent=1))
+        write_json_atomic(self.run_dir / "power_sensors.json", doc, indent=1)
 
     def start(self) -> None:
         """Open the files and start the background thread."""
@@ -232,8 +234,8 @@ class PowerSampler:
     def _write(self, t: float, stamp: dict[str, Any], gpu_rows: list[dict[str, Any]],
                node_row: dict[str, Any] | None) -> None:
         if self.fmt == "jsonl":
-            self._jsonl.write(json.dumps({"time_s": t, **stamp, "gpus": gpu_rows,
-                                          "node": node_row}) + "\n")
+            self._jsonl.write(dumps_json({"time_s": t, **stamp, "gpus": gpu_rows,
+                                          "node": node_row}, indent=None) + "\n")
             return
         times = [f"{stamp['mono_s']:.4f}", f"{stamp['unix_s']:.4f}", stamp["utc"]]
         for row in gpu_rows:

@@ -79,6 +79,9 @@ class PowerSession(NullPowerSession):
         self.out_dir = Path(out_dir) / "power"
         self.leader = info.local_rank == 0
         self._gov = self._sampler = self._gpus = None
+        self._open = False
+        self._images = 0
+        self._started_unix_s: float | None = None
         self._leaders = None
         self._plan = self._load_plan()
         if info.world_size > 1:
@@ -129,6 +132,7 @@ class PowerSession(NullPowerSession):
 
     def __enter__(self) -> "PowerSession":
         self._images = 0
+        self._open = True
         if not self.leader:
             return self
         from power import (
@@ -153,6 +157,7 @@ class PowerSession(NullPowerSession):
                              other_power_w=node.other_power_w, shared_overhead_w=p.switch_w,
                              run_dir=node_dir, period_s=1.0 / p.control_hz, clock=clock)
         self._sampler.__enter__()
+        self._started_unix_s = self._sampler.started_unix_s
         try:
             self._gov.__enter__()
             if p.mode != "clocks":
@@ -200,6 +205,7 @@ class PowerSession(NullPowerSession):
             gpu.set_power_limit_mw(target)
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        self._open = False
         if not self.leader or self._gov is None:
             return None
         getattr(self, "_forget_stall", lambda: None)()
@@ -222,28 +228,53 @@ class PowerSession(NullPowerSession):
         return {"cluster_w": decision.cluster_power_w, "budget_w": self.settings.budget_w}
 
     def summary(self, images: int) -> dict[str, Any]:
+        """Cluster power figures of this session (collective over all ranks).
+
+        Call it after the ``with`` block: the figures cover the governed window, from the
+        governor's start to its restore, and come from the samples every node wrote
+        (:func:`power.cluster_series.cluster_series`, the computation the report draws), so
+        the peak, energy and crossings (one still open at the restore included) are those of
+        the chart. Images/s, images/s/W and J/image use the same window.
+
+        Raises:
+            RuntimeError: Called while the session is still open.
+        """
+        if self._open:
+            raise RuntimeError("PowerSession.summary(): call it after the session has closed")
         total = int(self.comm.allreduce_sum(self._images))
         # Every node leader's GPUs' power readings (instant, 1-s average...), for the record.
         sensors = self.comm.gather(self._node_sensors(), root=0)
+        series = self.comm.gather(self._node_series(), root=0)
         mine = None
         if self.info.is_master and self._gov is not None:
-            s = self._gov.summary(images=total)
+            from power.cluster_series import cluster_series
+
+            g = self._gov.summary(images=total)
             p = self.settings
+            s = cluster_series(series or []).stats(p.budget_w)
+            seconds, energy = s["window_s"], s["energy_j"]
             mine = {
                 "enabled": True, "backend": p.backend, "simulated": p.backend == "simulated",
-                "gpus_per_node": len(self._gpus), "budget_w": s["budget_w"],
-                "headroom_w": s["headroom_w"], "avg_cluster_w": s["average_cluster_w"],
-                "peak_cluster_w": s["peak_cluster_w"], "energy_j": s["energy_j"],
-                "crossings": s["crossings"], "crossing_time_s": s["crossing_time_s"],
-                "fail_safe_steps": s["fail_safe_steps"], "images": total,
-                "images_per_s": s.get("images_per_s", 0.0),
-                "images_per_s_per_w": s.get("images_per_s_per_w", 0.0),
-                "j_per_image": s.get("joules_per_image", 0.0),
+                "gpus_per_node": len(self._gpus), "budget_w": p.budget_w,
+                "headroom_w": p.headroom_w, **s,
+                "governor_crossings": g["crossings"],
+                "fail_safe_steps": g["fail_safe_steps"], "images": total,
+                "images_per_s": total / seconds if seconds > 0 else 0.0,
+                "images_per_s_per_w": total / energy if energy > 0 else 0.0,
+                "j_per_image": energy / total if total > 0 else 0.0,
                 "cpu_power_estimated": self._cpu_estimated(), "dir": str(self.out_dir),
                 "power_sensors": [entry for node in sensors or [] if node for entry in node],
                 "plan": self._plan.source if self._plan is not None else "",
             }
         return self.comm.bcast(mine, root=0) or {"enabled": True}
+
+    def _node_series(self) -> Any:  # power.cluster_series.NodeSeries | None
+        """This node's samples of this session (read back from its files); None off a leader."""
+        if self._sampler is None:
+            return None
+        from power.cluster_series import read_node_series
+
+        return read_node_series(self._sampler.run_dir, since_unix_s=self._started_unix_s)
 
     def _node_sensors(self) -> list[dict[str, Any]] | None:
         """This node's GPUs' power readings, each tagged with the node; None off a leader."""

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fileio.atomic import write_text_atomic
+from fileio.atomic import strict_json, write_text_atomic
 from power.clock import Clock
 from power.errors import NotSupportedError
 from power.gpu import GPU, PowerSensor
@@ -347,8 +347,9 @@ class SimStateFile:
         with self._lock:
             self._gpus.setdefault(str(index), {}).update(fields)
             # rewritten at every setting change: atomic, but not flushed to disk each time
-            write_text_atomic(self.path, json.dumps({"gpus": self._gpus}, indent=1,
-                                                    sort_keys=True), fsync=False)
+            write_text_atomic(self.path, json.dumps(strict_json({"gpus": self._gpus}), indent=1,
+                                                    sort_keys=True, allow_nan=False),
+                              fsync=False)
 
     @staticmethod
     def read(path: str | os.PathLike[str]) -> dict[int, dict[str, object]]:

@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from fileio.atomic import write_text_atomic
+from fileio.atomic import write_json_atomic, write_text_atomic
 from power.clock import Clock, MonotonicClock, SimClock
 from power.gpu import GPU, restore_gpu_settings
 from power.node import NodePower
@@ -203,9 +203,9 @@ class SettingsGuard:
         self._entered, self._restored = True, False
         if self.record_dir is not None:
             self.record_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.record_dir / "original_settings.json", json.dumps(
-                {"uuids": [g.get_uuid() for g in self.gpus],
-                 "power_limits_mw": self.original_limits_mw}, indent=1))
+            write_json_atomic(self.record_dir / "original_settings.json",
+                              {"uuids": [g.get_uuid() for g in self.gpus],
+                               "power_limits_mw": self.original_limits_mw}, indent=1)
         self._signals.install()
         return self
 
@@ -475,7 +475,7 @@ def write_sweep(out_dir: str | os.PathLike[str], doc: dict[str, Any],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if meta is not None:
-        write_text_atomic(out / "sweep_meta.json", json.dumps(meta, indent=1))
+        write_json_atomic(out / "sweep_meta.json", meta, indent=1)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(POINT_KEYS)
@@ -483,9 +483,9 @@ def write_sweep(out_dir: str | os.PathLike[str], doc: dict[str, Any],
         w.writerow(["" if p[k] is None else (f"{p[k]:.6g}" if isinstance(p[k], float) else p[k])
                     for k in POINT_KEYS])
     write_text_atomic(out / "sweep.csv", buf.getvalue())
-    write_text_atomic(out / "sweep.json", json.dumps(doc, indent=1))
+    write_json_atomic(out / "sweep.json", doc, indent=1)
     if doc.get("plan") is not None:
-        write_text_atomic(out / "plan.json", json.dumps(doc["plan"], indent=1))
+        write_json_atomic(out / "plan.json", doc["plan"], indent=1)
 
 
 def load_sweep(path: str | os.PathLike[str]) -> dict[str, Any]:

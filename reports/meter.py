@@ -15,12 +15,11 @@ folders.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fileio.atomic import write_text_atomic
+from fileio.atomic import write_json_atomic, write_text_atomic
 from fileio.user_error import UserError
 from power.meter_log import MeterLogError, compare_with_meter, read_meter_log
 from reports.rundata import load_run
@@ -84,7 +83,7 @@ def import_meter(run_dir: str | Path, meter_csv: str | Path, *, utc_offset_h: fl
         if offset_s:
             keep = [_shift(ln, offset_s) for ln in keep]
         write_text_atomic(pd.path / "meter_log.csv", "\n".join([lines[0], *keep]) + "\n")
-        write_text_atomic(pd.path / "meter_comparison.json", json.dumps(figures, indent=1))
+        write_json_atomic(pd.path / "meter_comparison.json", figures, indent=1)
         done.append(ImportedMeter(phase, pd.path, figures))
     if not done:
         why = "; ".join(reasons) or "the run has no power samples"

@@ -198,62 +198,118 @@ def training_curves(metrics: Sequence[dict[str, Any]], key: str) -> Markup | Non
 
 
 _MAX_MARKS = 300
+"""At most this many ordinary cap changes are drawn (downsampled visibly, see
+:func:`every_nth`); crossings, starts, restores and fail-safes are always drawn."""
+
+#: Governor events that are always shown, in the chart and in the events table.
+KEPT_EVENTS = frozenset({"start", "restore", "crossing", "fail_safe_cleared", "signal", "error",
+                         "apply_error"})
 
 
-def _event_marks(ax: Any, power: PowerData) -> None:
-    """Shade budget crossings and mark governor cap changes / fail-safes on a time axis.
+def is_kept_event(ev: dict[str, Any]) -> bool:
+    """True for an event never dropped by downsampling (start, restore, crossing, fail-safe,
+    signal, error)."""
+    return ev.get("event") in KEPT_EVENTS or ev.get("reason") == "fail_safe"
 
-    Only the first few hundred events are drawn (the events table lists them all).
+
+def every_nth(items: Sequence[Any], limit: int) -> tuple[list[Any], int]:
+    """Every Nth item so that at most ``limit`` remain (first one kept); returns (kept, N)."""
+    if len(items) <= limit:
+        return list(items), 1
+    step = math.ceil(len(items) / limit)
+    return list(items[::step]), step
+
+
+def _event_time(ev: dict[str, Any], origin_unix_s: float | None) -> float | None:
+    """Where an event goes on the chart's time axis (UTC seconds after ``origin_unix_s``;
+    without UTC, its own ``t_s``)."""
+    if origin_unix_s is not None and _finite(ev.get("wall_time")):
+        return float(ev["wall_time"]) - origin_unix_s
+    t = ev.get("t_s")
+    return float(t) if _finite(t) else None
+
+
+def _event_marks(ax: Any, power: PowerData, origin_unix_s: float | None) -> str:
+    """Shade the series' budget crossings and mark governor events on the chart's time axis.
+
+    Every crossing, start, restore and fail-safe is drawn; ordinary cap changes beyond
+    :data:`_MAX_MARKS` are thinned to every Nth, and the returned note says so ('' if none).
     """
-    seen_caps = seen_fail = seen_cross = False
-    for node in power.nodes:
-        for ev in node.events[:_MAX_MARKS]:
-            kind = ev.get("event")
-            if kind == "crossing" and _finite(ev.get("start_s")) and _finite(ev.get("duration_s")):
-                dur = max(float(ev["duration_s"]), 0.01)
-                ax.axvspan(ev["start_s"], ev["start_s"] + dur, color=_BUDGET, alpha=0.18, lw=0,
-                           label=None if seen_cross else "over budget")
-                seen_cross = True
-            elif kind == "caps" and _finite(ev.get("t_s")):
-                fail = ev.get("reason") == "fail_safe"
-                ax.axvline(ev["t_s"], color=_BUDGET if fail else "#555555",
-                           lw=1.2 if fail else 0.6, ls="-" if fail else ":",
-                           label=("fail-safe caps" if fail and not seen_fail else
-                                  "governor caps" if not fail and not seen_caps else None))
-                seen_fail = seen_fail or fail
-                seen_caps = seen_caps or not fail
+    cs = power.series
+    budget = power.budget_w
+    cross = cs.crossings(budget) if cs is not None else None
+    origin = origin_unix_s if origin_unix_s is not None else (cs.start_unix_s if cs else None)
+    for k, c in enumerate(cross.intervals if cross is not None else ()):
+        x0 = c.start_s - (origin or 0.0)
+        ax.axvspan(x0, x0 + max(c.duration_s, 0.01), color=_BUDGET, alpha=0.18, lw=0,
+                   label=None if k else "over budget")
+    events = [ev for node in power.nodes for ev in node.events]
+    caps = [ev for ev in events if ev.get("event") == "caps" and not is_kept_event(ev)]
+    shown, step = every_nth(caps, _MAX_MARKS)
+    seen: set[str] = set()
+    styles = {"caps": ("#555555", 0.6, ":", "governor caps"),
+              "fail_safe": (_BUDGET, 1.2, "-", "fail-safe caps"),
+              "start": ("#2ca02c", 1.2, "-", "governor start"),
+              "restore": ("#222222", 1.2, "-", "limits restored")}
+    for ev in [e for e in events if is_kept_event(e) and e.get("event") != "crossing"] + shown:
+        kind = "fail_safe" if ev.get("reason") == "fail_safe" else str(ev.get("event"))
+        if kind not in styles:
+            continue
+        t = _event_time(ev, origin_unix_s)
+        if t is None:
+            continue
+        color, lw, ls, label = styles[kind]
+        ax.axvline(t, color=color, lw=lw, ls=ls, label=None if kind in seen else label)
+        seen.add(kind)
+    if step > 1:
+        return f"governor cap changes: every {step}th of {len(caps)} shown"
+    return ""
 
 
 @_with_rc
 def power_timeline(power: PowerData, key: str, title: str) -> Markup | None:
-    """Cluster and per-node power over time, with the budget, target and governor events.
+    """Cluster and per-node power over the governed window, with the budget, target,
+    crossings and governor events, on one UTC time base (:mod:`power.cluster_series`).
 
     Returns:
         The SVG, or None when no samples were recorded.
     """
-    t, w = power.cluster_series()
-    if not t:
+    cs = power.series
+    if cs is None or not cs.segments:
         return None
-    top = max(w)
-    t, w = thin(t, w)
+    origin = cs.start_unix_s if cs.utc else None
+    t0 = cs.start_unix_s or 0.0
     fig = _figure(9.5, 3.2)
     ax = fig.subplots()
-    if len(power.nodes) > 1:
-        for i, node in enumerate(power.nodes):
-            nt, nw = thin(*node.total_series())
-            ax.plot(nt, nw, lw=0.9, color=_COLORS[(i + 1) % 10], label=mpl_text(node.name))
-    ax.plot(t, w, lw=1.8, color="#222222", label="cluster" if len(power.nodes) > 1 else
-            f"cluster ({mpl_text(power.nodes[0].name)})")
+    top = 0.0
+    for k, seg in enumerate(cs.segments):
+        x = [t - t0 for t in seg.unix_s]
+        if len(cs.nodes) > 1:
+            for i, name in enumerate(cs.nodes):
+                if name in seg.node_w:
+                    ax.plot(*thin(x, seg.node_w[name]), lw=0.9, color=_COLORS[(i + 1) % 10],
+                            label=None if k else mpl_text(name))
+        top = max(top, max(seg.watts, default=0.0))
+        ax.plot(*thin(x, seg.watts), lw=1.8, color="#222222", label=None if k else (
+            "cluster" if len(cs.nodes) > 1 else f"cluster ({mpl_text(cs.nodes[0])})"))
     budget, headroom = power.budget_w, power.headroom_w
     if budget is not None:
         ax.axhline(budget, color=_BUDGET, lw=1.5, ls="--", label=f"budget {budget:.0f} W")
         if headroom:
             ax.axhline(budget - headroom, color=_TARGET, lw=1, ls=":",
                        label=f"target {budget - headroom:.0f} W")
-    _event_marks(ax, power)
+    note = _event_marks(ax, power, origin)
+    if note:
+        ax.text(0.01, 0.98, note, transform=ax.transAxes, ha="left", va="top", fontsize=7,
+                color="#555555")
     top = max(top, budget or 0)
     ax.set_ylim(0, top * 1.12)
-    ax.set_xlabel("time since the power session started (s)")
+    if origin is not None:
+        from power.clock import utc_iso
+
+        ax.set_xlabel(f"seconds after the governor started, {utc_iso(origin)[:22]} UTC")
+    else:
+        ax.set_xlabel("time since each node's sampler started (s; no UTC stamps)")
     ax.set_ylabel("power (W)")
     ax.set_title(mpl_text(title, 90))
     ax.legend(loc="lower right", ncol=3)

@@ -155,8 +155,16 @@ def _kpi(label: str, value: str, sub: str = "", alert: bool = False) -> Markup:
 
 
 def _power_block(run: RunData, phase: str) -> dict[str, Any]:
+    """The phase's power figures, from the samples the chart draws (:attr:`PowerData.figures`)."""
     pd = run.train_power if phase == "train" else run.infer_power
-    return (pd.summary or {}) if pd is not None else {}
+    return pd.figures if pd is not None else {}
+
+
+def _window_text(b: dict[str, Any]) -> str:
+    """``over the 7.9-s power window`` (the window images/s, W and J share), else ''."""
+    if not _finite(b.get("window_s")):
+        return ""
+    return f"over the {fmt_num(b['window_s'], 2)}-s power window"
 
 
 def _power_enabled(block: dict[str, Any]) -> bool:
@@ -216,7 +224,12 @@ def _kpis(run: RunData, s: dict[str, Any], tp: dict[str, Any], ip: dict[str, Any
         if _finite(gain):
             kpis.append(_kpi("normalised gain", fmt_num(gain, 4, signed=True),
                              "(IS − IS_bic) / (1 − IS_bic)", alert=gain < 0))
-    if _finite(run.inference.get("images_per_s")):
+    # Throughput, images/s/W and J/image of a phase all come from its power window when
+    # power was measured: one window, stated under each figure.
+    if _power_enabled(ip) and _finite(ip.get("images_per_s")) and _finite(ip.get("window_s")):
+        kpis.append(_kpi("inference images/s", fmt_num(ip["images_per_s"], 1),
+                         f"{fmt_num(ip.get('images'))} images {_window_text(ip)}"))
+    elif _finite(run.inference.get("images_per_s")):
         kpis.append(_kpi("inference images/s", fmt_num(run.inference["images_per_s"], 1),
                          f"{fmt_num(run.inference.get('images'))} images"))
     if _finite(s.get("images_per_s")):
@@ -224,8 +237,11 @@ def _kpis(run: RunData, s: dict[str, Any], tp: dict[str, Any], ip: dict[str, Any
                          f"{fmt_num(s.get('steps'))} steps"))
     if _power_enabled(main_power):
         phase = "inference" if main_power is ip else "training"
-        kpis.append(_kpi(f"images/s/W ({phase})", fmt_num(main_power.get("images_per_s_per_w"), 4)))
-        kpis.append(_kpi(f"J/image ({phase})", fmt_num(main_power.get("j_per_image"), 2)))
+        window = _window_text(main_power)
+        kpis.append(_kpi(f"images/s/W ({phase})", fmt_num(main_power.get("images_per_s_per_w"), 4),
+                         window))
+        kpis.append(_kpi(f"J/image ({phase})", fmt_num(main_power.get("j_per_image"), 2),
+                         window))
         peak = max((b.get("peak_cluster_w") for b in (tp, ip) if _finite(b.get("peak_cluster_w"))),
                    default=None)
         budget = main_power.get("budget_w")
@@ -278,8 +294,9 @@ def _power_table(run: RunData, i: int, s: dict[str, Any], tp: dict[str, Any],
     parts: list[Any] = []
     parts.append(el("h4", "Throughput and power"))
     rows = [
-        ("images/s", fmt_num(s.get("images_per_s"), 2),
+        ("images/s (wall clock of the workload)", fmt_num(s.get("images_per_s"), 2),
          fmt_num(run.inference.get("images_per_s"), 2)),
+        ("power window (s)", fmt_num(tp.get("window_s"), 2), fmt_num(ip.get("window_s"), 2)),
         ("images in the power window", fmt_num(tp.get("images")), fmt_num(ip.get("images"))),
         ("images/s (power window)", fmt_num(tp.get("images_per_s"), 2),
          fmt_num(ip.get("images_per_s"), 2)),
@@ -460,42 +477,49 @@ _EVENT_LIMIT = 40
 
 
 def _events_table(pd: PowerData) -> Markup:
+    """Governor events: every start, restore, crossing, fail-safe, signal and error, and the
+    ordinary cap changes thinned to every Nth when there are more than fit (said below)."""
     rows = []
-    for node in pd.nodes:
-        for ev in node.events:
-            kind = str(ev.get("event", ""))
-            t = ev.get("t_s", ev.get("start_s"))
-            detail = ""
-            if kind == "caps":
-                lim = [v for v in ev.get("limits_w") or [] if _finite(v)]
-                detail = "; ".join(str(m) for m in ev.get("messages") or [])
-                if lim:
-                    detail = (detail + "; " if detail else "") + \
-                        f"caps {min(lim):.0f}–{max(lim):.0f} W over {len(lim)} GPU(s)"
-            elif kind == "crossing":
-                detail = (f"{fmt_num(ev.get('duration_s'), 3)} s over budget, peak "
-                          f"{fmt_num(ev.get('peak_w'), 0)} W")
-            elif kind == "start":
-                detail = (f"budget {fmt_num(ev.get('budget_w'), 0)} W, headroom "
-                          f"{fmt_num(ev.get('headroom_w'), 0)} W, mode {ev.get('mode', '—')}, "
-                          f"{fmt_num(ev.get('gpus'))} GPU(s)")
-            elif kind == "restore":
-                errs = ev.get("errors") or []
-                detail = "limits restored" + (f"; errors: {'; '.join(map(str, errs))}"
-                                              if errs else "")
-            else:
-                detail = ", ".join(f"{k}={v}" for k, v in ev.items()
-                                   if k not in ("event", "wall_time", "utc", "mono_s", "rank", "t_s"))
-            rows.append([node.name, kind, fmt_num(t, 3), str(ev.get("reason", "") or ""),
-                         fmt_num(ev.get("cluster_w") if "cluster_w" in ev else None, 0), detail])
+    events = [(node, ev) for node in pd.nodes for ev in node.events]
+    caps = [(n, ev) for n, ev in events if not plots.is_kept_event(ev)]
+    shown_caps, step = plots.every_nth(caps, _EVENT_LIMIT)
+    keep = {id(ev) for _, ev in shown_caps}
+    for node, ev in events:
+        if not plots.is_kept_event(ev) and id(ev) not in keep:
+            continue
+        kind = str(ev.get("event", ""))
+        t = ev.get("t_s", ev.get("start_s"))
+        detail = ""
+        if kind == "caps":
+            lim = [v for v in ev.get("limits_w") or [] if _finite(v)]
+            detail = "; ".join(str(m) for m in ev.get("messages") or [])
+            if lim:
+                detail = (detail + "; " if detail else "") + \
+                    f"caps {min(lim):.0f}–{max(lim):.0f} W over {len(lim)} GPU(s)"
+        elif kind == "crossing":
+            detail = (f"{fmt_num(ev.get('duration_s'), 3)} s over budget, peak "
+                      f"{fmt_num(ev.get('peak_w'), 0)} W")
+        elif kind == "start":
+            detail = (f"budget {fmt_num(ev.get('budget_w'), 0)} W, headroom "
+                      f"{fmt_num(ev.get('headroom_w'), 0)} W, mode {ev.get('mode', '—')}, "
+                      f"{fmt_num(ev.get('gpus'))} GPU(s)")
+        elif kind == "restore":
+            errs = ev.get("errors") or []
+            detail = "limits restored" + (f"; errors: {'; '.join(map(str, errs))}"
+                                          if errs else "")
+        else:
+            detail = ", ".join(f"{k}={v}" for k, v in ev.items()
+                               if k not in ("event", "wall_time", "utc", "mono_s", "rank", "t_s"))
+        rows.append([node.name, kind, fmt_num(t, 3), str(ev.get("reason", "") or ""),
+                     fmt_num(ev.get("cluster_w") if "cluster_w" in ev else None, 0), detail])
     if not rows:
         return _absent("No governor events recorded.")
-    total = len(rows)
-    out = [_table(["node", "event", "t (s)", "reason", "cluster W", "detail"],
-                  rows[:_EVENT_LIMIT], num_cols={2, 4})]
-    if total > _EVENT_LIMIT:
-        out.append(el("p", f"… {total - _EVENT_LIMIT} more events in "
-                      "power/node*/governor_events.jsonl.", cls="small muted"))
+    out = [_table(["node", "event", "t (s)", "reason", "cluster W", "detail"], rows,
+                  num_cols={2, 4})]
+    if step > 1:
+        out.append(el("p", f"{len(events)} events: every start, restore, crossing, fail-safe "
+                      f"and error shown; ordinary cap changes: every {step}th of {len(caps)} "
+                      "shown (all in power/node*/governor_events*.jsonl).", cls="small muted"))
     return join(out)
 
 

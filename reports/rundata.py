@@ -17,12 +17,15 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fileio.run_files import read_metrics
 from fileio.user_error import UserError
+
+if TYPE_CHECKING:
+    from power.cluster_series import ClusterSeries
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +109,19 @@ class PowerData:
     meter_series: tuple[list[float], list[float]] | None = None
     """The meter's ``(unix_s, watts)`` within this phase (``meter_log.csv``)."""
 
+    series: ClusterSeries | None = None
+    """The cluster power over the governed windows (:mod:`power.cluster_series`): what the
+    chart draws and what :attr:`figures` come from."""
+
     def cluster_series(self) -> tuple[list[float], list[float]]:
-        """Cluster power (sum of node totals) on the union of the nodes' sample times."""
-        series = [n.total_series() for n in self.nodes]
-        series = [s for s in series if s[0]]
-        if not series:
+        """Cluster power against seconds since the first window's start (UTC time base;
+        windows of a resumed run follow each other with their real gaps)."""
+        cs = self.series
+        if cs is None or not cs.segments:
             return [], []
-        times = sorted({t for ts, _ in series for t in ts})
-        return times, [sum(interp_at(t, ts, ws) for ts, ws in series) for t in times]
+        t0 = cs.segments[0].start_unix_s
+        return ([t - t0 for seg in cs.segments for t in seg.unix_s],
+                [w for seg in cs.segments for w in seg.watts])
 
     def cluster_series_unix(self) -> tuple[list[float], list[float]]:
         """Cluster power on wall-clock time (Unix s UTC); empty when a node lacks UTC stamps.
@@ -121,20 +129,30 @@ class PowerData:
         Nodes are lined up by their own wall clocks (NTP-synchronised on a cluster), not by
         their samplers' start times.
         """
-        series = []
-        for n in self.nodes:
-            ts, ws = n.total_series()
-            if not ts:
-                continue
-            if n.unix_offset_s is None:
-                return [], []
-            series.append(([t + n.unix_offset_s for t in ts], ws))
-        if not series:
+        cs = self.series
+        if cs is None or not cs.utc or not cs.segments:
             return [], []
-        start = max(ts[0] for ts, _ in series)
-        end = min(ts[-1] for ts, _ in series)
-        times = sorted({t for ts, _ in series for t in ts if start <= t <= end})
-        return times, [sum(interp_at(t, ts, ws) for ts, ws in series) for t in times]
+        return ([t for seg in cs.segments for t in seg.unix_s],
+                [w for seg in cs.segments for w in seg.watts])
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        """The phase's power figures: the summary block, with peak, average, energy,
+        crossings and the window recomputed from :attr:`series` (the samples the chart
+        draws) when the samples carry UTC, and images/s, images/s/W and J/image over that
+        same window."""
+        out = dict(self.summary or {})
+        cs = self.series
+        if cs is None or not cs.utc or not cs.segments:
+            return out
+        stats = cs.stats(self.budget_w)
+        out.update({k: v for k, v in stats.items() if v is not None})
+        images, seconds, energy = out.get("images"), stats["window_s"], stats["energy_j"]
+        if _finite(images) and images > 0:
+            out["images_per_s"] = images / seconds if seconds > 0 else 0.0
+            out["images_per_s_per_w"] = images / energy if energy > 0 else 0.0
+            out["j_per_image"] = energy / images
+        return out
 
     @property
     def sensor_kinds(self) -> dict[str, int]:
@@ -343,7 +361,9 @@ def _read_node(node_dir: Path, problems: list[str]) -> NodePower:
         node.node_other_w.append(w)
         if str(row.get("estimated", "")).lower() == "true":
             node.other_estimated = True
-    node.events = _read_jsonl(node_dir / "governor_events.jsonl", problems)
+    # Node leaders other than rank 0 write governor_events.rank<R>.jsonl.
+    for events in sorted(node_dir.glob("governor_events*.jsonl")):
+        node.events += _read_jsonl(events, problems)
     node.summary = _read_json(node_dir / "governor_summary.json", problems)
     sensors = _read_json(node_dir / "power_sensors.json", problems)
     if isinstance(sensors, dict) and isinstance(sensors.get("sensors"), list):
@@ -378,7 +398,9 @@ def read_power_dir(path: Path, summary: dict[str, Any] | None = None) -> PowerDa
     problems: list[str] = []
     nodes = [_read_node(d, problems) for d in sorted(path.iterdir())
              if d.is_dir() and d.name.startswith("node")]
-    pd = PowerData(path=path, nodes=nodes, summary=summary)
+    from power.cluster_series import read_cluster_series  # importing power at use: see tests
+
+    pd = PowerData(path=path, nodes=nodes, summary=summary, series=read_cluster_series(path))
     _read_meter(path, pd, problems)
     for p in problems:
         log.warning("%s: %s", path, p)

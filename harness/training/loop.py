@@ -405,9 +405,10 @@ def _run(trainer: Trainer, log_format: str, log_interval_s: float,
                     trainer.validate(ended["final_step"])
                 trainer.save(ended["final_step"])
                 elapsed = time.perf_counter() - ended["t_start"]
-                power_summary = power.summary(ended["images"])
         finally:
             trainer.batches.close()
+    # After the session: the figures cover the governed window up to the restore.
+    power_summary = power.summary(ended["images"])
     trainer.metrics.close()
     if trainer.start_step > 0:  # resumed: the power figures cover the whole run
         power_summary = combine_segments(_previous_power(run_dir), power_summary)

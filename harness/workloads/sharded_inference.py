@@ -76,14 +76,15 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision(job.infer.precision, device)
     mine = deal_batches(len(files), job.infer.batch_size, info.rank, info.world_size)
-    t0 = time.perf_counter()
     mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
     bar = CountProgress("infer", sum(len(b) for b in mine), mode)
     with power_session(job.power, info, comm, out, on_stall=on_stall) as power, bar:
+        t0 = time.perf_counter()  # times inference, not the opening of GPUs and governor
         done = _run_batches(model, files, mine, out, device, job.infer.tta_flip, precision,
                             on_batch=lambda n: (power.add_images(n), bar.advance(n)))
         elapsed = time.perf_counter() - t0
-        power_summary = power.summary(done)
+    # After the session: images/s, W and J over one window, the governor's start to restore.
+    power_summary = power.summary(done)
     total = int(comm.allreduce_sum(done))
     wall = max(comm.allgather(elapsed))
     result: dict[str, Any] = {"images": total, "seconds": wall,

@@ -106,3 +106,47 @@ def test_no_overlap_suggests_the_time_zone(tmp_path):
     shifted = read_meter_log(tmp_path / "pdu.csv", utc_offset_h=8)
     assert compare_with_meter(shifted, [T0, T0 + 60], [1, 1], budget_w=3000).to_json()[
         "samples"] == 2
+
+
+# --- bad readings (issue #22): refused with file and line, or excluded with a warning -------
+
+
+@pytest.mark.parametrize("value, words", [("nan", "not a finite"), ("inf", "not a finite"),
+                                          ("-12.5", "not a finite, non-negative")])
+def test_non_finite_or_negative_meter_readings_are_refused_with_the_line(tmp_path, value, words):
+    p = tmp_path / "m.csv"
+    p.write_text("time,watts\n2025-01-01T00:00:00Z,2000\n"
+                 f"2025-01-01T00:00:01Z,{value}\n2025-01-01T00:00:02Z,2000\n")
+    with pytest.raises(MeterLogError, match=rf"m\.csv:3: power .* {words}"):
+        read_meter_log(p)
+
+
+def test_zero_meter_readings_are_excluded_with_a_warning(tmp_path, caplog):
+    p = tmp_path / "m.csv"
+    p.write_text("time,watts\n2025-01-01T00:00:00Z,2000\n2025-01-01T00:00:01Z,0\n"
+                 "2025-01-01T00:00:02Z,2100\n")
+    with caplog.at_level("WARNING"):
+        log = read_meter_log(p)
+    assert list(log.watts) == [2000.0, 2100.0]
+    assert "1 reading(s) of 0 W excluded (lines 3)" in caplog.text
+
+
+def test_mixed_time_zones_are_refused(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("time,watts\n2025-01-01T08:00:00+08:00,2000\n2025-01-01T00:00:01Z,2000\n")
+    with pytest.raises(MeterLogError, match=r"m\.csv:3: time zone \+00:00 differs from line 2"):
+        read_meter_log(p)
+    p.write_text("time,watts\n2025-01-01 08:00:00,2000\n2025-01-01T00:00:01Z,2000\n")
+    with pytest.raises(MeterLogError, match=r"m\.csv:3: time zone \+00:00 differs .*none"):
+        read_meter_log(p)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_replay_traces_with_bad_watts_are_refused_with_the_line(tmp_path, value):
+    from power.errors import PowerError
+    from power.replay import load_trace
+
+    p = tmp_path / "trace.csv"
+    p.write_text(f"time_s,gpu,power_w\n0.0,0,250\n0.1,0,{value}\n")
+    with pytest.raises(PowerError, match=r"trace\.csv:3: power_w .* not a positive finite"):
+        load_trace(p)

@@ -38,7 +38,7 @@ def test_session_starts_capped_reports_figures_and_restores_limits(tmp_path: Pat
         assert all(c < original for c in caps) and sum(caps) / 1000 <= 1500 - 100, caps
         time.sleep(1.5)
         session.add_images(120)
-        summary = session.summary(120)
+    summary = session.summary(120)
     assert [g.get_power_limit_mw() for g in gpus] == [original] * 4  # restored on exit
     assert summary["enabled"] and summary["simulated"] and summary["gpus_per_node"] == 4
     assert summary["images"] == 120

@@ -64,7 +64,8 @@ def test_import_and_render_meter_view(tmp_path):
     done = import_meter(run, _meter_csv(tmp_path), utc_offset_h=8)
     assert [d.phase for d in done] == ["training"]
     fig = done[0].figures
-    assert fig["source"] == "pdu.csv" and fig["samples"] == 20  # run: t = 50..70 s
+    # The governed window, t = 50..70 s (start to restore), holds 21 of the meter's seconds.
+    assert fig["source"] == "pdu.csv" and fig["samples"] == 21
     assert fig["meter_crossings"]["count"] == 1
     assert fig["meter_crossings"]["longest_s"] == pytest.approx(2.0)
     assert abs(fig["diff_mean_w"]) < 200
