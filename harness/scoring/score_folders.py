@@ -42,7 +42,11 @@ from harness.cluster.distributed import Comm, get_comm, shard, unshard
 from harness.data.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_rgb
 from harness.scoring import ALL_METRICS, METRICS
 from harness.scoring import metrics as _m
-from harness.scoring.identity import ImpostorStats, identity_similarity_arrays, judge_scores
+from harness.scoring.identity import (
+    ImpostorStats,
+    identity_similarity_arrays,
+    judge_scores,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table

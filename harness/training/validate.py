@@ -28,7 +28,11 @@ def validate(model: torch.nn.Module, pairs: PairSet, recognizer: Recognizer | No
         UserError: On every rank, when the recognizer's scores cannot mean anything.
     """
     from harness.data.imageio import from_tensor
-    from harness.scoring.identity import ImpostorStats, identity_similarity, judge_scores
+    from harness.scoring.identity import (
+        ImpostorStats,
+        identity_similarity,
+        judge_scores,
+    )
     from harness.scoring.metrics import psnr
 
     want_is = recognizer is not None and "is" in metrics
