@@ -56,6 +56,14 @@ MAX_YAML_DEPTH = 32
 MAX_INT_DIGITS = 64
 #: Most characters of a value quoted in an error message.
 EXCERPT_CHARS = 60
+#: Sizes beyond any cluster (the largest have ~160,000 nodes): a typo, refused in one line.
+MAX_NODES = 200_000
+#: Most ranks (or GPUs) on one node.
+MAX_PER_NODE = 1024
+#: Most ranks of one job.
+MAX_WORLD_SIZE = 1_000_000
+#: Longest job name (it names run folders and files).
+MAX_NAME_CHARS = 100
 
 #: A POSIX environment variable name (what ``export NAME=...`` accepts).
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -379,9 +387,15 @@ class LaunchConfig:
         return self.nodes * self.ranks_per_node
 
     def __post_init__(self) -> None:
-        _check(self.nodes >= 1, "nodes", "must be >= 1")
-        _check(self.ranks_per_node >= 1, "ranks_per_node", "must be >= 1")
-        _check(self.gpus_per_node >= 0, "gpus_per_node", "must be >= 0")
+        _check(1 <= self.nodes <= MAX_NODES, "nodes", f"must be between 1 and {MAX_NODES:,}, "
+               f"got {self.nodes:,}")
+        _check(1 <= self.ranks_per_node <= MAX_PER_NODE, "ranks_per_node",
+               f"must be between 1 and {MAX_PER_NODE}, got {self.ranks_per_node:,}")
+        _check(0 <= self.gpus_per_node <= MAX_PER_NODE, "gpus_per_node",
+               f"must be between 0 and {MAX_PER_NODE}, got {self.gpus_per_node:,}")
+        _check(self.world_size <= MAX_WORLD_SIZE, "ranks_per_node",
+               f"{self.nodes:,} nodes x {self.ranks_per_node} ranks is more than "
+               f"{MAX_WORLD_SIZE:,} ranks")
         _check(not self.hosts or len(self.hosts) == self.nodes, "hosts",
                f"lists {len(self.hosts)} hosts but launch.nodes is {self.nodes}")
         for i, host in enumerate(self.hosts):
@@ -437,6 +451,8 @@ class JobConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def __post_init__(self) -> None:
+        _check(len(self.name) <= MAX_NAME_CHARS, "name",
+               f"{len(self.name):,} characters long; at most {MAX_NAME_CHARS}")
         _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name), "name",
                "must be non-empty and use only letters, digits, '-', '_' and '.'")
 
@@ -622,6 +638,23 @@ def _bounded_loader() -> type:
                 self._depth -= 1
             self._sizes[id(node)] = self._expanded - before
             return node
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            # PyYAML keeps the last of two equal keys; a job file that says a thing twice is
+            # refused, naming the key and the line of its second appearance.
+            seen: dict[Any, Any] = {}
+            for key_node, _ in getattr(node, "value", []):
+                if (isinstance(key_node, yaml.ScalarNode)
+                        and key_node.tag != "tag:yaml.org,2002:merge"):  # << merges, once
+                    key = self.construct_object(key_node)
+                    try:
+                        first = seen.setdefault(key, key_node)
+                    except TypeError:  # an unhashable key is PyYAML's own error
+                        continue
+                    if first is not key_node:
+                        raise _YamlLimit(f"duplicate key {excerpt(key)} (first on line "
+                                         f"{first.start_mark.line + 1})", key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
 
         def construct_yaml_int(self, node: Any) -> int:
             if len(node.value) > MAX_INT_DIGITS:

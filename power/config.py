@@ -26,14 +26,23 @@ class FieldError(ValueError):
         self.message = message
 
 
+#: Largest budget accepted, in W: 100 MW, several times the largest supercomputer's draw (a
+#: budget beyond it is a typo, e.g. 3e12 for 3e3).
+MAX_BUDGET_W: float = 1e8
+
+
 def check_budget(budget_w: float, headroom_w: float = 0.0) -> None:
-    """The one budget rule: a finite budget > 0 W and a headroom in [0, budget).
+    """The one budget rule: a finite budget in (0, :data:`MAX_BUDGET_W`] W and a headroom in
+    [0, budget).
 
     Raises:
         FieldError: (a ``ValueError``) naming ``budget_w`` or ``headroom_w``.
     """
     if not (isinstance(budget_w, (int, float)) and math.isfinite(budget_w) and budget_w > 0):
         raise FieldError("budget_w", f"must be a finite number > 0, got {budget_w}")
+    if budget_w > MAX_BUDGET_W:
+        raise FieldError("budget_w", f"{budget_w:g} W is beyond any cluster (at most "
+                         f"{MAX_BUDGET_W:g} W)")
     if not (isinstance(headroom_w, (int, float)) and math.isfinite(headroom_w)
             and 0 <= headroom_w < budget_w):
         raise FieldError("headroom_w", f"must be >= 0 and below budget_w ({budget_w:g}), "

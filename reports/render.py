@@ -329,20 +329,77 @@ def _power_table(run: RunData, i: int, s: dict[str, Any], tp: dict[str, Any],
 
 
 def _run_facts(run: RunData, s: dict[str, Any]) -> list[tuple[str, str]]:
-    """Key facts of the run (job, folder, steps, ranks, device, validation, checkpoint)."""
-    return [("job", run.job_name), ("run directory", str(run.path)),
+    """Key facts of the run (job, folder, steps, ranks, device, precision, how it started and
+    stopped, validation, checkpoints, when the power axis starts)."""
+    m = run.manifest or {}
+    return [("job", run.job_name), ("run directory", _run_folder(run, m)),
+             ("launched as", _launch_text(m)),
              ("steps", fmt_num(s.get("steps"))),
+             ("stopped by", _text(s.get("stopped_by"))
+              or ("— (ran every step)" if s.get("stopped_early") is False else "—")),
              ("ranks (world size)", fmt_num(s.get("world_size"))),
              ("backend / device", f"{s.get('backend', '—')} / {s.get('device', '—')}"),
+             ("precision (training / inference / scoring)", _precisions(run, s)),
              ("training time (s)", fmt_num(s.get("train_time_s"), 1)),
              ("best validation IS (step)",
               f"{fmt_num(s.get('best_val_is'), 4)} ({fmt_num(s.get('best_step'))})"
               if _finite(s.get("best_val_is")) else "—"),
              ("final validation IS / PSNR",
               f"{fmt_num(s.get('final_val_is'), 4)} / {fmt_num(s.get('final_val_psnr'), 3)}"),
-             ("stopped early", fmt_num(s.get("stopped_early"))),
              ("replicas in sync", fmt_num(s.get("replicas_in_sync"))),
-             ("checkpoint", s.get("checkpoint") or "—")]
+             ("last checkpoint", _text(s.get("checkpoint")) or "—"),
+             ("weights used for SR", _text(run.inference.get("weights")) or "—"),
+             ("power axis starts (UTC)", _power_start_utc(run.train_power))]
+
+
+def _text(value: Any) -> str:
+    """A string value as it is; anything else (a wrong type in a damaged file) as empty."""
+    return value if isinstance(value, str) else ""
+
+
+def _run_folder(run: RunData, m: dict[str, Any]) -> str:
+    """The dated run folder (``demo-20261202-064333``), not the ``-latest`` link given."""
+    recorded = _text(m.get("run_dir"))
+    resolved = str(run.path.resolve())
+    shown = recorded or resolved
+    return shown if str(run.path) in (shown, resolved) else f"{shown} (given as {run.path})"
+
+
+def _launch_text(m: dict[str, Any]) -> str:
+    """The line that started the ranks: the launcher's (``harness launch``), else the
+    interpreter's own argv and the launcher its environment names."""
+    line = m.get("launch_line")
+    if not isinstance(line, dict):
+        return "—"
+    if _text(line.get("launcher_line")):
+        return line["launcher_line"]
+    argv = line.get("argv")
+    cmd = " ".join(map(str, argv)) if isinstance(argv, list) else "—"
+    launcher = _text(line.get("launcher"))
+    ranks = line.get("ranks")
+    if launcher:
+        return f"{launcher} ({fmt_num(ranks)} ranks): {cmd}"
+    return cmd
+
+
+def _precisions(run: RunData, s: dict[str, Any]) -> str:
+    """fp32/bf16 that actually ran in training, inference and scoring (— where not run)."""
+    scoring = _text(run.infer_meta.get("precision"))
+    return " / ".join(_text(v) or "—" for v in (s.get("precision"),
+                                               run.inference.get("precision"), scoring))
+
+
+def _power_start_utc(pd: PowerData | None) -> str:
+    """Wall-clock UTC of the first power sample (the power charts' time 0), when recorded."""
+    import datetime as _dt
+
+    starts = [n.unix_offset_s + min(ts[0] for ts in n.gpu_t_s.values() if ts)
+              for n in (pd.nodes if pd else []) if n.unix_offset_s is not None
+              and any(n.gpu_t_s.values())]
+    if not starts:
+        return "—"
+    return _dt.datetime.fromtimestamp(min(starts), _dt.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S UTC")
 
 
 def _budget_text(b: dict[str, Any]) -> str:

@@ -426,8 +426,10 @@ def load_run(path: str | Path) -> RunData:
     if not (p / "summary.json").is_file() and not (p / "manifest.json").is_file():
         raise UserError(f"{p}: not a run directory (no summary.json or manifest.json)")
     run = RunData(path=p, name=p.resolve().name)
-    run.summary = _dict_or_none(_read_json(p / "summary.json", run.problems))
-    run.manifest = _dict_or_none(_read_json(p / "manifest.json", run.problems))
+    run.summary = _typed(p / "summary.json", _read_json(p / "summary.json", run.problems),
+                         _SUMMARY_NUMBERS)
+    run.manifest = _typed(p / "manifest.json", _read_json(p / "manifest.json", run.problems),
+                          ("world_size", "cpu_count", "memory_gb"))
     job_path = p / "job.yaml"
     if job_path.is_file():
         try:
@@ -441,7 +443,12 @@ def load_run(path: str | Path) -> RunData:
     infer = p / "infer"
     if infer.is_dir():
         run.infer_dir = infer
-        run.scores = _dict_or_none(_read_json(infer / "scores.json", run.problems))
+        run.scores = _typed(infer / "scores.json",
+                            _read_json(infer / "scores.json", run.problems), ())
+        stats = (run.infer_summary or {}).get("metrics")
+        for name, st in (stats.items() if isinstance(stats, dict) else ()):
+            _typed(infer / "scores.json", st, ("mean", "median", "min", "max", "count"),
+                   f"summary.metrics.{name}.")
     train_power = (run.summary or {}).get("power")
     train_power = train_power if isinstance(train_power, dict) else None
     run.train_power = read_power_dir(p / "power", train_power)
@@ -450,6 +457,37 @@ def load_run(path: str | Path) -> RunData:
     if run.infer_dir is not None:
         run.infer_power = read_power_dir(infer / "power", infer_power)
     return run
+
+
+#: Keys of ``summary.json`` that hold numbers (or null) when present.
+_SUMMARY_NUMBERS = ("steps", "world_size", "images", "train_time_s", "images_per_s",
+                    "best_val_is", "best_step", "final_val_is", "final_val_psnr", "final_val_n")
+
+
+def _typed(path: Path, doc: Any, numbers: tuple[str, ...], prefix: str = "") -> dict | None:
+    """``doc`` (a run file's parsed JSON) when it has the types the harness writes.
+
+    Raises:
+        UserError: One line naming the file and key: not a JSON object, or a number that is
+            something else (a string, a list) — a report of such a file would show nonsense.
+    """
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: expected a JSON object, got {_json_type(doc)}; not a file "
+                        "the harness wrote")
+    for key in numbers:
+        v = doc.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)) \
+                and not (isinstance(v, str) and v in ("nan", "inf", "-inf")):
+            raise UserError(f"{path}: {prefix}{key}: expected a number, got {_json_type(v)} "
+                            f"{json.dumps(v)[:40]}")
+    return doc
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(v), "a number")
 
 
 def _dict_or_none(v: Any) -> dict[str, Any] | None:

@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     if args.dry_run:
         return 0
-    return subprocess.call(cmd)
+    # The ranks record the line that started them (manifest.json's launch_line).
+    return subprocess.call(cmd, env={**os.environ, "HARNESS_LAUNCH_LINE": format_command(cmd)})
 
 
 def plan_overrides(job: JobConfig, plan_path: str) -> list[str]:

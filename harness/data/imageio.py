@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 #: File suffixes (lower case) recognised as images.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
+#: Most pixels an image may declare in its header: 8192 x 8192, far beyond any face crop
+#: (96x112). Checked before decoding, so a tiny file declaring a gigapixel never allocates it.
+MAX_IMAGE_PIXELS: int = 8192 * 8192
+
 #: How many names an error message lists before "...".
 _MAX_NAMES_SHOWN = 10
 
@@ -79,14 +83,20 @@ def read_rgb(path: str | Path) -> np.ndarray:
         ``(H, W, 3)`` uint8 array.
 
     Raises:
-        UserError: The file is missing, unreadable, truncated, not an image, partly
-            transparent, or in a pixel format with no faithful 8-bit RGB form.
+        UserError: The file is missing, unreadable, truncated, not an image, declares more
+            than :data:`MAX_IMAGE_PIXELS` pixels, partly transparent, or in a pixel format
+            with no faithful 8-bit RGB form.
     """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such image file")
     try:
-        with Image.open(p) as img:
+        with Image.open(p) as img:  # reads the header only
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UserError(f"{p}: declares {width}x{height} pixels, more than the "
+                                f"{MAX_IMAGE_PIXELS:,} an input image may have; refused "
+                                "before decoding")
             img.load()  # decode now, so truncated files fail here and not later
             if _png_bit_depth(p) == 16:
                 return _sixteen_bit_png(p)
@@ -169,11 +179,17 @@ def list_images(directory: str | Path) -> list[Path]:
         Paths of files with an image suffix (png, jpg, jpeg, bmp, webp).
 
     Raises:
-        UserError: The folder does not exist or holds no image files.
+        UserError: The folder does not exist, holds no image files, or holds image links
+            that point nowhere (named: a face silently dropped would change the score).
     """
     d = Path(directory)
     if not d.is_dir():
         raise UserError(f"{d}: no such folder")
+    dangling = sorted(p.name for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                      and p.is_symlink() and not p.exists())
+    if dangling:
+        raise UserError(f"{d}: {len(dangling)} image links point nowhere "
+                        f"({_name_list(dangling)}); fix or remove them")
     files = sorted((p for p in d.iterdir() if is_image_file(p)), key=lambda p: _natural_key(p.name))
     if not files:
         raise UserError(f"{d}: no image files ({', '.join(IMAGE_SUFFIXES)})")

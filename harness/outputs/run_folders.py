@@ -138,6 +138,28 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+#: Environment variables that hold the launcher's own command line, where it sets one.
+_LAUNCH_ENV = ("HARNESS_LAUNCH_LINE", "SLURM_JOB_NAME")
+
+
+def launch_line(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What really started this process: the interpreter's own argv (``python -m
+    harness.train --job ...``, from ``sys.orig_argv``, not the module path ``sys.argv`` shows)
+    and the launcher, as its environment says (``mpirun`` sets ``OMPI_COMM_WORLD_SIZE``,
+    Slurm ``SLURM_JOB_ID``, torchrun ``TORCHELASTIC_RUN_ID``); ``harness launch`` passes the
+    line it ran in ``HARNESS_LAUNCH_LINE``.
+    """
+    env = dict(os.environ) if env is None else env
+    launcher = ("mpirun" if "OMPI_COMM_WORLD_SIZE" in env or "PMI_SIZE" in env
+                else "srun" if "SLURM_STEP_ID" in env and "SLURM_JOB_ID" in env
+                else "torchrun" if "TORCHELASTIC_RUN_ID" in env else None)
+    size = env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE") or env.get("SLURM_NTASKS") \
+        or env.get("WORLD_SIZE")
+    return {"argv": list(getattr(sys, "orig_argv", sys.argv)), "launcher": launcher,
+            "ranks": int(size) if size and size.isdigit() else None,
+            "launcher_line": env.get("HARNESS_LAUNCH_LINE") or None}
+
+
 def rank_facts(info: DistInfo, device: str, threads: int) -> dict[str, Any]:
     """What one rank knows about where it runs."""
     facts: dict[str, Any] = {"rank": info.rank, "local_rank": info.local_rank,
@@ -173,6 +195,8 @@ def write_manifest(run_dir: Path, job: JobConfig, info: DistInfo, comm: Comm, *,
         "nodes": sorted({r["host"] for r in ranks}),
         "ranks": ranks,
         "command": sys.argv,
+        "launch_line": launch_line(),
+        "run_dir": str(Path(run_dir).resolve()),
     }
     manifest.update(extra or {})
     if (run_dir / "manifest.json").is_file():  # a resume: the run's history stays

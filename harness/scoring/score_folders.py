@@ -42,7 +42,11 @@ from harness.cluster.distributed import Comm, get_comm, shard, unshard
 from harness.data.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_rgb
 from harness.scoring import ALL_METRICS, METRICS
 from harness.scoring import metrics as _m
-from harness.scoring.identity import identity_similarity_arrays
+from harness.scoring.identity import (
+    ImpostorStats,
+    identity_similarity_arrays,
+    judge_scores,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -128,6 +132,7 @@ def score_pairs(
     shave: int = 0,
     progress: Callable[[int], None] | None = None,
     precision: str = "fp32",
+    impostors: ImpostorStats | None = None,
 ) -> list[dict[str, Any]]:
     """Scores each pair; records come back in the order of ``pairs``.
 
@@ -139,6 +144,8 @@ def score_pairs(
         shave: Border pixels ignored by PSNR/SSIM/RMSE/NIQE (not by IS).
         progress: Called with the number of pairs just finished, after each batch.
         precision: Recognizer precision, ``fp32`` (the score) or ``bf16`` (approximate).
+        impostors: Collects the cosines between different HR faces, for
+            :func:`~harness.scoring.identity.judge_scores`.
 
     Returns:
         One dict per pair: ``name``, then each metric (``is``, ``psnr``, ``ssim``, ``psnr_y``,
@@ -158,25 +165,44 @@ def score_pairs(
     from concurrent.futures import ThreadPoolExecutor
 
     records: list[dict[str, Any]] = []
-    resized: list[str] = []
     chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     # Decoding the next chunk's PNGs overlaps the recognizer's work on this one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") as io:
         for chunk, images in zip(chunks, io.map(_read_chunk, chunks)):
-            resized += images[3]
             records += _score_chunk(chunk, images, names, recognizer, batch_size, shave,
-                                    precision)
+                                    precision, impostors)
             if progress is not None:
                 progress(len(chunk))
-    if resized:
-        log.warning(
-            "%d of %d SR images differ in size from their HR image and were resized to it with "
-            "OpenCV INTER_CUBIC, as the official scorer does (first: %s)",
-            len(resized),
-            len(pairs),
-            ", ".join(resized[:10]),
-        )
     return records
+
+
+def _warn_resized(records: Sequence[Mapping[str, Any]]) -> None:
+    """One warning (for the whole job) naming the SR images resized to their HR size."""
+    resized = [str(r["name"]) for r in records if r.get("sr_resized")]
+    if resized:
+        from harness.outputs.logs import warn_once
+
+        warn_once(log, "sr resized",
+                  "%d of %d SR images differ in size from their HR image and were resized to "
+                  "it with OpenCV INTER_CUBIC, as the official scorer does (first: %s)",
+                  len(resized), len(records), ", ".join(resized[:10]))
+
+
+def check_distinct(hr_dir: str | Path, sr_dir: str | Path, pairs: Sequence[Pair]) -> None:
+    """Refuses SR images that are their HR images: the same folder, or the same bytes.
+
+    Raises:
+        UserError: ``sr_dir`` resolves to ``hr_dir``, or every SR file is byte-identical to
+            its HR file (a score of 1.0 that measures nothing).
+    """
+    import filecmp
+
+    if Path(hr_dir).resolve() == Path(sr_dir).resolve():
+        raise UserError(f"--sr {sr_dir}: is the HR folder {hr_dir}; SR images would be scored "
+                        "against themselves")
+    if pairs and all(filecmp.cmp(p.hr, p.sr, shallow=False) for p in pairs):
+        raise UserError(f"--sr {sr_dir}: all {len(pairs)} SR files are byte-identical to their "
+                        f"HR files in {hr_dir}; SR images would be scored against themselves")
 
 
 _Images = tuple[list[np.ndarray], list[np.ndarray], dict[int, np.ndarray], list[str]]
@@ -199,13 +225,14 @@ def _read_chunk(chunk: Sequence[Pair]) -> _Images:
 
 def _score_chunk(chunk: Sequence[Pair], images: _Images, names: Sequence[str],
                  recognizer: Recognizer | None, batch_size: int, shave: int,
-                 precision: str) -> list[dict[str, Any]]:
+                 precision: str, impostors: ImpostorStats | None) -> list[dict[str, Any]]:
     """The records of one chunk of pairs (see :func:`score_pairs`)."""
     hrs, srs, bics, resized = images
     with_lr = sorted(bics)
     rows = _quality(names, srs, hrs, shave, "")
     if "is" in names:
-        sims = identity_similarity_arrays(recognizer, srs, hrs, batch_size, precision)
+        sims = identity_similarity_arrays(recognizer, srs, hrs, batch_size, precision,
+                                          impostors)
         for row, value in zip(rows, sims, strict=True):
             row["is"] = float(value)
     if with_lr:
@@ -467,6 +494,7 @@ def evaluate_dirs(
     comm = comm or get_comm()
     rank, world_size = comm.rank, comm.size
     pairs = pair_by_name(hr_dir, sr_dir, lr_dir)
+    check_distinct(hr_dir, sr_dir, pairs)
     _check_shave(shave, pairs)
     mine = shard(pairs, rank, world_size)
     rec_obj = recognizer
@@ -475,6 +503,7 @@ def evaluate_dirs(
 
         rec_obj = load_recognizer(rec_obj or "facenet", device=device, scoring_only=fast,
                                   precision=precision, threads=threads)
+    impostors = ImpostorStats()
     records = score_pairs(
         mine,
         recognizer=rec_obj if "is" in names else None,
@@ -483,12 +512,27 @@ def evaluate_dirs(
         shave=shave,
         progress=progress,
         precision=precision,
+        impostors=impostors,
     )
-    parts = comm.gather(records, root=0) if world_size > 1 else [records]
+    mine_part = (records, impostors.part())
+    parts = comm.gather(mine_part, root=0) if world_size > 1 else [mine_part]
+    verdict: str | None = None
+    if rank == 0:
+        records = unshard([r for r, _ in parts])
+        summary = summarize(records)
+        _warn_resized(records)
+        if "is" in names:
+            try:
+                judge_scores(summary["metrics"]["is"]["mean"],
+                             impostors.merge([i for _, i in parts]),
+                             getattr(rec_obj, "name", str(rec_obj)))
+            except UserError as exc:
+                verdict = str(exc)
+    verdict = comm.bcast(verdict, root=0) if world_size > 1 else verdict
+    if verdict:  # every rank stops alike, and nothing is written
+        raise UserError(verdict)
     if rank != 0:
         return None
-    records = unshard(parts)
-    summary = summarize(records)
     paths: tuple[Path, Path] | None = None
     run_meta: dict[str, Any] = {"precision": precision}
     if out_dir is not None:

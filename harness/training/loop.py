@@ -258,7 +258,10 @@ class Trainer:
             **{f"final_{k}": v for k, v in self.val_res.items()},
             "checkpoint": str(self.last_saved) if self.last_saved else None,
             "best_checkpoint": str(best_path) if best_path.exists() else None,
-            "stopped_early": ended["stopped_early"], "stopped_by": ended.get("stopped_by"),
+            "stopped_early": ended["stopped_early"],
+            # What ended the run before train.steps: a signal, or the time limit it reached.
+            "stopped_by": ended.get("stopped_by") or ended.get("out_of_time"),
+            "interrupted": bool(ended.get("interrupted")),
             "power": power_summary,
             "param_checksums": checksums, "replicas_in_sync": len(set(checksums)) == 1,
         }
@@ -416,7 +419,7 @@ def _run(trainer: Trainer, log_format: str, log_interval_s: float,
     if info.is_master:
         write_json_atomic(run_dir / "summary.json", summary)
         print_summary(summary)
-        if summary["stopped_by"]:
+        if ended["interrupted"] and summary["stopped_by"]:
             log.warning("stopped by %s after step %d; checkpoint %s; continue with "
                         "--resume %s", summary["stopped_by"], summary["steps"],
                         summary["checkpoint"], run_dir)

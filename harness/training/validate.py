@@ -1,7 +1,8 @@
 """Held-out validation during training: IS (and PSNR) of the model on the validation pairs.
 
 SR outputs are quantised to 8 bits first, exactly as saved PNGs would be, and IS comes from
-:mod:`harness.scoring.identity` like every other score in the harness.
+:mod:`harness.scoring.identity` like every other score in the harness, with the same checks
+(embeddings, and the recognizer's power to tell faces apart: :func:`judge_scores`).
 """
 from __future__ import annotations
 
@@ -22,14 +23,22 @@ def validate(model: torch.nn.Module, pairs: PairSet, recognizer: Recognizer | No
 
     Returns:
         ``val_n`` and, as asked and possible, ``val_is`` and ``val_psnr``.
+
+    Raises:
+        UserError: On every rank, when the recognizer's scores cannot mean anything.
     """
     from harness.data.imageio import from_tensor
-    from harness.scoring.identity import identity_similarity
+    from harness.scoring.identity import (
+        ImpostorStats,
+        identity_similarity,
+        judge_scores,
+    )
     from harness.scoring.metrics import psnr
 
     want_is = recognizer is not None and "is" in metrics
     mine = shard(list(range(len(pairs))), info.rank, info.world_size)
     records: list[tuple[int, float, float]] = []
+    impostors = ImpostorStats()
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -40,16 +49,20 @@ def validate(model: torch.nn.Module, pairs: PairSet, recognizer: Recognizer | No
             # Kept in the (N, H, W, C) memory layout the arrays have: the recognizer's
             # kernels then run as they always did here (bit-identical validation IS).
             sr_q = torch.from_numpy(np.stack(sr_u8)).permute(0, 3, 1, 2).float() / 255.0
-            cos = (identity_similarity(recognizer, sr_q.to(device), hr.to(device))
+            cos = (identity_similarity(recognizer, sr_q.to(device), hr.to(device),
+                                       impostors=impostors)
                    if want_is else np.full(len(idx), np.nan))
             for j, i in enumerate(idx):
                 p = psnr(sr_u8[j], pairs.hr[i]) if "psnr" in metrics else float("nan")
                 records.append((i, float(cos[j]), float(p)))
     model.train(was_training)
-    every = sorted(r for part in comm.allgather(records) for r in part)
+    parts = comm.allgather((records, impostors.part()))
+    every = sorted(r for part, _ in parts for r in part)
     out: dict[str, float] = {"val_n": len(every)}
     if every and want_is:
         out["val_is"] = float(np.mean([r[1] for r in every]))
+        judge_scores(out["val_is"], impostors.merge([i for _, i in parts]), recognizer.name,
+                     "validation IS")
     if every and "psnr" in metrics:
         out["val_psnr"] = float(np.mean([r[2] for r in every]))
     return out

@@ -120,16 +120,22 @@ def test_identity_separates_people(sr_tree: Path) -> None:
 def test_wrong_size_is_resized_with_warning(
     sr_tree: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from harness.outputs.logs import reset_warn_once
+
+    reset_warn_once()
     big = Image.open(sr_tree / "sr" / "303.png").resize((100, 120), Image.Resampling.BICUBIC)
     big.save(sr_tree / "sr" / "303.png")
-    pairs = pair_by_name(sr_tree / "hr", sr_tree / "sr")[:5]
     with caplog.at_level(logging.WARNING, logger="harness.scoring.score_folders"):
-        records = score_pairs(pairs, recognizer=TinyRecognizer(), metrics={"is", "psnr"})
-    assert [r["sr_resized"] for r in records] == [False, False, True, False, False]
+        for _ in range(2):  # scored twice in one process: still one warning
+            result = evaluate_dirs(sr_tree / "hr", sr_tree / "sr", None,
+                                   recognizer=TinyRecognizer(), metrics={"is", "psnr"},
+                                   batch_size=4)
+    records = result["records"]
+    assert [r["sr_resized"] for r in records[:5]] == [False, False, True, False, False]
     warnings = [r for r in caplog.records if r.name == "harness.scoring.score_folders"]
     assert (
         len(warnings) == 1
-        and "1 of 5" in warnings[0].getMessage()
+        and "1 of 20" in warnings[0].getMessage()
         and "303" in warnings[0].getMessage()
     )
     assert 20.0 < records[2]["psnr"] < 30.0  # resized back, still a sensible comparison
@@ -237,6 +243,9 @@ def test_evaluate_dirs_two_ranks_equal_one(sr_tree: Path) -> None:
         def gather(self, records: list, root: int = 0) -> list | None:
             held[self.rank] = records
             return [held[0], held[1]] if self.rank == 0 else None
+
+        def bcast(self, obj: object, root: int = 0) -> object:
+            return obj
 
     assert evaluate_dirs(sr_tree / "hr", sr_tree / "sr", sr_tree / "two", comm=FakeComm(1),
                          **kwargs) is None

