@@ -278,6 +278,7 @@ def power_timeline(power: PowerData, key: str, title: str) -> Markup | None:
     if cs is None or not cs.segments:
         return None
     origin = cs.start_unix_s if cs.utc else None
+    labels = {n.name: n.label for n in power.nodes}
     t0 = cs.start_unix_s or 0.0
     fig = _figure(9.5, 3.2)
     ax = fig.subplots()
@@ -288,10 +289,11 @@ def power_timeline(power: PowerData, key: str, title: str) -> Markup | None:
             for i, name in enumerate(cs.nodes):
                 if name in seg.node_w:
                     ax.plot(*thin(x, seg.node_w[name]), lw=0.9, color=_COLORS[(i + 1) % 10],
-                            label=None if k else mpl_text(name))
+                            label=None if k else mpl_text(labels.get(name, name)))
         top = max(top, max(seg.watts, default=0.0))
         ax.plot(*thin(x, seg.watts), lw=1.8, color="#222222", label=None if k else (
-            "cluster" if len(cs.nodes) > 1 else f"cluster ({mpl_text(cs.nodes[0])})"))
+            "cluster" if len(cs.nodes) > 1 else
+            f"cluster ({mpl_text(labels.get(cs.nodes[0], cs.nodes[0]))})"))
     budget, headroom = power.budget_w, power.headroom_w
     if budget is not None:
         ax.axhline(budget, color=_BUDGET, lw=1.5, ls="--", label=f"budget {budget:.0f} W")
@@ -376,7 +378,7 @@ def gpu_timelines(power: PowerData, key: str, max_nodes: int = 8) -> Markup | No
             if any(_finite(v) for v in node.gpu_limit_w.get(gpu, [])):
                 ax.plot(*thin(node.gpu_t_s[gpu], node.gpu_limit_w[gpu]), lw=0.8, ls="--",
                         color=color, alpha=0.7)
-        ax.set_title(f"{mpl_text(node.name)}: GPU power (solid) and cap (dashed)")
+        ax.set_title(f"{mpl_text(node.label)}: GPU power (solid) and cap (dashed)")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("W")
         ax.set_ylim(bottom=0)

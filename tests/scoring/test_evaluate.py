@@ -205,7 +205,9 @@ def test_write_scores_and_table(sr_tree: Path) -> None:
     summary = summarize(records)
     json_path, csv_path = write_scores(sr_tree / "out", records, summary, {"model": "bicubic"})
     doc = json.loads(json_path.read_text())
-    assert doc["meta"] == {"model": "bicubic"}
+    assert doc["meta"]["model"] == "bicubic"
+    assert doc["meta"]["metric_info"]["psnr"] == {"label": "PSNR (dB)", "digits": 3,
+                                                  "higher_is_better": True}
     assert doc["summary"]["metrics"]["ssim"]["mean"] == pytest.approx(
         summary["metrics"]["ssim"]["mean"]
     )
