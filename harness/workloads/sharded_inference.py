@@ -47,6 +47,7 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
 
     import torch
 
+    from harness.cluster import watchdog
     from harness.cluster.watchdog import on_stall
     from harness.data.imageio import list_images
     from harness.model.generators import load_generator, resolve_device, set_threads
@@ -55,6 +56,7 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     from power.session import power_session
 
     info, comm = get_dist_info(), get_comm()
+    watchdog.current().configure(job.train.collective_timeout_s)
     job = dataclasses.replace(job, power=resolve_backend(job.power))
     set_threads(job.infer.threads_per_rank, info)
     device = resolve_device(job.train.device, info)
@@ -148,6 +150,7 @@ def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: P
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from harness.cluster import watchdog
     from harness.data.imageio import from_tensor, read_rgb, to_tensor, write_png
     from harness.model.generators import super_resolve
 
@@ -155,7 +158,7 @@ def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: P
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as io:
         reads = io.map(lambda b: [read_rgb(files[i]) for i in b], batches)
         writes = []
-        for batch, images in zip(batches, reads):
+        for k, (batch, images) in enumerate(zip(batches, reads), 1):
             groups: dict[tuple[int, ...], list[int]] = {}
             for j, im in enumerate(images):
                 groups.setdefault(im.shape, []).append(j)
@@ -166,6 +169,7 @@ def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: P
                     writes.append(io.submit(write_png, out / (files[batch[j]].stem + ".png"),
                                             arr))
             done += len(batch)
+            watchdog.progress(f"infer batch {k}")
             on_batch(len(batch))
         for w in writes:
             w.result()  # a failed write raises here
