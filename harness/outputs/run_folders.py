@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fileio.atomic import write_json_atomic, write_text_atomic
+from fileio.locks import lock_folder, unlock_folder
 from fileio.user_error import UserError
 from harness.cluster.distributed import Comm, DistInfo
 from harness.config import JobConfig, dump_job
@@ -38,60 +39,39 @@ PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-pytho
 
 
 def create_run_dir(job: JobConfig, comm: Comm, parent: str | Path | None = None) -> Path:
-    """Rank 0 creates ``<parent>/<name>-<timestamp>`` (unique); all ranks get the path."""
+    """Rank 0 creates ``<parent>/<name>-<timestamp>`` (``-2``, ``-3``, ... when a run of the
+    same name started in the same second, even in another process); all ranks get the path."""
     path = None
     if comm.rank == 0:
         base = Path(parent or job.launch.run_dir)
+        base.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = base / f"{job.name}-{stamp}"
         n = 1
-        while path.exists():
-            n += 1
-            path = base / f"{job.name}-{stamp}-{n}"
-        path.mkdir(parents=True)
+        while True:
+            path = base / (f"{job.name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+            try:
+                path.mkdir()  # atomic: of two processes, one gets the name
+                break
+            except FileExistsError:
+                n += 1
         lock_run(path)
         _point_latest(base / f"{job.name}-latest", path)
         path = str(path)
     return Path(comm.bcast(path, root=0))
 
 
-#: Open lock files of the run folders this process writes (kept open: the lock is the open
-#: file; the OS drops it when the process ends, however it ends).
-_LOCKS: dict[Path, int] = {}
-
-LOCK_NAME = ".lock"
-
-
 def lock_run(run_dir: Path) -> None:
-    """Make this process the only writer of ``run_dir`` (``flock`` on ``<run>/.lock``).
+    """Make this process the only writer of ``run_dir`` (see :func:`fileio.locks.lock_folder`).
 
     Raises:
         UserError: another process (a second ``--resume`` of the same run) holds it.
     """
-    import fcntl
-
-    key = Path(run_dir).resolve()
-    if key in _LOCKS:
-        return
-    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        last = os.read(fd, 200).decode("utf-8", "replace").strip()
-        os.close(fd)
-        raise UserError(f"{run_dir}: in use by another process ({last or 'unknown'}); "
-                        "wait for it to end (one writer "
-                        "per run folder)") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    _LOCKS[key] = fd
+    lock_folder(run_dir)
 
 
 def unlock_run(run_dir: Path) -> None:
     """Release :func:`lock_run` (also released when the process exits)."""
-    fd = _LOCKS.pop(Path(run_dir).resolve(), None)
-    if fd is not None:
-        os.close(fd)
+    unlock_folder(run_dir)
 
 
 def lock_run_everywhere(run_dir: Path, comm: Comm) -> None:
