@@ -54,7 +54,7 @@ def lock_folder(folder: str | Path) -> Path:
     except BlockingIOError:
         holder = os.read(fd, 1000).decode("utf-8", "replace").strip()
         os.close(fd)
-        raise UserError(f"{folder}: in use by another command ({holder or 'unknown'}); wait "
+        raise UserError(f"{folder}: in use by another process ({holder or 'unknown'}); wait "
                         "for it to end or choose another folder (one writer per "
                         "folder)") from None
     os.ftruncate(fd, 0)

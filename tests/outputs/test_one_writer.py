@@ -108,7 +108,7 @@ def test_a_second_writer_is_refused_naming_the_holder(inputs, tmp_path: Path) ->
         assert second.returncode != 0
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
-        assert f"in use by another command (pid {holder.pid} on " in lines[0], lines[0]
+        assert f"in use by another process (pid {holder.pid} on " in lines[0], lines[0]
         assert "infer" in lines[0] and str(out) in lines[0]
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -117,3 +117,37 @@ def test_a_second_writer_is_refused_naming_the_holder(inputs, tmp_path: Path) ->
     third = run_harness(*INFER, "--lr", str(lr), "--out", str(out), "--overwrite")
     assert third.returncode == 0, third.stderr[-2000:]
     assert len(list(out.glob("*.png"))) == N
+
+
+def test_runs_created_in_the_same_second_get_distinct_folders(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.cluster.distributed import SingleComm
+    from harness.config import load_job
+    from harness.outputs.run_folders import create_run_dir
+
+    job = load_job(ROOT / "jobs/smoke.yaml")
+    with ThreadPoolExecutor(8) as pool:  # eight starts racing for one name
+        made = list(pool.map(lambda _: create_run_dir(job, SingleComm(), tmp_path), range(8)))
+    assert len(set(made)) == 8 and all(p.is_dir() for p in made)
+    stamps = {p.name.split("-")[1] + p.name.split("-")[2] for p in made}
+    assert len(stamps) <= 2  # (the same second, or two)
+    assert any(p.name.endswith("-2") for p in made)
+
+
+def test_resume_repairs_a_torn_last_line_of_metrics_jsonl(tmp_path: Path) -> None:
+    first = run_harness("train", "--job", "jobs/smoke.yaml", "--quiet", "--run-dir",
+                        str(tmp_path), "--stop-after", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = next(p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink())
+    metrics = run / "metrics.jsonl"
+    whole = metrics.read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in whole] == [1, 2]
+    with open(metrics, "a") as fh:
+        fh.write('{"kind": "train", "step": 3, "lo')  # the crash came mid-write
+    again = run_harness("train", "--job", "jobs/smoke.yaml", "--quiet", "--resume", str(run))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "torn last line" in again.stderr
+    records = [json.loads(ln) for ln in metrics.read_text().splitlines()]  # every line parses
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert records[:2] == [json.loads(ln) for ln in whole]
