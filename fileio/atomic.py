@@ -105,3 +105,29 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2,
                       fsync: bool = True) -> Path:
     """Write ``obj`` as strict JSON (see :func:`dumps_json`) to ``path`` atomically."""
     return write_text_atomic(path, dumps_json(obj, indent=indent) + "\n", fsync=fsync)
+
+
+def exchange_folders(a: str | Path, b: str | Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+        True when swapped atomically; False when this system or file system cannot (then
+        nothing was changed, and the caller falls back to two renames).
+    """
+    import ctypes
+    import ctypes.util
+    import errno as _errno
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        _fsync_dir(Path(a).parent)
+        return True
+    err = ctypes.get_errno()
+    if err in (_errno.EINVAL, _errno.ENOSYS, _errno.ENOTSUP, _errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from fileio.user_error import UserError
+from harness.cluster.watchdog import DEFAULT_TIMEOUT_S
 from power.config import FieldError, PowerConfig
 from power.config import check as _check
 
@@ -249,11 +250,14 @@ class TrainConfig:
     """How many recent checkpoints to keep (the best-by-IS one is always kept)."""
     max_minutes: float = 0.0
     """Stop cleanly (checkpoint, validate) after this many minutes; 0 = no limit."""
-    collective_timeout_s: float = 30.0
-    """A step that makes no progress for this long means a rank stopped responding (SIGSTOP,
-    a stuck file system, a hung GPU): the job ends with one line instead of holding the
-    cluster at full power. Also the timeout of torch.distributed's collectives. The first step
-    of a start gets 4x as long (lazy initialisation)."""
+    collective_timeout_s: float = DEFAULT_TIMEOUT_S
+    """A wait on another rank (any collective of any command of this job: start-up, a
+    training step, inference, scoring, MPI's shutdown) that lasts this long means a rank
+    stopped responding (SIGSTOP, a stuck file system, a hung GPU): the job ends with one line
+    naming the rank and its host instead of holding the cluster at full power (see
+    :mod:`harness.cluster.watchdog`; ``$HARNESS_COLLECTIVE_TIMEOUT_S`` overrides it, and
+    applies to commands without a job). Also the timeout of torch.distributed's collectives.
+    The first step of a start gets 4x as long (lazy initialisation)."""
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "steps", "must be >= 1")

@@ -359,7 +359,51 @@ class TorchGroupComm:
         return out
 
 
+class WatchedComm:
+    """A communicator whose every collective is a bounded wait of the stall watchdog.
+
+    This is how every wait on another rank gets a deadline (:mod:`harness.cluster.watchdog`):
+    the commands never see an unwatched multi-rank communicator. Anything else (``raw``,
+    ``node_leaders``) is the wrapped communicator's.
+
+    Args:
+        inner: The communicator doing the work (:class:`MPIComm` or :class:`TorchComm`).
+        watchdog: This process's :class:`~harness.cluster.watchdog.StallWatchdog`.
+    """
+
+    def __init__(self, inner: Comm, watchdog: Any) -> None:
+        self.inner, self._wd = inner, watchdog
+        self.rank, self.size = inner.rank, inner.size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def bcast(self, obj: T, root: int = 0) -> T:
+        with self._wd.waiting("bcast"):
+            return self.inner.bcast(obj, root=root)
+
+    def allgather(self, obj: T) -> list[T]:
+        with self._wd.waiting("allgather"):
+            return self.inner.allgather(obj)
+
+    def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        with self._wd.waiting("gather"):
+            return self.inner.gather(obj, root=root)
+
+    def allreduce_sum(self, value: float) -> float:
+        with self._wd.waiting("allreduce"):
+            return self.inner.allreduce_sum(value)
+
+    def barrier(self) -> None:
+        with self._wd.waiting("barrier"):
+            self.inner.barrier()
+
+
 _COMM: Comm | None = None
+
+
+def _inner(comm: Comm | None) -> Comm | None:
+    return comm.inner if isinstance(comm, WatchedComm) else comm
 
 
 def get_dist_info() -> DistInfo:
@@ -369,7 +413,7 @@ def get_dist_info() -> DistInfo:
     trusted over the environment.
     """
     info = dist_info_from_env()
-    if isinstance(_COMM, MPIComm) and _COMM.size != info.world_size:
+    if isinstance(_inner(_COMM), MPIComm) and _COMM.size != info.world_size:
         return DistInfo(_COMM.rank, info.local_rank, _COMM.size, info.local_world_size, "mpi")
     return info
 
@@ -387,6 +431,10 @@ def get_comm() -> Comm:
       one (built against another MPI), :class:`TorchComm` when ``MASTER_ADDR``/``MASTER_PORT``
       are set.
 
+    With several ranks the stall watchdog starts first (so that a rank stopped during MPI's
+    own start-up ends the job too) and the communicator is a :class:`WatchedComm`: every
+    collective has the watchdog's deadline. MPI's shutdown at exit is a bounded wait as well.
+
     Raises:
         UserError: several ranks but no way to reach them (mpi4py missing or disagreeing with
             the launcher, and no ``MASTER_ADDR``/``MASTER_PORT``).
@@ -394,21 +442,40 @@ def get_comm() -> Comm:
     global _COMM
     if _COMM is not None:
         return _COMM
+    from harness.cluster import watchdog
+
     info = dist_info_from_env()
+    wd = watchdog.start(info.rank, info.world_size,
+                        multi_node=info.world_size > info.local_world_size)
     if info.world_size == 1:
         _COMM = SingleComm()
         return _COMM
+    import atexit
+
+    atexit.register(wd.close)  # runs after MPI's shutdown (registered before mpi4py's hook)
+    wd.progress("start-up")  # (where the tests' start-up fault stops a rank)
+    with wd.blocking("MPI start-up"):
+        inner = _open_comm(info)
+    wd.attach(inner)
+    wd.start()
+    # registered after mpi4py's own exit hook, so it runs first: MPI_Finalize waits on the
+    # other ranks, under the watchdog's deadline like any collective
+    atexit.register(wd.guard_shutdown)
+    _COMM = WatchedComm(inner, wd)
+    return _COMM
+
+
+def _open_comm(info: DistInfo) -> Comm:
+    """The unwatched communicator of a launched multi-rank job (see :func:`get_comm`)."""
     if info.launcher == "torchrun":
-        _COMM = TorchComm.from_env(info)
-        return _COMM
+        return TorchComm.from_env(info)
     try:
         from mpi4py import MPI
     except ImportError:
         if _torch_can_rendezvous():
             log.warning("mpi4py is not installed: using torch.distributed (gloo) for the %d "
                         "ranks", info.world_size)
-            _COMM = TorchComm.from_env(info)
-            return _COMM
+            return TorchComm.from_env(info)
         raise UserError(f"started by {info.launcher} with {info.world_size} ranks but mpi4py "
                         "is not installed: pip install mpi4py (see `harness doctor`)") from None
     comm = MPIComm(MPI.COMM_WORLD)
@@ -416,11 +483,9 @@ def get_comm() -> Comm:
         if comm.size == 1 and _torch_can_rendezvous():
             log.warning("mpi4py sees 1 rank but %s says %d: using torch.distributed (gloo)",
                         info.launcher, info.world_size)
-            _COMM = TorchComm.from_env(info)
-            return _COMM
+            return TorchComm.from_env(info)
         raise UserError(mpi_world_mismatch(info, comm.size))
-    _COMM = comm
-    return _COMM
+    return comm
 
 
 def mpi_world_mismatch(info: DistInfo, mpi_size: int) -> str:
@@ -502,7 +567,7 @@ def shutdown_torch_distributed() -> None:
     """Tear down ``torch.distributed`` if it was initialised (and forget a :class:`TorchComm`,
     whose groups go with it)."""
     global _COMM
-    if isinstance(_COMM, TorchComm):
+    if isinstance(_inner(_COMM), TorchComm):
         _COMM = None
     try:
         import torch.distributed as dist

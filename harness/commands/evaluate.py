@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.data.imageio import pair_by_name
     from harness.model.generators import rank_threads, resolve_device
     from harness.outputs.logs import CountProgress, choose_log_format
-    from harness.outputs.write_checks import agree
+    from harness.outputs.write_checks import agree, claim_output
     from harness.scoring.score_folders import check_scores_output, evaluate_dirs
 
     if args.batch_size < 1:
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if args.shave < 0:
         raise UserError(f"--shave {args.shave}: must be 0 or more")
     if args.out:
-        agree(get_comm(), lambda: check_scores_output(args.out, [args.hr, args.sr, args.lr],
-                                                      overwrite=args.overwrite))
+        agree(get_comm(), lambda: claim_output(args.out, lambda: check_scores_output(
+            args.out, [args.hr, args.sr, args.lr], overwrite=args.overwrite)))
     info = get_dist_info()
     device = resolve_device(args.device, info, key="--device")
     mine = len(shard(pair_by_name(args.hr, args.sr, args.lr), info.rank, info.world_size))

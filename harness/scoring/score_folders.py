@@ -38,6 +38,7 @@ import numpy as np
 
 from fileio.atomic import write_text_atomic
 from fileio.user_error import UserError
+from harness.cluster import watchdog
 from harness.cluster.distributed import Comm, get_comm, shard, unshard
 from harness.data.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_rgb
 from harness.scoring import ALL_METRICS, METRICS
@@ -168,9 +169,10 @@ def score_pairs(
     chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     # Decoding the next chunk's PNGs overlaps the recognizer's work on this one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") as io:
-        for chunk, images in zip(chunks, io.map(_read_chunk, chunks)):
+        for k, (chunk, images) in enumerate(zip(chunks, io.map(_read_chunk, chunks)), 1):
             records += _score_chunk(chunk, images, names, recognizer, batch_size, shave,
                                     precision, impostors)
+            watchdog.progress(f"evaluate batch {k}")
             if progress is not None:
                 progress(len(chunk))
     return records

@@ -26,7 +26,7 @@ from harness.cluster.distributed import (
     init_horovod,
     init_torch_distributed,
 )
-from harness.cluster.watchdog import torch_timeout_s
+from harness.cluster.watchdog import timeout_from_env, torch_timeout_s
 from harness.config import JobConfig
 from harness.model.generators import build_generator, load_initial_weights, model_kwargs
 
@@ -185,7 +185,8 @@ def _build_model(job: JobConfig, device: str, info: DistInfo, comm: Comm,
     wrapped = model
     if info.distributed and t.backend == "ddp":
         init_torch_distributed(info, comm, backend="nccl" if device.startswith("cuda")
-                               else "gloo", timeout_s=torch_timeout_s(t.collective_timeout_s))
+                               else "gloo", timeout_s=torch_timeout_s(
+                                   timeout_from_env(t.collective_timeout_s)))
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         wrapped = DDP(model, device_ids=[torch.device(device).index]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fileio.atomic import write_json_atomic
+from harness.cluster import watchdog
 from harness.cluster.distributed import (
     Comm,
     DistInfo,
@@ -129,8 +130,8 @@ class Trainer:
         self.time_left_s: float | None = None
         """Seconds the Slurm job had left at :attr:`time_left_at` (None: outside Slurm)."""
         self.time_left_at: float | None = None
-        self.watchdog = StallWatchdog(job.train.collective_timeout_s, info.rank,
-                                      info.world_size, run_dir, comm)
+        self.watchdog: StallWatchdog = watchdog.current()
+        self.watchdog.configure(hint=f"the last checkpoint is resumable: --resume {run_dir}")
 
     def restore(self, path: Path) -> None:
         """Continue from the full checkpoint ``path`` (step, best score, RNG of this rank)."""
@@ -421,6 +422,7 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     from power.backends import resolve_backend
 
     info, comm = get_dist_info(), get_comm()
+    watchdog.current().configure(job.train.collective_timeout_s)
     job = dataclasses.replace(job, power=resolve_backend(job.power))
     threads = set_threads(job.train.threads_per_rank, info)
     device = resolve_device(job.train.device, info)

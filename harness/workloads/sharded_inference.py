@@ -37,7 +37,10 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     """Super-resolve every image in ``lr_dir`` into ``out_dir``; score if ``hr_dir`` is given.
 
     ``out_dir`` is checked before anything is written (:func:`check_infer_output`): never an
-    input, and existing files are replaced only with ``overwrite``.
+    input, and existing files are replaced only with ``overwrite``. It is locked for this
+    command (a second one is refused), and the new outputs are written beside it and swapped
+    in whole at the end (:class:`~harness.outputs.write_checks.StagedFolder`): a run killed
+    half-way leaves the old images with their old ``scores.json``.
 
     Returns:
         On every rank: counts, timing and (when scored) the score summary.
@@ -45,30 +48,61 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
 
     import dataclasses
 
+    from harness.cluster import watchdog
+    from harness.model.generators import load_generator, resolve_device, set_threads
+    from power.backends import resolve_backend
+
+    info, comm = get_dist_info(), get_comm()
+    watchdog.current().configure(job.train.collective_timeout_s)
+    job = dataclasses.replace(job, power=resolve_backend(job.power))
+    set_threads(job.infer.threads_per_rank, info)
+    device = resolve_device(job.train.device, info)
+    final = Path(out_dir)
+    from harness.outputs.write_checks import StagedFolder, agree, claim_output
+
+    def check() -> None:
+        check_infer_output(lr_dir, out_dir, hr_dir, checkpoint, overwrite)
+
+    agree(comm, check)
+    model, source = load_generator(job, checkpoint, device)  # a bad checkpoint: no --out yet
+    agree(comm, lambda: claim_output(out_dir, check))  # this command is --out's one writer
+    # Everything is written into a staging folder beside --out and swapped in whole at the
+    # end: an interrupted run (or --overwrite) leaves the old outputs or the new, never a mix.
+    staged = StagedFolder(final) if info.is_master else None
+    out = Path(comm.bcast(str(staged.path) if staged else None, root=0))
+    try:
+        result = _infer_into(job, info, comm, model, source, device, out, final, lr_dir,
+                             hr_dir, log_format)
+        comm.barrier()
+        if staged is not None:
+            staged.commit()
+            log.info("wrote %d SR images to %s", result["images"], final)
+        comm.barrier()
+    except BaseException:
+        if staged is not None:
+            staged.discard()
+        raise
+    return result
+
+
+def _infer_into(job: JobConfig, info: Any, comm: Any, model: Any, source: str, device: str,
+                out: Path, final: Path, lr_dir: str, hr_dir: str | None,
+                log_format: str) -> dict[str, Any]:
+    """:func:`infer`'s work, written into ``out`` (the staging of ``final``)."""
     import torch
 
     from harness.cluster.watchdog import on_stall
     from harness.data.imageio import list_images
-    from harness.model.generators import load_generator, resolve_device, set_threads
     from harness.model.precision import resolve_precision
-    from power.backends import resolve_backend
     from power.session import power_session
 
-    info, comm = get_dist_info(), get_comm()
-    job = dataclasses.replace(job, power=resolve_backend(job.power))
-    set_threads(job.infer.threads_per_rank, info)
-    device = resolve_device(job.train.device, info)
-    out = Path(out_dir)
-    from harness.outputs.write_checks import agree
+    def shown(path: str | None) -> str | None:  # paths as they will be after the swap
+        return path and path.replace(str(out), str(final), 1)
 
-    agree(comm, lambda: check_infer_output(lr_dir, out_dir, hr_dir, checkpoint, overwrite))
-    model, source = load_generator(job, checkpoint, device)  # a bad checkpoint: no --out yet
-    if info.is_master:
-        out.mkdir(parents=True, exist_ok=True)
-        if lr_dir.startswith("embedded:"):
-            from harness.data.pairs import materialize_split
+    if info.is_master and lr_dir.startswith("embedded:"):
+        from harness.data.pairs import materialize_split
 
-            materialize_split(lr_dir, out / "inputs")
+        materialize_split(lr_dir, out / "inputs")
     comm.barrier()
     if lr_dir.startswith("embedded:"):
         lr_dir, hr_dir = str(out / "inputs" / "LR"), hr_dir or str(out / "inputs" / "HR")
@@ -94,7 +128,7 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
                               "power": power_summary}
     comm.barrier()
     if info.is_master:
-        log.info("wrote %d SR images to %s in %.1f s (%.1f images/s)", total, out, wall,
+        log.info("super-resolved %d images in %.1f s (%.1f images/s)", total, wall,
                  result["images_per_s"])
     if hr_dir:
         from harness.scoring.score_folders import evaluate_dirs
@@ -102,10 +136,11 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         scored = evaluate_dirs(hr_dir, str(out), str(out), lr_dir=lr_dir,
                                recognizer=job.eval.recognizer, metrics=job.eval.metrics,
                                batch_size=job.eval.batch_size, shave=job.eval.shave, comm=comm,
-                               device=device, meta={"inference": result},
-                               precision=job.eval.precision)
+                               device=device, precision=job.eval.precision,
+                               meta={"inference": result, "sr_dir": str(final),
+                                     "hr_dir": shown(hr_dir), "lr_dir": shown(lr_dir)})
         result["scores"] = comm.bcast(scored and scored["summary"], root=0)
-        result["score_paths"] = [str(p) for p in (scored or {}).get("paths") or []]
+        result["score_paths"] = [shown(str(p)) for p in (scored or {}).get("paths") or []]
         comm.barrier()
     return result
 
@@ -149,6 +184,7 @@ def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: P
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from harness.cluster import watchdog
     from harness.data.imageio import from_tensor, read_rgb, to_tensor, write_png
     from harness.model.generators import super_resolve
 
@@ -156,7 +192,7 @@ def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: P
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as io:
         reads = io.map(lambda b: [read_rgb(files[i]) for i in b], batches)
         writes = []
-        for batch, images in zip(batches, reads):
+        for k, (batch, images) in enumerate(zip(batches, reads), 1):
             groups: dict[tuple[int, ...], list[int]] = {}
             for j, im in enumerate(images):
                 groups.setdefault(im.shape, []).append(j)
@@ -167,6 +203,7 @@ def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: P
                     writes.append(io.submit(write_png, out / (files[batch[j]].stem + ".png"),
                                             arr))
             done += len(batch)
+            watchdog.progress(f"infer batch {k}")
             on_batch(len(batch))
         for w in writes:
             w.result()  # a failed write raises here

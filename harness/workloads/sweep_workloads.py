@@ -161,11 +161,14 @@ def sweep(job: JobConfig, options: SweepOptions, on_point: PointCallback | None 
                      extra=tuple(sorted(extra.items())))
     out = Path(options.resume or options.out or Path(job.launch.run_dir)
                / f"{job.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    from harness.outputs.write_checks import check_not_input
+    from harness.outputs.write_checks import check_not_input, claim_output
 
-    check_not_input(out, [options.sim_state, options.checkpoint], what="--out")
-    if options.resume and not (out / "sweep.json").is_file():
-        raise UserError(f"--resume {out}: no sweep.json there")
+    def check() -> None:
+        check_not_input(out, [options.sim_state, options.checkpoint], what="--out")
+        if options.resume and not (out / "sweep.json").is_file():
+            raise UserError(f"--resume {out}: no sweep.json there")
+
+    claim_output(out, check)  # this sweep is the folder's one writer
     meter = ExternalMeter(p.meter_command, clock=clock) if p.meter_command else None
     node = NodePower(cpu_tdp_w=p.cpu_tdp_w, overhead_w=p.node_overhead_w, meter=meter,
                      clock=clock)
@@ -190,7 +193,7 @@ def sweep(job: JobConfig, options: SweepOptions, on_point: PointCallback | None 
     try:
         doc = run_sweep(gpus, workload, spec, settings, out, clock=clock, node=node,
                         sample_hz=p.sample_hz, meta=meta, on_point=point_done)
-    except SweepMismatchError as exc:
+    except (SweepMismatchError, ValueError) as exc:  # a damaged sweep.json to resume, too
         raise UserError(str(exc)) from None
     log.info("sweep of %d point(s) in %.1f s -> %s", len(doc["points"]),
              time.perf_counter() - t0, out)

@@ -183,7 +183,7 @@ def test_torchrun_two_workers_bootstrap_without_mpi(tmp_path) -> None:
     for r in rows:
         assert (r["world_size"], r["local_world_size"], r["launcher"]) == (2, 2, "torchrun")
         assert r["local_rank"] == r["rank"] == r["comm_rank"] and r["comm_size"] == 2
-        assert r["comm"] == "TorchComm" and not r["mpi4py_loaded"]
+        assert r["comm"] == "TorchComm" and r["watched"] and not r["mpi4py_loaded"]
         assert r["allgather"] == [0, 10] and r["bcast"] == "from 0"
         assert r["allreduce"] == 4.0 and r["tensor_allreduce"] == 3.0
         assert r["argv"] == ["--job", "unused.yaml"]

@@ -29,7 +29,7 @@ def test_stopped_rank_ends_the_job_with_one_line(mpirun: str, tmp_path: Path,
     assert took < 60, f"the job took {took:.0f} s to end"
     stall = [ln for ln in proc.stderr.splitlines() if "stopped responding" in ln]
     assert len(stall) == 1, proc.stderr[-3000:]
-    assert stall[0].startswith("harness: error: rank 1 on ") and "step 6" in stall[0]
+    assert stall[0].startswith("harness: error: rank 1 on ") and "step 6" in stall[0], stall[0]
     assert "Traceback" not in proc.stderr + proc.stdout
     run = next(p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink())
     # the checkpoint after step 4 (or later) is whole and resumable

@@ -28,7 +28,8 @@ def main() -> None:
     row = json.dumps({
         "rank": info.rank, "world_size": info.world_size, "local_rank": info.local_rank,
         "local_world_size": info.local_world_size, "launcher": info.launcher,
-        "comm": type(comm).__name__, "comm_rank": comm.rank, "comm_size": comm.size,
+        "comm": type(getattr(comm, "inner", comm)).__name__,
+        "watched": type(comm).__name__ == "WatchedComm", "comm_rank": comm.rank, "comm_size": comm.size,
         "allgather": comm.allgather(info.rank * 10), "bcast": comm.bcast(f"from {info.rank}"),
         "gather": gathered, "allreduce": comm.allreduce_sum(info.rank + 1.5),
         "tensor_allreduce": t.item(), "leaders": leader_view, "addr": addr, "port": port,

@@ -333,3 +333,18 @@ def test_cli_real_compute_on_simulated_gpus_keeps_the_model_curve(tmp_path):
         assert p["images_per_s"] == pytest.approx(ips, rel=0.01)
         assert p["avg_gpu_w"] == pytest.approx(w, rel=0.01)
     assert json.loads((out / "sweep_meta.json").read_text())["compute"] == "real"
+
+
+def test_resuming_from_a_corrupt_sweep_json_is_one_line(tmp_path, capsys):
+    out = tmp_path / "o"
+    job = str(write_job(tmp_path))
+    assert sweep_main(["--job", job, "--limits", "200:300:50", "--out", str(out),
+                       "--quiet", "--no-plan"]) == 0
+    (out / "sweep.json").write_text('{"points": [{"setting": 2')  # torn by a crash
+    capsys.readouterr()
+    code = sweep_main(["--job", job, "--limits", "200:300:50", "--out", str(out), "--quiet",
+                       "--no-plan"])
+    stderr = capsys.readouterr().err
+    err = [ln for ln in stderr.splitlines() if "error" in ln]
+    assert code == 2 and len(err) == 1 and "Traceback" not in stderr, stderr
+    assert str(out / "sweep.json") in err[0] and "unreadable sweep file" in err[0]

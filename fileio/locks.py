@@ -1,0 +1,82 @@
+"""One writer per output folder: the lock every command takes on the folder it writes.
+
+The lock is an ``flock`` on ``<folder>/.lock``, held by an open file for the life of the
+process: the kernel drops it when the process ends, however it ends (a ``kill -9`` included),
+so a dead owner never holds a folder. The lock file also says who holds it (pid, host,
+command, start time), so that a second command refuses with one line naming the holder.
+
+The lock file is written in place, not through :mod:`fileio.atomic`: replacing it would give
+the next process another inode than the one locked.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import socket
+import sys
+import time
+from pathlib import Path
+
+from fileio.user_error import UserError
+
+#: Name of the lock file inside a locked folder.
+LOCK_NAME = ".lock"
+
+#: Open lock files of the folders this process writes (the lock is the open file).
+_HELD: dict[Path, int] = {}
+
+
+def _holder_line() -> str:
+    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    return (f"pid {os.getpid()} on {socket.gethostname()}, since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}")
+
+
+def lock_folder(folder: str | Path) -> Path:
+    """Make this process the only writer of ``folder`` (created if missing) until it ends.
+
+    Idempotent within a process.
+
+    Returns:
+        The resolved folder.
+
+    Raises:
+        UserError: another live process holds the folder (the message names it).
+    """
+    key = Path(folder).expanduser().resolve()
+    if key in _HELD:
+        return key
+    key.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 1000).decode("utf-8", "replace").strip()
+        os.close(fd)
+        raise UserError(f"{folder}: in use by another process ({holder or 'unknown'}); wait "
+                        "for it to end or choose another folder (one writer per "
+                        "folder)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (_holder_line() + "\n").encode(), 0)
+    _HELD[key] = fd
+    return key
+
+
+def holds(folder: str | Path) -> bool:
+    """True when this process holds ``folder``'s lock."""
+    return Path(folder).expanduser().resolve() in _HELD
+
+
+def unlock_folder(folder: str | Path) -> None:
+    """Release :func:`lock_folder` (also released when the process exits)."""
+    fd = _HELD.pop(Path(folder).expanduser().resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def rekey(old: str | Path, new: str | Path) -> None:
+    """The locked folder ``old`` is now at ``new`` (renamed while locked)."""
+    fd = _HELD.pop(Path(old).expanduser().resolve(), None)
+    if fd is not None:
+        _HELD[Path(new).expanduser().resolve()] = fd
