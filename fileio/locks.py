@@ -10,6 +10,7 @@ the next process another inode than the one locked.
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import shlex
@@ -59,8 +60,23 @@ def lock_folder(folder: str | Path) -> Path:
                         "folder)") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, (_holder_line() + "\n").encode(), 0)
+    if not _HELD:
+        atexit.unregister(_release_all)  # registered once, when the first lock is taken
+        atexit.register(_release_all)
     _HELD[key] = fd
     return key
+
+
+def holder(folder: str | Path) -> tuple[int, str] | None:
+    """(pid, host) that ``folder``'s lock file names, or None (no lock file, or not one this
+    module wrote). Says who wrote it last, not whether that process still holds it."""
+    try:
+        words = (Path(folder) / LOCK_NAME).read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None
+    if len(words) < 4 or words[0] != "pid" or not words[1].isdigit() or words[2] != "on":
+        return None
+    return int(words[1]), words[3].rstrip(",")
 
 
 def holds(folder: str | Path) -> bool:
@@ -69,10 +85,23 @@ def holds(folder: str | Path) -> bool:
 
 
 def unlock_folder(folder: str | Path) -> None:
-    """Release :func:`lock_folder` (also released when the process exits)."""
-    fd = _HELD.pop(Path(folder).expanduser().resolve(), None)
+    """Release :func:`lock_folder` and remove its lock file, so that a finished command leaves
+    nothing in the folder (a process that dies keeps no lock either: the kernel drops it, and
+    the file left behind names a process that is gone)."""
+    key = Path(folder).expanduser().resolve()
+    fd = _HELD.pop(key, None)
     if fd is not None:
+        try:
+            (key / LOCK_NAME).unlink(missing_ok=True)  # still holding it: no one else's file
+        except OSError:
+            pass
         os.close(fd)
+
+
+def _release_all() -> None:
+    for folder in list(_HELD):
+        unlock_folder(folder)
+
 
 
 def rekey(old: str | Path, new: str | Path) -> None:

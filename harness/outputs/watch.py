@@ -295,16 +295,16 @@ def writer_alive(run_dir: Path) -> bool:
     as a new ``summary.json``). The lock itself is not touched: taking it, even for a moment,
     could make a ``--resume`` starting at that moment fail.
     """
-    try:
-        words = (run_dir / ".lock").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
+    from fileio.locks import holder
+
+    found = holder(run_dir)
+    if found is None:
         return False
-    if len(words) < 4 or words[0] != "pid" or not words[1].isdigit():
-        return False
-    if words[3] != socket.gethostname():
+    pid, host = found
+    if host != socket.gethostname():
         return True
     try:
-        os.kill(int(words[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
