@@ -51,8 +51,14 @@ def _open_simulated(p: PowerConfig, clock: Any, *, loads: Any = None, seed: int 
         get_profile(p.sim_profile)
     except (KeyError, ValueError) as exc:
         raise UserError(f"power.sim_profile: {exc}") from None
-    return make_simulated_gpus(p.sim_profile, p.sim_gpus_per_node, clock=clock, loads=loads,
-                               seed=seed, state_path=state_path, sensor=p.sim_sensor)
+    from power.errors import PowerError
+
+    try:
+        return make_simulated_gpus(p.sim_profile, p.sim_gpus_per_node, clock=clock,
+                                   loads=loads, seed=seed, state_path=state_path,
+                                   sensor=p.sim_sensor)
+    except PowerError as exc:
+        raise UserError(f"--sim-state {exc}") from None
 
 
 #: ``power.backend`` -> opener ``(settings, clock, *, loads, seed, state_path) -> [GPU]``.

@@ -57,7 +57,7 @@ import numpy as np
 
 from fileio.atomic import strict_json, write_text_atomic
 from power.clock import Clock
-from power.errors import NotSupportedError
+from power.errors import NotSupportedError, PowerError
 from power.gpu import GPU, PowerSensor
 
 
@@ -341,6 +341,21 @@ class SimStateFile:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._gpus: dict[str, dict[str, object]] = {}
+        if self.path.exists() or self.path.is_symlink():
+            self._check_ours()
+
+    def _check_ours(self) -> None:
+        """An existing file is rewritten only if it is a state file like this one writes: a
+        user's file given here by mistake is never replaced."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            ours = isinstance(data, dict) and set(data) == {"gpus"} and isinstance(
+                data["gpus"], dict) and all(isinstance(v, dict) for v in data["gpus"].values())
+        except (OSError, UnicodeDecodeError, ValueError):
+            ours = False
+        if not ours or self.path.is_symlink() or not self.path.is_file():
+            raise PowerError(f"{self.path}: exists and is not a simulated-GPU state file (not "
+                             "written over; give a new file name)")
 
     def update(self, index: int, **fields: object) -> None:
         """Merge ``fields`` into GPU ``index``'s entry and rewrite the file."""

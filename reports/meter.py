@@ -39,7 +39,8 @@ class ImportedMeter:
 
 def import_meter(run_dir: str | Path, meter_csv: str | Path, *, utc_offset_h: float = 0.0,
                  offset_s: float = 0.0, time_column: str | None = None,
-                 power_columns: list[str] | None = None) -> list[ImportedMeter]:
+                 power_columns: list[str] | None = None,
+                 overwrite: bool = False) -> list[ImportedMeter]:
     """Line ``meter_csv`` up with every power phase of ``run_dir`` it overlaps.
 
     Args:
@@ -49,19 +50,28 @@ def import_meter(run_dir: str | Path, meter_csv: str | Path, *, utc_offset_h: fl
         offset_s: Shift added to the meter's times.
         time_column: Name of the time column (default: found by name).
         power_columns: Names of the power columns (default: found by name).
+        overwrite: Replace a meter log imported earlier (else that is an error: importing
+            twice would silently replace the first import's figures).
 
     Returns:
         One entry per phase written.
 
     Raises:
-        UserError: Unreadable log, or it overlaps no phase of the run (says why).
+        UserError: Unreadable log, it overlaps no phase of the run (says why), or a meter
+            log was imported before and ``overwrite`` is false.
     """
+    run = load_run(run_dir)
+    if not overwrite:
+        for pd in (run.train_power, run.infer_power):
+            earlier = [pd.path / n for n in METER_FILES if pd is not None and (pd.path / n).exists()]
+            if earlier:
+                raise UserError(f"{earlier[0]}: a meter log was imported into {run_dir} "
+                                "before; pass --overwrite to replace it")
     try:
         meter = read_meter_log(meter_csv, time_column=time_column, power_columns=power_columns,
                                utc_offset_h=utc_offset_h)
     except MeterLogError as exc:
         raise UserError(str(exc)) from None
-    run = load_run(run_dir)
     done: list[ImportedMeter] = []
     reasons: list[str] = []
     for phase, pd in (("training", run.train_power), ("inference", run.infer_power)):

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file (default: report.html); an existing file is replaced "
                              "only if it is an earlier harness report, or with --overwrite")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace -o even if it is not a harness report (never an input)")
+                        help="replace -o even if it is not a harness report (never an input or "
+                             "a run's own file), and a meter log imported before")
     parser.add_argument("--mlperf-out", metavar="DIR",
                         help="also write each run's MLPerf-style result and power logs "
                              "(result_<i>.txt, power/result_<i>/node_<n>.txt) into DIR; needs "
@@ -70,12 +71,20 @@ def _check_out(out: str, args: argparse.Namespace) -> None:
             raise UserError(f"-o {out}: is also an input; choose another file name")
     if path.is_dir():
         raise UserError(f"-o {out}: is a folder, not a file")
-    if path.exists() and not getattr(args, "overwrite", False):
+    is_report = False
+    if path.exists():
         with open(path, "rb") as fh:
             head = fh.read(2048).decode("utf-8", "replace")
-        if f'content="{GENERATOR}"' not in head:
-            raise UserError(f"-o {out}: already exists and is not a harness report; choose "
-                            "another name or pass --overwrite")
+        is_report = f'content="{GENERATOR}"' in head
+    for given in (*args.run_dirs, args.sweep):
+        # a run's (or a sweep's) own files are never replaced, not even with --overwrite
+        if given and path.exists() and not is_report and path.is_relative_to(
+                Path(given).resolve()):
+            raise UserError(f"-o {out}: is a file of the run {given}, not a report; "
+                            "choose another file name")
+    if path.exists() and not is_report and not getattr(args, "overwrite", False):
+        raise UserError(f"-o {out}: already exists and is not a harness report; choose "
+                        "another name or pass --overwrite")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +123,8 @@ def _import_meter(args: argparse.Namespace) -> None:
                                      utc_offset_h=args.meter_utc_offset_h,
                                      offset_s=args.meter_offset_s,
                                      time_column=args.meter_time_column,
-                                     power_columns=args.meter_power_column):
+                                     power_columns=args.meter_power_column,
+                                     overwrite=getattr(args, "overwrite", False)):
                 imported += 1
                 c = done.figures.get("meter_crossings") or {}
                 print(f"meter: {run_dir} {done.phase}: {done.figures['samples']} samples, "

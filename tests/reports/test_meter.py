@@ -93,3 +93,17 @@ def test_meter_that_does_not_overlap_is_refused(tmp_path):
                               sweep=None, out=str(tmp_path / "r.html"))
     assert report_cli.run(args) == 0
     assert "The meter" in (tmp_path / "r.html").read_text()
+
+
+def test_importing_a_meter_log_twice_needs_overwrite(tmp_path):
+    """A second import would silently replace the first's figures: refused, then allowed."""
+    run = _run(tmp_path)
+    meter = _meter_csv(tmp_path)
+    import_meter(run, meter, utc_offset_h=8)
+    imported = sorted(run.rglob("meter_*"))
+    before = [p.read_bytes() for p in imported]
+    with pytest.raises(UserError, match="pass --overwrite"):
+        import_meter(run, _meter_csv(tmp_path, extra_w=90.0), utc_offset_h=8)
+    assert [p.read_bytes() for p in imported] == before
+    done = import_meter(run, _meter_csv(tmp_path, extra_w=90.0), utc_offset_h=8, overwrite=True)
+    assert done and [p.read_bytes() for p in imported] != before
