@@ -547,6 +547,23 @@ def run_sweep(gpus: Sequence[GPU], workload: Workload, spec: SweepSpec,
     meta_doc = {"spec": spec.fingerprint(), **(meta or {})}
     write_sweep(out, sweep_document(spec, points), meta_doc)
     total = len(points) + len(todo)
+    # One meter thread for the whole sweep: each point's sampler takes its latest value.
+    owns_meter = node.start(1.0 / sample_hz) if node is not None and todo else False
+    try:
+        _measure_all(gpus, workload, spec, todo, out, points, total, clock=clock, node=node,
+                     sample_hz=sample_hz, on_point=on_point, handle_signals=handle_signals)
+    finally:
+        if owns_meter:
+            node.close()  # type: ignore[union-attr]
+    return sweep_document(spec, points)
+
+
+def _measure_all(gpus: Sequence[GPU], workload: Workload, spec: SweepSpec,
+                 todo: Sequence[float], out: Path, points: list[dict[str, Any]], total: int, *,
+                 clock: Clock, node: NodePower | None, sample_hz: float,
+                 on_point: Callable[[dict[str, Any], int, int], None] | None,
+                 handle_signals: bool) -> None:
+    """Measure every setting of ``todo`` into ``points``, writing the sweep after each."""
     with SettingsGuard(gpus, spec.mode, record_dir=out, handle_signals=handle_signals) as guard:
         for s in todo:
             point = measure_point(gpus, workload, guard, s, clock=clock,
@@ -560,7 +577,6 @@ def run_sweep(gpus: Sequence[GPU], workload: Workload, spec: SweepSpec,
                         s, point["unit"], point["images_per_s"], point["avg_gpu_w"])
             if on_point is not None:
                 on_point(point, len(points), total)
-    return sweep_document(spec, points)
 
 
 def resume_points(out_dir: Path, spec: SweepSpec) -> list[dict[str, Any]]:
