@@ -316,7 +316,7 @@ class ExternalMeter:
         got = self.latest()
         if got is None:
             return None
-        value, age = got
+        age = got[1]
         limit = self.max_age_s()
         if age > limit:
             if not self._warned_stale:

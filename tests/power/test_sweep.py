@@ -367,7 +367,8 @@ def test_points_measured_without_warm_up_are_flagged_and_warned_once(tmp_path, c
         doc = run_sweep(gpus, wl, spec, [300, 400, 500], tmp_path, clock=clock, node=node)
     reason = "no warm-up (warmup_steps=0, warmup_s=0)"
     assert [(p["warmed_up"], p["warmup_reason"]) for p in doc["points"]] == [(False, reason)] * 3
-    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    with open(tmp_path / "sweep.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert [(r["warmed_up"], r["warmup_reason"]) for r in rows] == [("False", reason)] * 3
     assert load_sweep(tmp_path)["points"][0]["warmed_up"] is False
     warned = [m for m in caplog.messages if "not warmed up" in m]
