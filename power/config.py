@@ -89,7 +89,10 @@ class PowerConfig:
     cpu_tdp_w: float = 205.0
     """CPU package TDP used to estimate CPU power where RAPL is unreadable."""
     meter_command: str = ""
-    """Optional command printing node power (e.g. ``ipmitool dcmi power reading``)."""
+    """Optional command printing node power (e.g. ``ipmitool dcmi power reading``). It runs in
+    its own thread, so a command slower than the sampling period never delays the GPU samples;
+    a value older than max(2 s, 2 x the command's run time, 2 s between runs) is not used (the
+    node's power is then estimated, and says so)."""
     power_source: Literal["auto", "instant", "usage"] = "auto"
     """Which NVML power reading each GPU uses (``backend: nvml``): ``auto`` the instant field
     where the driver has it, else ``nvmlDeviceGetPowerUsage``; ``instant`` that field or an

@@ -168,9 +168,16 @@ class InfeasibleError(ValueError):
 # --------------------------------------------------------------------------- curves
 
 
+class NotWarmedUpError(ValueError):
+    """No sweep point was measured after a warm-up, so none can be planned with."""
+
+
 def curve_from_points(points: Sequence[Mapping[str, Any]], *, basis: str = "cap"
                       ) -> tuple[CurvePoint, ...]:
     """Turn ``sweep.json`` points into a curve.
+
+    Points with ``warmed_up`` false (measured without a warm-up, or one shorter than the power
+    sensor's window; see :mod:`power.sweep`) are left out.
 
     Args:
         points: Dicts with ``setting``, ``unit``, ``avg_gpu_w``, ``peak_gpu_w`` and
@@ -181,11 +188,19 @@ def curve_from_points(points: Sequence[Mapping[str, Any]], *, basis: str = "cap"
 
     Raises:
         ValueError: Unknown basis, ``"cap"`` on a clock sweep, or no points.
+        NotWarmedUpError: Every point has ``warmed_up`` false.
     """
     if basis not in ("cap", "avg", "peak"):
         raise ValueError(f"basis must be cap, avg or peak, got {basis!r}")
     if not points:
         raise ValueError("the sweep has no points")
+    warm = [p for p in points if p.get("warmed_up", True) is not False]
+    if not warm:
+        why = points[0].get("warmup_reason") or "not warmed up"
+        raise NotWarmedUpError(f"no sweep point is warmed up ({why}); measure again with a "
+                               "warm-up at least as long as the power sensor's window "
+                               "(--warmup-s)")
+    points = warm
     out = []
     for p in points:
         if basis == "cap" and p.get("unit", "W") != "W":

@@ -11,7 +11,8 @@ counted twice)::
 Files (``fmt="csv"``): ``gpu_power.csv`` with ``time_s,gpu,power_w,energy_j,limit_w,util,clock,
 energy_avg_w,mono_s,unix_s,utc`` (the replay format of :mod:`power.replay`) and
 ``node_power.csv`` with ``time_s,cpu_w,dram_w,overhead_w,meter_w,other_w,energy_j,estimated,
-source,mono_s,unix_s,utc``; with ``fmt="jsonl"``, one ``power_samples.jsonl`` record per tick.
+source,meter_age_s,mono_s,unix_s,utc`` (``meter_age_s``: how old the external meter's latest value
+was, blank without one; a meter runs in its own thread and never delays a sample); with ``fmt="jsonl"``, one ``power_samples.jsonl`` record per tick.
 ``time_s`` is monotonic time since the sampler started; ``mono_s`` the clock's monotonic time
 and ``unix_s``/``utc`` the wall-clock UTC of the same instant (to line samples up with a meter's
 log). ``power_w`` is what the GPU's power sensor reports (instant or a 1-s average, see
@@ -46,7 +47,7 @@ TIME_COLUMNS = ("mono_s", "unix_s", "utc")
 GPU_COLUMNS = ("time_s", "gpu", "power_w", "energy_j", "limit_w", "util", "clock",
                "energy_avg_w") + TIME_COLUMNS
 NODE_COLUMNS = ("time_s", "cpu_w", "dram_w", "overhead_w", "meter_w", "other_w", "energy_j",
-                "estimated", "source") + TIME_COLUMNS
+                "estimated", "source", "meter_age_s") + TIME_COLUMNS
 
 
 class PowerSampler:
@@ -100,6 +101,7 @@ class PowerSampler:
         self.samples = 0
         self.errors = 0
         self.node_estimated = False
+        self._owns_meter = False
 
     # --- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -132,6 +134,8 @@ class PowerSampler:
         self.started_unix_s = start["unix_s"]
         self._write_sensors(start)
         self._last_flush = self._t0
+        if self.node is not None:
+            self._owns_meter = self.node.start(self.period_s)
 
     def sensors(self) -> list[dict[str, Any]]:
         """Per GPU: its power sensor (:class:`~power.gpu.PowerSensor` fields), name, UUID and
@@ -173,6 +177,9 @@ class PowerSampler:
             for fh in self._files:
                 fh.close()
             self._files = []
+        if self._owns_meter and self.node is not None:
+            self._owns_meter = False
+            self.node.close()
 
     def __enter__(self) -> PowerSampler:
         self.start()
@@ -221,7 +228,7 @@ class PowerSampler:
                 node_row = {"cpu_w": r.cpu_w, "dram_w": r.dram_w, "overhead_w": r.overhead_w,
                             "meter_w": r.meter_w, "other_w": r.other_w,
                             "energy_j": self._node_energy_j, "estimated": r.estimated,
-                            "source": r.source}
+                            "source": r.source, "meter_age_s": r.meter_age_s}
             self._last_t = now
             self._write(t, stamp, gpu_rows, node_row)
             self.samples += 1

@@ -15,7 +15,7 @@ with the same output folder and settings skips the points already there.
      "points": [{"setting": float, "unit": "W" | "MHz", "images_per_s": float,
                  "avg_gpu_w": float, "peak_gpu_w": float, "avg_node_w": float,
                  "j_per_image": float, "images_per_s_per_w": float, "is": float | null,
-                 "pareto": bool}],
+                 "pareto": bool, "warmed_up": bool, "warmup_reason": str}],
      "plan": null | {...}}   # see power.planner.Plan.to_json
 
 Per-GPU values: ``images_per_s``, ``avg_gpu_w`` and ``peak_gpu_w`` are for ONE GPU (the
@@ -24,8 +24,13 @@ average over the node's GPUs; ``peak_gpu_w`` is the highest single-GPU reading);
 energy only. ``avg_node_w`` is the whole node: all its GPUs plus CPU/DRAM/overhead (as
 :class:`~power.node.NodePower` reports it). ``is`` is the identity similarity of a fixed image
 set produced at that setting (inference sweeps; null for training). ``pareto`` marks points no
-other point beats on both lower ``avg_gpu_w`` and higher ``images_per_s``. Points are sorted
-by setting. ``sweep_meta.json`` holds what resuming needs (the settings fingerprint, ranges).
+other point beats on both lower ``avg_gpu_w`` and higher ``images_per_s``, among the warmed-up
+points. ``warmed_up`` is false, with ``warmup_reason`` saying why, for a point measured without
+a warm-up (``warmup_steps=0`` and ``warmup_s=0``) or after a warm-up shorter than the GPUs'
+power sensor window (e.g. NVML's 1-s averaged power, :meth:`~power.gpu.GPU.get_power_sensor`):
+its readings still average the previous setting in. Such points are left out of the Pareto
+front and of plans (:func:`power.planner.curve_from_points`) unless no point is warmed up (then
+the front is over every point and planning is refused). Points are sorted by setting. ``sweep_meta.json`` holds what resuming needs (the settings fingerprint, ranges).
 
 Throughput: every workload step reports the images it processed per GPU and the time the GPUs
 were busy with it. On real GPUs that is the measured (synchronised) step time. On simulated
@@ -51,6 +56,7 @@ from typing import Any, Protocol
 
 from fileio.atomic import write_json_atomic, write_text_atomic
 from power.clock import Clock, MonotonicClock, SimClock
+from power.errors import PowerError
 from power.gpu import GPU, restore_gpu_settings
 from power.node import NodePower
 from power.sampler import PowerSampler
@@ -76,7 +82,8 @@ SIM_NOMINAL_IMAGES_PER_S: dict[str, float] = {
 measurements - pass ``images_per_s_at_max`` (``--sim-images-per-s``) to calibrate."""
 
 POINT_KEYS = ("setting", "unit", "images_per_s", "avg_gpu_w", "peak_gpu_w", "avg_node_w",
-              "j_per_image", "images_per_s_per_w", "is", "pareto")
+              "j_per_image", "images_per_s_per_w", "is", "pareto", "warmed_up",
+              "warmup_reason")
 """Keys of one point, in ``sweep.csv`` column order."""
 
 MAX_POINTS = 200
@@ -317,14 +324,23 @@ class ModelPacedWorkload:
 
 
 def pareto_flags(points: Sequence[dict[str, Any]]) -> list[bool]:
-    """True for points no other point beats (<= avg_gpu_w and >= images_per_s, one strictly)."""
+    """True for points no other point beats (<= avg_gpu_w and >= images_per_s, one strictly).
+
+    Points with ``warmed_up`` false neither join nor shape the front, unless no point is
+    warmed up (then every point counts).
+    """
+    warm = [p for p in points if p.get("warmed_up", True) is not False]
+    pool = warm or list(points)
     out = []
     for p in points:
+        if not any(p is q for q in pool):
+            out.append(False)
+            continue
         dominated = any(
             q is not p and q["avg_gpu_w"] <= p["avg_gpu_w"]
             and q["images_per_s"] >= p["images_per_s"]
             and (q["avg_gpu_w"] < p["avg_gpu_w"] or q["images_per_s"] > p["images_per_s"])
-            for q in points)
+            for q in pool)
         out.append(not dominated)
     return out
 
@@ -340,6 +356,39 @@ def _run_step(workload: Workload, clock: Clock) -> tuple[int, float]:
     return images, busy_s
 
 
+def sensor_window_s(gpus: Sequence[GPU]) -> float | None:
+    """The longest power-averaging window among the GPUs' sensors (None: none known). Units: s."""
+    windows = []
+    for g in gpus:
+        try:
+            w = g.get_power_sensor().window_s
+        except PowerError as exc:  # the window stays unknown
+            logger.debug("power sensor of %s unknown: %s", g, exc)
+            continue
+        if w is not None:
+            windows.append(float(w))
+    return max(windows) if windows else None
+
+
+def warmup_problem(warmup_steps: int, warmup_s: float, warmed_s: float,
+                   window_s: float | None) -> str:
+    """Why a point's warm-up does not count (``""`` when it does).
+
+    Args:
+        warmup_steps: Warm-up steps asked for.
+        warmup_s: Warm-up seconds asked for.
+        warmed_s: How long the warm-up lasted (clock time from applying the setting to the
+            first measured step).
+        window_s: The GPUs' power sensor window (:func:`sensor_window_s`).
+    """
+    if warmup_steps <= 0 and warmup_s <= 0:
+        return "no warm-up (warmup_steps=0, warmup_s=0)"
+    if window_s and warmed_s < window_s:
+        return (f"warm-up {warmed_s:.2g} s shorter than the GPUs' {window_s:g}-s averaged power "
+                "sensor")
+    return ""
+
+
 def _label(setting: float, unit: str) -> str:
     return f"{setting:g}{unit}".replace(".", "p")
 
@@ -352,6 +401,8 @@ def measure_point(gpus: Sequence[GPU], workload: Workload, guard: SettingsGuard,
 
     Warm-up lasts ``warmup_steps`` steps and at least ``warmup_s`` seconds of ``clock`` (with a
     ``simulated`` workload the rest of that time just passes, as the GPUs' load is modelled).
+    The point has ``warmed_up`` false, and ``warmup_reason`` why, when there was no warm-up
+    or it was shorter than the GPUs' power sensor window (:func:`warmup_problem`).
 
     With a :class:`~power.clock.SimClock` power is sampled after every step; otherwise a
     background sampler runs at ``sample_hz``. Average power comes from the GPUs' energy
@@ -368,6 +419,7 @@ def measure_point(gpus: Sequence[GPU], workload: Workload, guard: SettingsGuard,
             break
         _run_step(workload, clock)
         done += 1
+    reason = warmup_problem(warmup_steps, warmup_s, clock.now() - start, sensor_window_s(gpus))
     sampler = PowerSampler(gpus, sample_dir, node=node, rate_hz=sample_hz, clock=clock)
     in_loop = isinstance(clock, SimClock)
     images, busy_s = 0, 0.0
@@ -400,6 +452,7 @@ def measure_point(gpus: Sequence[GPU], workload: Workload, guard: SettingsGuard,
         "j_per_image": avg_gpu_w / ips if ips > 0 else 0.0,
         "images_per_s_per_w": ips / avg_gpu_w if avg_gpu_w > 0 else 0.0,
         "is": None if quality is None else float(quality), "pareto": False,
+        "warmed_up": not reason, "warmup_reason": reason,
     }
 
 
@@ -462,6 +515,10 @@ def sweep_document(spec: SweepSpec, points: Sequence[dict[str, Any]],
                    plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the ``sweep.json`` object (points sorted by setting, Pareto flags set)."""
     pts = sorted((dict(p) for p in points), key=lambda p: p["setting"])
+    for p in pts:
+        if "warmed_up" not in p:  # measured before the warm-up was checked: judge the spec
+            reason = warmup_problem(spec.warmup_steps, spec.warmup_s, spec.warmup_s, None)
+            p["warmed_up"], p["warmup_reason"] = not reason, reason
     for p, flag in zip(pts, pareto_flags(pts)):
         p["pareto"] = flag
     return {"job": spec.job, "workload": spec.workload, "mode": spec.mode, "gpu": spec.gpu,
@@ -547,6 +604,24 @@ def run_sweep(gpus: Sequence[GPU], workload: Workload, spec: SweepSpec,
     meta_doc = {"spec": spec.fingerprint(), **(meta or {})}
     write_sweep(out, sweep_document(spec, points), meta_doc)
     total = len(points) + len(todo)
+    # One meter thread for the whole sweep: each point's sampler takes its latest value.
+    owns_meter = node.start(1.0 / sample_hz) if node is not None and todo else False
+    try:
+        _measure_all(gpus, workload, spec, todo, out, points, total, clock=clock, node=node,
+                     sample_hz=sample_hz, on_point=on_point, handle_signals=handle_signals)
+    finally:
+        if owns_meter:
+            node.close()  # type: ignore[union-attr]
+    return sweep_document(spec, points)
+
+
+def _measure_all(gpus: Sequence[GPU], workload: Workload, spec: SweepSpec,
+                 todo: Sequence[float], out: Path, points: list[dict[str, Any]], total: int, *,
+                 clock: Clock, node: NodePower | None, sample_hz: float,
+                 on_point: Callable[[dict[str, Any], int, int], None] | None,
+                 handle_signals: bool) -> None:
+    """Measure every setting of ``todo`` into ``points``, writing the sweep after each."""
+    warned = False
     with SettingsGuard(gpus, spec.mode, record_dir=out, handle_signals=handle_signals) as guard:
         for s in todo:
             point = measure_point(gpus, workload, guard, s, clock=clock,
@@ -555,12 +630,16 @@ def run_sweep(gpus: Sequence[GPU], workload: Workload, spec: SweepSpec,
                                   sample_dir=out / "samples" / _label(s, MODES[spec.mode]),
                                   node=node, sample_hz=sample_hz)
             points.append(point)
+            if not point["warmed_up"] and not warned:
+                warned = True
+                logger.warning("sweep point %g %s not warmed up: %s; such points are left out "
+                               "of the Pareto front and the plan (use --warmup-s at least the "
+                               "sensor window)", s, point["unit"], point["warmup_reason"])
             write_sweep(out, sweep_document(spec, points))
             logger.info("sweep point %g %s: %.1f images/s per GPU, %.1f W avg per GPU",
                         s, point["unit"], point["images_per_s"], point["avg_gpu_w"])
             if on_point is not None:
                 on_point(point, len(points), total)
-    return sweep_document(spec, points)
 
 
 def resume_points(out_dir: Path, spec: SweepSpec) -> list[dict[str, Any]]:

@@ -1,9 +1,12 @@
 """A run's MLPerf-style logs (``harness report RUN --mlperf-out DIR``).
 
-Reads the run's power folder (each node's total power on wall-clock time, from the samples'
-``unix_s``) and ``summary.json`` (images and images/s), and writes them with
+Reads the run's cluster power series (:mod:`power.cluster_series`, the one series the run
+summary and the report use: each node's total power on UTC, over the governor's windows from
+``start`` to ``restore``) and ``summary.json`` (images), and writes them with
 :func:`power.mlperf.write_mlperf_logs`: ``result_<i>.txt`` and ``power/result_<i>/node_<n>.txt``
-for the ``i``-th run. The measured interval is where every node has samples. Needs
+for the ``i``-th run. The measured interval is exactly the series' window (first window's
+start to last window's end), and every ``power_reading`` is a point of that series (the
+window's edges included), so MLPerf's energy covers what the summary and the report show. Needs
 ``mlperf-logging`` (``pip install .[mlperf]``); never imports torch or pynvml.
 """
 from __future__ import annotations
@@ -37,32 +40,30 @@ def export_mlperf(run_dir: str | Path, out_dir: str | Path, *, index: int = 0,
 
     run = load_run(run_dir)
     pd = run.train_power
-    if pd is None or not any(n.gpu_t_s for n in pd.nodes):
+    cs = pd.series if pd is not None else None
+    if pd is None or cs is None or not cs.segments:
         raise UserError(f"{run_dir}: no power samples (power/node*/gpu_power.csv): run with "
                         "power.enabled: true")
+    if not cs.utc:
+        raise UserError(f"{run_dir}: power samples without wall-clock time (unix_s); recorded "
+                        "by an older harness")
+    hosts = {n.name: n.host or n.name for n in pd.nodes}
     series = []
-    for n in pd.nodes:
-        ts, ws = n.total_series()
-        if not ts:
-            continue
-        if n.unix_offset_s is None:
-            raise UserError(f"{run_dir}: {n.name}: power samples without wall-clock time "
-                            "(unix_s); recorded by an older harness")
-        series.append(NodePowerSeries(host=n.host or n.name, unix_s=[t + n.unix_offset_s for t in ts],
-                                      watts=ws))
-    start = max(s.unix_s[0] for s in series)
-    stop = min(s.unix_s[-1] for s in series)
-    if stop < start:
-        raise UserError(f"{run_dir}: the nodes' power samples do not overlap in time")
-    power = pd.summary or {}
+    for name in cs.nodes:
+        ts = [t for seg in cs.segments if name in seg.node_w for t in seg.unix_s]
+        ws = [w for seg in cs.segments if name in seg.node_w for w in seg.node_w[name]]
+        if ts:
+            series.append(NodePowerSeries(host=hosts.get(name, name), unix_s=ts, watts=ws))
+    start, stop = cs.segments[0].start_unix_s, cs.segments[-1].end_unix_s
+    figures = pd.figures
     if not platform:
         names = {str(s.get("name")) for n in pd.nodes for s in n.sensors if s.get("name")}
         gpus = sum(len(n.gpu_t_s) for n in pd.nodes)
         platform = f"{gpus}x{names.pop() if len(names) == 1 else 'GPU'}"
     switch = ((run.job or {}).get("power") or {}).get("switch_w", 0.0)
     facts = RunFacts(org=org, platform=platform, run_start_unix_s=start, run_stop_unix_s=stop,
-                     images=int(power.get("images") or 0),
-                     images_per_s=float(power.get("images_per_s") or 0.0))
+                     images=int(figures.get("images") or 0),
+                     images_per_s=float(figures.get("images_per_s") or 0.0))
     try:
         return write_mlperf_logs(out_dir, facts, series, result=f"result_{index}",
                                  switch_w=float(switch) if isinstance(switch, (int, float))

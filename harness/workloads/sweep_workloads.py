@@ -400,7 +400,13 @@ def _pick(values: Sequence[Any], i: int, default: Any) -> Any:
 def make_plan(sweeps: Sequence[tuple[dict[str, Any], dict[str, Any]]], job: JobConfig | None,
               options: PlanOptions):
     """Plan from one ``(sweep.json, sweep_meta.json)`` per node type under ``options``."""
-    from power.planner import InfeasibleError, NodeType, curve_from_points, plan_cluster
+    from power.planner import (
+        InfeasibleError,
+        NodeType,
+        NotWarmedUpError,
+        curve_from_points,
+        plan_cluster,
+    )
 
     p = job.power if job is not None else None
     budget = (options.budget_w if options.budget_w is not None
@@ -416,6 +422,8 @@ def make_plan(sweeps: Sequence[tuple[dict[str, Any], dict[str, Any]]], job: JobC
         basis = options.basis or ("cap" if unit == "W" else "avg")
         try:
             curve = curve_from_points(doc["points"], basis=basis)
+        except NotWarmedUpError as exc:
+            raise UserError(f"plan: {exc}") from None
         except ValueError as exc:
             raise UserError(f"--basis: {exc}") from None
         nodes = _pick(options.plan_nodes, i, job.launch.nodes if job else 1)

@@ -1,6 +1,9 @@
 """Node power: RAPL on a fake sysfs tree, the meter parser, and the estimate fallback."""
 from __future__ import annotations
 
+import logging
+import time
+
 import pytest
 
 from power.clock import SimClock
@@ -77,27 +80,60 @@ def test_meter_parser():
         parse_meter_output("Error: unable to establish IPMI v2 session")
 
 
-def test_external_meter_subtracts_gpus_caches_and_falls_back():
+def _wait_for(predicate, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_external_meter_subtracts_gpus_and_a_stale_value_is_estimated(caplog):
     clock = SimClock()
-    outputs = iter(["Instantaneous power reading: 1500 Watts", "garbage"])
     calls = []
 
     def runner(cmd, timeout):
         calls.append(cmd)
-        return next(outputs)
+        return "Instantaneous power reading: 1500 Watts"
 
-    meter = ExternalMeter("ipmitool dcmi power reading", min_interval_s=1.0, clock=clock,
+    meter = ExternalMeter("ipmitool dcmi power reading", min_interval_s=60.0, clock=clock,
                           runner=runner)
     assert meter.command == ["ipmitool", "dcmi", "power", "reading"]
     node = NodePower(meter=meter, rapl=None, cpu_percent=lambda: 0.0, cpu_tdp_w=100,
                      idle_fraction=0.5, clock=clock)
-    r = node.read(gpu_power_w=1200.0)
-    assert (r.source, r.meter_w, r.other_w, r.estimated) == ("meter", 1500.0, 300.0, False)
-    node.read(gpu_power_w=1200.0)
-    assert len(calls) == 1  # cached within min_interval_s
-    clock.advance(1.5)
-    r = node.read(gpu_power_w=1200.0)  # meter output unparsable -> estimate
-    assert r.source == "estimate" and r.estimated and r.other_w == pytest.approx(50.0)
+    try:
+        _wait_for(lambda: meter.latest() is not None)  # the first read started the thread
+        r = node.read(gpu_power_w=1200.0)
+        assert (r.source, r.meter_w, r.other_w, r.estimated) == ("meter", 1500.0, 300.0, False)
+        assert r.meter_age_s == 0.0
+        clock.advance(1.5)
+        r = node.read(gpu_power_w=1200.0)
+        assert r.source == "meter" and r.meter_age_s == pytest.approx(1.5)
+        assert len(calls) == 1  # one command per min_interval_s, however often it is read
+        # 120 s later the value is older than max(2 s, 2 x 60 s): not a reading any more.
+        assert meter.max_age_s() == pytest.approx(120.0)
+        clock.advance(120.0)
+        with caplog.at_level(logging.WARNING, logger="power.node"):
+            r = node.read(gpu_power_w=1200.0)
+            node.read(gpu_power_w=1200.0)
+        assert r.source == "estimate" and r.estimated and r.meter_w is None
+        assert r.other_w == pytest.approx(50.0) and r.meter_age_s == pytest.approx(121.5)
+        stale = [m for m in caplog.messages if "old" in m]
+        assert len(stale) == 1 and "(ipmitool dcmi power reading)" in stale[0]
+    finally:
+        node.close()
+
+
+def test_a_meter_that_never_answers_leaves_the_estimate():
+    meter = ExternalMeter(["sh", "-c", "echo garbage"], min_interval_s=60.0)
+    node = NodePower(meter=meter, rapl=None, cpu_percent=lambda: 0.0, cpu_tdp_w=100,
+                     idle_fraction=0.5)
+    try:
+        node.start(0.1)
+        time.sleep(0.3)
+        r = node.read()
+        assert (r.source, r.estimated, r.meter_age_s, r.other_w) == ("estimate", True, None, 50.0)
+    finally:
+        node.close()
 
 
 def test_external_meter_command_failure_is_a_power_error():

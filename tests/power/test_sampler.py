@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -97,3 +99,44 @@ def test_bad_trace_names_the_problem(tmp_path):
     bad.write_text("time_s,gpu,power_w\n1,0,5\n0.5,0,5\n")
     with pytest.raises(PowerError, match=":3: time_s goes backwards"):
         load_trace(bad)
+
+
+SLOW_METER = ["sh", "-c", "sleep 0.5; echo 'Instantaneous power reading: 350 Watts'"]
+"""A real meter command that answers in ``ipmitool dcmi power reading``'s format after 0.5 s."""
+
+
+def test_a_meter_slower_than_the_sampling_period_never_slows_the_gpu_samples(tmp_path, caplog):
+    from power.clock import MonotonicClock
+    from power.node import IPMI_DCMI_PATTERN, ExternalMeter
+
+    clock = MonotonicClock()
+    gpus = make_simulated_gpus("A100-SXM4", 2, clock=clock)
+    meter = ExternalMeter(SLOW_METER, pattern=IPMI_DCMI_PATTERN, min_interval_s=0.0,
+                          clock=clock)
+    node = NodePower(meter=meter, meter_includes_gpus=False, rapl=None, cpu_tdp_w=100,
+                     idle_fraction=0.5, overhead_w=20, cpu_percent=lambda: 0.0, clock=clock)
+    s = PowerSampler(gpus, tmp_path, node=node, rate_hz=10, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="power.node"):
+        s.start()
+        time.sleep(3.0)
+        s.stop()
+    with open(tmp_path / "gpu_power.csv", newline="") as fh:
+        ticks = sorted({float(r["time_s"]) for r in csv.DictReader(fh)})
+    # 10 Hz for 3 s (+ the sample stop() takes): a blocking 0.5-s meter gave ~7 samples.
+    assert len(ticks) >= 25, len(ticks)
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.35
+    with open(tmp_path / "node_power.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(ticks)
+    first = next(i for i, r in enumerate(rows) if r["source"] == "meter")
+    assert 0.4 <= float(rows[first]["time_s"]) <= 1.2  # once the command has answered
+    assert all(r["source"] == "estimate" and r["estimated"] == "True" and r["meter_age_s"] == ""
+               and float(r["other_w"]) == pytest.approx(70.0) for r in rows[:first])
+    after = rows[first:]
+    assert all(r["source"] == "meter" and r["estimated"] == "False" for r in after)
+    assert all(float(r["meter_w"]) == 350.0 == float(r["other_w"]) for r in after)
+    assert all(0.0 <= float(r["meter_age_s"]) < 0.8 for r in after)  # refreshed every ~0.5 s
+    slow = [m for m in caplog.messages if "longer than" in m]
+    assert len(slow) == 1, caplog.messages
+    assert "sleep 0.5" in slow[0] and "0.10 s sampling period" in slow[0]
+    assert meter._thread is None  # the sampler started the meter's thread and stopped it

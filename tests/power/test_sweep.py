@@ -348,3 +348,82 @@ def test_resuming_from_a_corrupt_sweep_json_is_one_line(tmp_path, capsys):
     err = [ln for ln in stderr.splitlines() if "error" in ln]
     assert code == 2 and len(err) == 1 and "Traceback" not in stderr, stderr
     assert str(out / "sweep.json") in err[0] and "unreadable sweep file" in err[0]
+
+
+# --------------------------------------------------------------------------- warm-up
+
+
+def test_points_measured_without_warm_up_are_flagged_and_warned_once(tmp_path, caplog):
+    import csv
+    import logging
+
+    from power.planner import NotWarmedUpError, curve_from_points
+
+    clock, gpus, wl, _, node = sim_setup(n=2)
+    spec = SweepSpec(job="t", workload="train", mode="power_limit", gpu=gpus[0].get_name(),
+                     gpus=2, simulated=True, batch_size=8, warmup_steps=0, steps=20,
+                     warmup_s=0.0)
+    with caplog.at_level(logging.WARNING, logger="power.sweep"):
+        doc = run_sweep(gpus, wl, spec, [300, 400, 500], tmp_path, clock=clock, node=node)
+    reason = "no warm-up (warmup_steps=0, warmup_s=0)"
+    assert [(p["warmed_up"], p["warmup_reason"]) for p in doc["points"]] == [(False, reason)] * 3
+    with open(tmp_path / "sweep.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["warmed_up"], r["warmup_reason"]) for r in rows] == [("False", reason)] * 3
+    assert load_sweep(tmp_path)["points"][0]["warmed_up"] is False
+    warned = [m for m in caplog.messages if "not warmed up" in m]
+    assert len(warned) == 1 and "300 W" in warned[0] and reason in warned[0]
+    assert any(p["pareto"] for p in doc["points"])  # none warmed up: the front is over all
+    with pytest.raises(NotWarmedUpError, match=r"no sweep point is warmed up \(no warm-up"):
+        curve_from_points(doc["points"])
+
+
+def test_warm_up_shorter_than_the_averaged_sensor_is_flagged(tmp_path):
+    clock = SimClock()
+    gpus = make_simulated_gpus(H100, 2, clock=clock, loads=constant_load(ACTIVITY, MEMORY_BOUND),
+                               sensor="average_1s")
+    assert gpus[0].get_power_sensor().window_s == 1.0
+    wl = ModelPacedWorkload(gpus, kind="train", batch_size=8, images_per_s_at_max=BASE)
+
+    def spec(warmup_s):
+        return SweepSpec(job="t", workload="train", mode="power_limit", gpu=gpus[0].get_name(),
+                         gpus=2, simulated=True, batch_size=8, warmup_steps=5, steps=20,
+                         warmup_s=warmup_s)
+
+    short = run_sweep(gpus, wl, spec(0.5), [300, 500], tmp_path / "short", clock=clock)
+    assert [p["warmed_up"] for p in short["points"]] == [False, False]
+    assert short["points"][0]["warmup_reason"] == ("warm-up 0.5 s shorter than the GPUs' 1-s "
+                                                   "averaged power sensor")
+    long = run_sweep(gpus, wl, spec(1.0), [300, 500], tmp_path / "long", clock=clock)
+    assert [(p["warmed_up"], p["warmup_reason"]) for p in long["points"]] == [(True, "")] * 2
+    # The 1-s average still held the previous cap's power after 0.5 s: peak reads too high.
+    assert short["points"][0]["peak_gpu_w"] > long["points"][0]["peak_gpu_w"] + 20
+
+
+def test_unwarmed_points_stay_out_of_the_front_and_the_plan():
+    from power.planner import curve_from_points
+
+    warm = {"setting": 350.0, "unit": "W", "avg_gpu_w": 340.0, "peak_gpu_w": 345.0,
+            "images_per_s": 900.0, "warmed_up": True, "warmup_reason": ""}
+    cold = {"setting": 300.0, "unit": "W", "avg_gpu_w": 330.0, "peak_gpu_w": 400.0,
+            "images_per_s": 950.0, "warmed_up": False,
+            "warmup_reason": "no warm-up (warmup_steps=0, warmup_s=0)"}
+    # Cold, it "beats" the warm point on both axes; it is neither on nor shaping the front.
+    assert pareto_flags([warm, cold]) == [True, False]
+    assert [c.setting for c in curve_from_points([warm, cold])] == [350.0]
+
+
+def test_cli_refuses_to_plan_when_no_point_is_warmed_up(tmp_path, capsys):
+    job = write_job(tmp_path)
+    job.write_text(job.read_text().replace("switch_w: 60", "switch_w: 60, sim_sensor: average_1s"))
+    out = tmp_path / "o"
+    code = sweep_main(["--job", str(job), "--limits", "300,400", "--out", str(out),
+                       "--warmup-s", "0.5", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    errors = [line for line in err if "error:" in line]
+    assert len(errors) == 1 and err[-1] == errors[0], err
+    assert "plan: no sweep point is warmed up (warm-up 0.5 s shorter" in errors[0]
+    assert "Traceback" not in "\n".join(err)
+    assert sum("not warmed up" in line for line in err) == 1  # the sweep's one warning
+    assert [p["warmed_up"] for p in load_sweep(out)["points"]] == [False, False]
