@@ -250,6 +250,15 @@ class TrainConfig:
     """How many recent checkpoints to keep (the best-by-IS one is always kept)."""
     max_minutes: float = 0.0
     """Stop cleanly (checkpoint, validate) after this many minutes; 0 = no limit."""
+    fit_to_minutes: bool = False
+    """Fit ``steps`` to this machine: time the first steps of a new run (on rank 0, the same
+    plan on every rank) and, when ``steps`` would not finish within ``max_minutes`` (or the
+    Slurm time limit), train fewer steps with the learning-rate schedule, ``val_every`` and
+    ``ckpt_every`` rescaled to them, so that the run ends on time with a completed schedule
+    (see :mod:`harness.training.fit`). A resumed run keeps the plan of its first start."""
+    fit_margin: float = 0.1
+    """With ``fit_to_minutes``: the fraction of the time limit left unplanned, for a machine
+    that runs slower later than in the timed first steps (a shared node: raise it)."""
     collective_timeout_s: float = DEFAULT_TIMEOUT_S
     """A wait on another rank (any collective of any command of this job: start-up, a
     training step, inference, scoring, MPI's shutdown) that lasts this long means a rank
@@ -274,6 +283,7 @@ class TrainConfig:
         _check(self.ckpt_every >= 0, "ckpt_every", "must be >= 0")
         _check(self.keep_last >= 1, "keep_last", "must be >= 1")
         _check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
+        _check(0 <= self.fit_margin < 0.9, "fit_margin", "must be in [0, 0.9)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -335,6 +335,7 @@ def _run_facts(run: RunData, s: dict[str, Any]) -> list[tuple[str, str]]:
     return [("job", run.job_name), ("run directory", _run_folder(run, m)),
              ("launched as", _launch_text(m)),
              ("steps", fmt_num(s.get("steps"))),
+             ("steps fitted to the time limit", _fit_text(s)),
              ("stopped by", _text(s.get("stopped_by"))
               or ("— (ran every step)" if s.get("stopped_early") is False else "—")),
              ("ranks (world size)", fmt_num(s.get("world_size"))),
@@ -350,6 +351,20 @@ def _run_facts(run: RunData, s: dict[str, Any]) -> list[tuple[str, str]]:
              ("last checkpoint", _text(s.get("checkpoint")) or "—"),
              ("weights used for SR", _text(run.inference.get("weights")) or "—"),
              ("power axis starts (UTC)", _power_start_utc(run.train_power))]
+
+
+def _fit_text(s: dict[str, Any]) -> str:
+    """What ``train.fit_to_minutes`` decided: ``380 of 500 planned (1.9 steps/s measured,
+    fitted to train.max_minutes (8))``, ``no: all 500 fit (...)``, or ``—`` (not asked)."""
+    fit = s.get("fit")
+    if not isinstance(fit, dict):
+        return "—"
+    planned, fitted = fit.get("planned_steps"), fit.get("fitted_steps")
+    why = (f"{fmt_num(fit.get('steps_per_s'), 2)} steps/s measured, "
+           f"{_text(fit.get('limit')) or 'the time limit'}")
+    if fit.get("lowered") is True:
+        return f"{fmt_num(fitted)} of {fmt_num(planned)} planned ({why})"
+    return f"no: all {fmt_num(planned)} fit ({why})"
 
 
 def _text(value: Any) -> str:

@@ -471,7 +471,7 @@ def load_run(path: str | Path) -> RunData:
 
 
 #: Keys of ``summary.json`` that hold numbers (or null) when present.
-_SUMMARY_NUMBERS = ("steps", "world_size", "images", "train_time_s", "images_per_s",
+_SUMMARY_NUMBERS = ("steps", "planned_steps", "target_steps", "world_size", "images", "train_time_s", "images_per_s",
                     "best_val_is", "best_step", "final_val_is", "final_val_psnr", "final_val_n")
 
 

@@ -196,6 +196,24 @@ def write_manifest(run_dir: Path, job: JobConfig, info: DistInfo, comm: Comm, *,
     write_text_atomic(run_dir / "job.yaml", dump_job(job))
 
 
+def update_manifest(run_dir: Path, fields: dict[str, Any]) -> None:
+    """Add ``fields`` to ``manifest.json`` (rank 0, after :func:`write_manifest`), e.g. the
+    plan of ``train.fit_to_minutes``; the rest of the manifest stays as it was.
+
+    Raises:
+        UserError: the manifest is not a JSON object (a damaged run folder).
+    """
+    path = run_dir / "manifest.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON; the run folder is damaged") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: not a manifest; the run folder is damaged")
+    doc.update(fields)
+    write_json_atomic(path, doc)
+
+
 def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> None:
     """Append this start to ``manifest.json``'s ``resumes``; keep ``job.yaml`` as it was.
 

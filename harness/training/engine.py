@@ -149,6 +149,20 @@ class Engine:
             torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.opt.step()
 
+    def reschedule(self, job: JobConfig) -> None:
+        """Follow ``job``'s schedule from now on (``train.fit_to_minutes`` changed its steps).
+
+        The scheduler keeps its position (``last_epoch``); the learning rate of the next step
+        is recomputed with the new schedule, exactly as a scheduler built with ``job`` would
+        have set it (so a resumed fitted run continues bit for bit).
+        """
+        self.job = job
+        sched = self.sched
+        sched.lr_lambdas = [lambda s: lr_factor(s, job) for _ in self.opt.param_groups]
+        for group, base, factor in zip(self.opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * factor(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in self.opt.param_groups]
+
     def state(self) -> dict[str, Any]:
         """Model, optimiser, schedule (and discriminator) state for a full checkpoint."""
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),

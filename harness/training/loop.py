@@ -9,6 +9,7 @@ exactly where a run stopped. The command line is :mod:`harness.train`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -56,6 +57,7 @@ from harness.outputs.run_folders import (
     create_run_dir,
     lock_run_everywhere,
     run_slurm_ids,
+    update_manifest,
     write_manifest,
 )
 from harness.training.engine import (
@@ -65,6 +67,15 @@ from harness.training.engine import (
     build_engine,
     param_checksum,
     uses_channels_last,
+)
+from harness.training.fit import (
+    SKIP_STEPS,
+    TIMED_FRACTION,
+    TIMED_STEPS,
+    FitPlan,
+    apply_plan,
+    fit_plan,
+    plan_message,
 )
 from harness.training.progress import TrainProgress, print_summary
 from harness.training.validate import validate
@@ -132,6 +143,18 @@ class Trainer:
         self.time_left_at: float | None = None
         self.watchdog: StallWatchdog = watchdog.current()
         self.watchdog.configure(hint=f"the last checkpoint is resumable: --resume {run_dir}")
+        self.planned_steps = job.train.steps
+        """``train.steps`` as the job gave it (before ``train.fit_to_minutes``)."""
+        self.fit: FitPlan | None = None
+        """The plan of ``train.fit_to_minutes`` (made in this start or kept from the first)."""
+        self._fit_mark: float | None = None
+        self._fit_steps = 0
+
+    def apply_plan(self, plan: FitPlan) -> None:
+        """Train ``plan``'s steps, cadences and schedule from now on (every rank)."""
+        self.fit = plan
+        self.job = dataclasses.replace(self.job, train=apply_plan(self.job.train, plan))
+        self.engine.reschedule(self.job)
 
     def restore(self, path: Path) -> None:
         """Continue from the full checkpoint ``path`` (step, best score, RNG of this rank)."""
@@ -145,6 +168,24 @@ class Trainer:
             torch.set_rng_state(rng_states[self.info.rank])
         if self.info.is_master:
             log.info("resuming %s from step %d (%s)", self.run_dir, self.start_step, path)
+        if isinstance(state.get("fit"), dict):
+            self._keep_plan(FitPlan.from_dict(state["fit"]))
+
+    def _keep_plan(self, plan: FitPlan) -> None:
+        """A resumed run keeps the plan of its first start: no re-fitting, whatever the time
+        of this start, unless this start asks for other steps (``--set train.steps=N``)."""
+        steps = self.job.train.steps
+        if steps == plan.planned_steps:
+            self.apply_plan(plan)
+            if self.info.is_master and plan.lowered:
+                log.info("keeping the fitted plan of this run: %d steps of the %d planned",
+                         plan.fitted_steps, plan.planned_steps)
+            return
+        self.fit = plan  # recorded, but not followed: the job asks for other steps
+        if self.info.is_master:
+            log.info("train.steps %d differs from the fitted plan's %d (fitted to %d): "
+                     "training %d steps, no re-fitting", steps, plan.planned_steps,
+                     plan.fitted_steps, steps)
 
     def _meta(self) -> dict[str, Any]:
         return {"model_name": self.job.model.name, "model_kwargs": model_kwargs(self.job),
@@ -156,7 +197,8 @@ class Trainer:
         if not self.info.is_master:
             return
         state = {**self.engine.state(), "step": step, "best_is": self.best_is,
-                 "best_step": self.best_step, "rng": rngs, **self._meta()}
+                 "best_step": self.best_step, "rng": rngs, **self._meta(),
+                 "fit": self.fit.to_dict() if self.fit is not None else None}
         try:
             saved = ckpt.save_atomic(state, self.ckpt_dir / ckpt.checkpoint_name(step))
         except OSError as exc:  # disk full, quota: say what is safe and how to go on
@@ -214,8 +256,9 @@ class Trainer:
         deadline = min(own, slurm)
         out_of_time = (f"train.max_minutes ({t.max_minutes:g})" if own <= slurm
                        else "the Slurm time limit")
-        step, stopped_early = self.start_step, False
-        for step in range(self.start_step, t.steps):
+        done, stopped_early = self.start_step, False
+        while done < t.steps:
+            step = done
             self.watchdog.arm(step + 1)
             t0 = time.perf_counter()
             terms, mine = self.step(step)
@@ -230,6 +273,11 @@ class Trainer:
                                     "step_time_s": dt, "images_per_s": t.batch_size / dt,
                                     "time_s": time.perf_counter() - t_start})
             display.update(done, terms.get("total", float("nan")), self.val_res.get("val_is"))
+            if self._fit_due(done, min_s=TIMED_FRACTION * (deadline - t_start)
+                             if math.isfinite(deadline) else 0.0):
+                self._time_fit(done, t_start, deadline, out_of_time)
+                t = self.job.train
+                display.set_total(t.steps)
             if t.val_every and done % t.val_every == 0 and done != t.steps:
                 self.watchdog.disarm("validation")
                 self.validate(done)
@@ -249,10 +297,63 @@ class Trainer:
             if flags[0][0] and done < t.steps:
                 stopped_early = True  # out of time: finish like a completed run
                 break
-        final = step + 1 if t.steps > self.start_step else self.start_step
-        return {"final_step": final, "images": images, "t_start": t_start,
+        return {"final_step": done, "images": images, "t_start": t_start,
                 "stopped_early": stopped_early, "interrupted": False,
                 "out_of_time": out_of_time if stopped_early else None}
+
+    def _fit_due(self, done: int, min_s: float) -> bool:
+        """Whether step ``done`` ends the timing of ``train.fit_to_minutes`` (the same on
+        every rank: rank 0's clock decides); marks its start on the way.
+
+        The timing covers at least :data:`~harness.training.fit.TIMED_STEPS` steps after the
+        first :data:`~harness.training.fit.SKIP_STEPS` and at least ``min_s`` seconds. Only
+        a new run's first start fits.
+        """
+        t = self.job.train
+        if (not t.fit_to_minutes or self.fit is not None or self.start_step > 0
+                or done >= t.steps or done < SKIP_STEPS + TIMED_STEPS):
+            if done == SKIP_STEPS:
+                self._fit_mark = time.perf_counter()
+            return False
+        assert self._fit_mark is not None
+        self._fit_steps = done - SKIP_STEPS
+        long_enough = (time.perf_counter() - self._fit_mark >= min_s
+                       if self.info.is_master else None)
+        return bool(self.comm.bcast(long_enough, root=0))
+
+    def _time_fit(self, done: int, t_start: float, deadline: float, limit: str) -> None:
+        """Time one validation pass and a checkpoint's serialisation, plan the steps on rank
+        0 (:func:`harness.training.fit.fit_plan`), broadcast the plan and follow it."""
+        import io
+
+        assert self._fit_mark is not None
+        step_s = (time.perf_counter() - self._fit_mark) / self._fit_steps
+        self.watchdog.disarm("fitting train.steps")
+        t0 = time.perf_counter()
+        e = self.engine
+        validate(e.model, self.val_set, e.eval_rec, self.info, self.comm, device=e.device,
+                 batch_size=self.job.eval.batch_size, metrics=self.job.eval.metrics)
+        validation_s = time.perf_counter() - t0
+        plan: dict[str, Any] | None = None
+        if self.info.is_master:
+            t0 = time.perf_counter()
+            torch.save({**e.state(), **self._meta()}, io.BytesIO())
+            checkpoint_s = 2 * (time.perf_counter() - t0)  # and its write, and best.pt
+            now = time.perf_counter()
+            if math.isinf(deadline):
+                log.info("train.fit_to_minutes: no time limit (train.max_minutes 0, no "
+                         "Slurm limit): training all %d steps", self.job.train.steps)
+            else:
+                fitted = fit_plan(self.job.train, done=done, elapsed_s=now - t_start,
+                                  step_s=step_s, validation_s=validation_s,
+                                  checkpoint_s=checkpoint_s, budget_s=deadline - t_start,
+                                  limit=limit)
+                log.info("%s", plan_message(fitted))
+                plan = fitted.to_dict()
+                update_manifest(self.run_dir, {"fit": plan})
+        plan = self.comm.bcast(plan, root=0)
+        if plan is not None:
+            self.apply_plan(FitPlan.from_dict(plan))
 
     def summary(self, ended: dict[str, Any], elapsed: float,
                 power_summary: dict[str, Any]) -> dict[str, Any]:
@@ -262,6 +363,8 @@ class Trainer:
         best_path = self.ckpt_dir / ckpt.BEST_NAME
         return {
             "run_dir": str(self.run_dir), "job": self.job.name, "steps": ended["final_step"],
+            "planned_steps": self.planned_steps, "target_steps": t.steps,
+            "fit": self.fit.to_dict() if self.fit is not None else None,
             "world_size": info.world_size, "backend": t.backend, "device": self.engine.device,
             "precision": self.precision,
             "images": images, "train_time_s": elapsed,
@@ -417,8 +520,6 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
         UserError: bad data or job for this world size, a diverged loss (after keeping the
             last good checkpoint), or a missing engine.
     """
-    import dataclasses
-
     from power.backends import resolve_backend
 
     info, comm = get_dist_info(), get_comm()
@@ -471,7 +572,7 @@ def _run(trainer: Trainer, log_format: str, log_interval_s: float,
     trainer.last_saved = ckpt.latest(trainer.ckpt_dir)
     with StopSignals() as signals, trainer.watchdog, \
             power_session(job.power, info, comm, run_dir, on_stall=on_stall) as power:
-        display = TrainProgress(mode, total=job.train.steps, start=trainer.start_step,
+        display = TrainProgress(mode, total=trainer.job.train.steps, start=trainer.start_step,
                                 batch_size=job.train.batch_size, interval_s=log_interval_s,
                                 power=power.live)
         try:
@@ -500,5 +601,5 @@ def _run(trainer: Trainer, log_format: str, log_interval_s: float,
         elif ended.get("out_of_time"):
             log.warning("reached %s after step %d of %d: the run ended there, validated and "
                         "checkpointed; continue with --resume %s", ended["out_of_time"],
-                        summary["steps"], job.train.steps, run_dir)
+                        summary["steps"], trainer.job.train.steps, run_dir)
     return summary

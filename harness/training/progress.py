@@ -86,6 +86,12 @@ class TrainProgress:
                                                  completed=self.start, info="")
         return self
 
+    def set_total(self, total: int) -> None:
+        """The run's last step changed (``train.fit_to_minutes``)."""
+        self.total = total
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
     def update(self, done: int, loss: float, val_is: float | None) -> None:
         """Show step ``done`` with the latest loss and validation IS."""
         if self.mode == "off":
