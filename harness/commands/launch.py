@@ -17,6 +17,7 @@ from harness.cluster.launcher import (
     launch_command,
     sbatch_script,
     slurm_log_dir,
+    time_limit_warning,
 )
 from harness.commands.common import add_overrides
 from harness.config import JobConfig, load_job
@@ -152,6 +153,9 @@ def _slurm(job: JobConfig, args: argparse.Namespace, module: str, extra: list[st
     workdir = os.getcwd()
     script = sbatch_script(job, args.job, python=args.python, module=module, args=extra,
                            workdir=workdir)
+    warning = time_limit_warning(job) if module == "harness.train" else None
+    if warning:
+        print(f"harness: warning: {args.job}: {warning}", file=sys.stderr, flush=True)
     if args.dry_run:
         print(script, end="")
         return 0

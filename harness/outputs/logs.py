@@ -7,7 +7,6 @@ pseudo-terminal) gets plain, timestamped lines. Records of ranks other than 0 ca
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 import time
 from pathlib import Path
@@ -51,8 +50,11 @@ def utc_formatter(where: str = "") -> logging.Formatter:
 
 
 def setup_logging(verbose: bool = False, rank: int = 0, world_size: int = 1) -> None:
-    """Log records to stderr in the one UTC format; other ranks' records say ``host:rank``."""
-    where = f"{socket.gethostname()}:{rank} " if world_size > 1 and rank != 0 else ""
+    """Log records to stderr in the one UTC format; other ranks' records say ``host:rank``
+    (the node's name as Slurm says it, else the host name)."""
+    from harness.cluster.slurm import node_name
+
+    where = f"{node_name()}:{rank} " if world_size > 1 and rank != 0 else ""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(utc_formatter(where))
     root = logging.getLogger()

@@ -29,6 +29,7 @@ from typing import Any
 from fileio.atomic import write_json_atomic, write_text_atomic
 from fileio.user_error import UserError
 from harness.cluster.distributed import Comm, DistInfo
+from harness.cluster.slurm import node_name, slurm_job
 from harness.config import JobConfig, dump_job
 from harness.data.locations import project_root
 
@@ -139,10 +140,13 @@ def package_versions() -> dict[str, str]:
 
 
 def rank_facts(info: DistInfo, device: str, threads: int) -> dict[str, Any]:
-    """What one rank knows about where it runs."""
+    """What one rank knows about where it runs (``host``: the node's name as Slurm says it,
+    else the host name; ``hostname`` too when that differs)."""
     facts: dict[str, Any] = {"rank": info.rank, "local_rank": info.local_rank,
-                             "host": socket.gethostname(), "pid": os.getpid(),
+                             "host": node_name(), "pid": os.getpid(),
                              "device": device, "threads": threads}
+    if socket.gethostname() != facts["host"]:
+        facts["hostname"] = socket.gethostname()
     if device.startswith("cuda"):
         import torch
 
@@ -170,10 +174,13 @@ def write_manifest(run_dir: Path, job: JobConfig, info: DistInfo, comm: Comm, *,
         "packages": package_versions(),
         "world_size": info.world_size,
         "launcher": info.launcher,
-        "nodes": sorted({r["host"] for r in ranks}),
+        "nodes": list(dict.fromkeys(r["host"] for r in ranks)),  # in node-index order
         "ranks": ranks,
         "command": sys.argv,
     }
+    slurm = slurm_job()
+    if slurm is not None:
+        manifest["slurm"] = slurm.to_dict()
     manifest.update(extra or {})
     if (run_dir / "manifest.json").is_file():  # a resume: the run's history stays
         _record_resume(run_dir, manifest, dump_job(job))
@@ -197,7 +204,7 @@ def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> No
         raise UserError(f"{path}: not a manifest; the run folder is damaged")
     resumes = first.setdefault("resumes", [])
     entry = {k: manifest[k] for k in ("created", "git_commit", "world_size", "launcher",
-                                      "nodes", "command") if k in manifest}
+                                      "nodes", "command", "slurm") if k in manifest}
     job_path = run_dir / "job.yaml"
     if not job_path.is_file() or job_path.read_text(encoding="utf-8") != job_text:
         name = f"job-resume-{len(resumes) + 1}.yaml"
@@ -205,6 +212,20 @@ def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> No
         entry["job"] = name
     resumes.append(entry)
     write_json_atomic(path, first)
+
+
+def run_slurm_ids(run_dir: Path) -> set[str]:
+    """The Slurm job ids that started or resumed ``run_dir`` (from its manifest; empty when
+    it has none or cannot be read)."""
+    try:
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(manifest, dict):
+        return set()
+    starts = [manifest, *(r for r in manifest.get("resumes", []) if isinstance(r, dict))]
+    return {str(s["slurm"]["job_id"]) for s in starts
+            if isinstance(s.get("slurm"), dict) and s["slurm"].get("job_id")}
 
 
 class MetricsLog:

@@ -28,6 +28,13 @@ from harness.cluster.distributed import (
     get_dist_info,
     shutdown_torch_distributed,
 )
+from harness.cluster.slurm import (
+    MIN_TRAIN_S,
+    SlurmQueryError,
+    parse_slurm_time,
+    query_time_left_s,
+    slurm_job,
+)
 from harness.cluster.watchdog import StallWatchdog
 from harness.config import JobConfig
 from harness.data.loader import BatchLoader
@@ -47,6 +54,7 @@ from harness.outputs.run_folders import (
     MetricsLog,
     create_run_dir,
     lock_run_everywhere,
+    run_slurm_ids,
     write_manifest,
 )
 from harness.training.engine import (
@@ -118,6 +126,9 @@ class Trainer:
                           and only_flips(job.data.augment) else None)
         # Fault injection for tests of the divergence path (see the README's testing notes).
         self.fault_nan_step = int(os.environ.get("HARNESS_FAULT_NAN_STEP", "0") or 0)
+        self.time_left_s: float | None = None
+        """Seconds the Slurm job had left at :attr:`time_left_at` (None: outside Slurm)."""
+        self.time_left_at: float | None = None
         self.watchdog = StallWatchdog(job.train.collective_timeout_s, info.rank,
                                       info.world_size, run_dir, comm)
 
@@ -197,10 +208,11 @@ class Trainer:
         t, comm = self.job.train, self.comm
         images, t_start = 0, time.perf_counter()
         own = t_start + t.max_minutes * 60 if t.max_minutes else math.inf
-        slurm = t_start + time_limit_deadline(self.job) - time.monotonic()
+        slurm = t_start + time_limit_deadline(self.job, now=self.time_left_at,
+                                              time_left_s=self.time_left_s) - time.monotonic()
         deadline = min(own, slurm)
         out_of_time = (f"train.max_minutes ({t.max_minutes:g})" if own <= slurm
-                       else f"the Slurm time limit ({self.job.launch.time})")
+                       else "the Slurm time limit")
         step, stopped_early = self.start_step, False
         for step in range(self.start_step, t.steps):
             self.watchdog.arm(step + 1)
@@ -270,8 +282,11 @@ def _open_run(job: JobConfig, info: DistInfo, comm: Comm, resume: str | None,
     if resume == "auto":
         resume = latest_resumable(job, run_parent)
         if info.is_master:
+            slurm = slurm_job()
+            whose = (f"run of Slurm job {slurm.job_id}" if slurm is not None
+                     else f"run of {job.name}")
             log.info("--resume auto: %s", f"continuing {resume}" if resume else "no earlier "
-                     f"run of {job.name} with a checkpoint: starting a new run")
+                     f"{whose} with a checkpoint: starting a new run")
     if resume:  # checked in full before anything is written; one writer per run folder
         run_dir, resume_ckpt = ckpt.resolve_resume(
             resume, lambda state, where: check_checkpoint_model(
@@ -284,25 +299,97 @@ def _open_run(job: JobConfig, info: DistInfo, comm: Comm, resume: str | None,
     return create_run_dir(job, comm, run_parent), None, init_path
 
 
-def latest_resumable(job: JobConfig, run_parent: str | None) -> str | None:
-    """The job's latest run folder (``<run_dir>/<name>-latest``) if it holds a checkpoint."""
-    link = Path(run_parent or job.launch.run_dir) / f"{job.name}-latest"
-    return str(link.resolve()) if ckpt.latest(link / "checkpoints") is not None else None
+def latest_resumable(job: JobConfig, run_parent: str | None,
+                     env: dict[str, str] | None = None) -> str | None:
+    """The run ``--resume auto`` continues, or None for a new run.
+
+    Under Slurm (``SLURM_JOB_ID`` set) only a run this same Slurm job started (a requeued job
+    keeps its id) with a checkpoint: the newest run folder of the job whose manifest records
+    that id. Outside Slurm, the job's latest run (``<run_dir>/<name>-latest``) if it holds a
+    checkpoint.
+    """
+    parent = Path(run_parent or job.launch.run_dir)
+    slurm = slurm_job(env)
+    if slurm is None:
+        link = parent / f"{job.name}-latest"
+        return str(link.resolve()) if ckpt.latest(link / "checkpoints") is not None else None
+    mine = [d for d in _run_folders(parent, job.name) if slurm.job_id in run_slurm_ids(d)]
+    for run in sorted(mine, key=lambda d: d.name, reverse=True):
+        if ckpt.latest(run / "checkpoints") is not None:
+            return str(run.resolve())
+    if mine:
+        log.info("--resume auto: %s of Slurm job %s has no checkpoint yet", mine[-1],
+                 slurm.job_id)
+    return None
+
+
+def _run_folders(parent: Path, name: str) -> list[Path]:
+    try:
+        return [d for d in parent.iterdir() if d.name.startswith(f"{name}-")
+                and d.name != f"{name}-latest" and not d.is_symlink() and d.is_dir()]
+    except OSError:
+        return []
+
+
+def slurm_time_left(job: JobConfig, comm: Comm, env: dict[str, str] | None = None,
+                    squeue: str = "squeue") -> float | None:
+    """Seconds the Slurm job has left at start-up, the same on every rank; None outside Slurm.
+
+    Rank 0 asks ``squeue`` (bounded by :data:`harness.cluster.slurm.SQUEUE_TIMEOUT_S`), which
+    knows the job's real limit (``sbatch --time`` overrides the script's); when it cannot
+    answer, ``launch.time`` counted from the job's start is used, with a log line saying so.
+    Collective: every rank must call it.
+    """
+    env = dict(os.environ) if env is None else env
+    slurm = slurm_job(env)
+    if slurm is None:
+        return None
+    left: float | None = None
+    if comm.rank == 0:
+        try:
+            left = query_time_left_s(slurm.job_id, squeue=squeue)
+            log.info("Slurm job %s has %s left (squeue)", slurm.job_id, _hms(left))
+        except SlurmQueryError as exc:
+            left = time_limit_deadline(job, env, now=0.0) + job.launch.signal_lead_s + 60.0
+            log.warning("cannot ask Slurm for the time left (%s): using launch.time %s, "
+                        "%s left", exc, job.launch.time, _hms(left))
+        margin = job.launch.signal_lead_s + 60.0
+        if left - margin < MIN_TRAIN_S:
+            log.warning("the Slurm time limit leaves %s to train: training stops "
+                        "launch.signal_lead_s (%d) + 60 s before the limit; ask for more time "
+                        "(launch.time or sbatch --time) or lower launch.signal_lead_s",
+                        _hms(max(left - margin, 0.0)), job.launch.signal_lead_s)
+    return comm.bcast(left, root=0)
+
+
+def _hms(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "no limit"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def time_limit_deadline(job: JobConfig, env: dict[str, str] | None = None,
-                        now: float | None = None) -> float:
+                        now: float | None = None, time_left_s: float | None = None) -> float:
     """``time.monotonic()`` by which a Slurm job must have stopped, else ``inf``.
 
-    Inside a Slurm allocation (``SLURM_JOB_ID`` set) the job's ``launch.time`` limit counts
-    from the allocation's start (``SLURM_JOB_START_TIME`` when Slurm sets it, else this
-    process's start); training stops ``launch.signal_lead_s`` plus a minute before it, so the
+    Inside a Slurm allocation (``SLURM_JOB_ID`` set) the job has ``time_left_s`` left from
+    ``now`` (what :func:`slurm_time_left` asked squeue); without it, the ``launch.time`` limit
+    counts from the allocation's start (``SLURM_JOB_START_TIME`` when Slurm sets it, else this
+    process's start). Training stops ``launch.signal_lead_s`` plus a minute before it, so the
     final checkpoint is written in time even if the signal never comes.
     """
     env = dict(os.environ) if env is None else env
     if "SLURM_JOB_ID" not in env:
         return math.inf
-    limit_s = parse_slurm_time(job.launch.time)
+    margin = job.launch.signal_lead_s + 60.0
+    mono_now = time.monotonic() if now is None else now
+    if time_left_s is not None:
+        return mono_now + time_left_s - margin
+    try:
+        limit_s = parse_slurm_time(job.launch.time)
+    except ValueError:
+        limit_s = None
     if limit_s is None:
         return math.inf
     wall_now = time.time()
@@ -310,28 +397,7 @@ def time_limit_deadline(job: JobConfig, env: dict[str, str] | None = None,
         started = float(env["SLURM_JOB_START_TIME"])
     except (KeyError, ValueError):
         started = wall_now - (time.monotonic() - _PROCESS_START)
-    margin = job.launch.signal_lead_s + 60.0
-    mono_now = time.monotonic() if now is None else now
     return mono_now + (started + limit_s - margin - wall_now)
-
-
-def parse_slurm_time(text: str) -> float | None:
-    """Seconds of a Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``);
-    None for ``UNLIMITED``/empty."""
-    text = (text or "").strip()
-    if not text or text.upper() in ("UNLIMITED", "INFINITE"):
-        return None
-    days, _, rest = text.rpartition("-")
-    parts = [float(x) for x in rest.split(":")]
-    if days:
-        h, m, s = (parts + [0.0, 0.0])[:3]
-    elif len(parts) == 1:
-        h, m, s = 0.0, parts[0], 0.0
-    elif len(parts) == 2:
-        h, (m, s) = 0.0, parts
-    else:
-        h, m, s = parts[-3:]
-    return (float(days or 0) * 24 + h) * 3600 + m * 60 + s
 
 
 def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None = None,
@@ -360,6 +426,10 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     check_split(len(train_set), job.train.batch_size, info.world_size, job.data.train)
     run_dir, resume_ckpt, init_path = _open_run(job, info, comm, resume, run_parent)
     with RunLog(run_dir / "train.log" if info.is_master else None):
+        slurm = slurm_job()
+        if slurm is not None and info.is_master:
+            log.info("Slurm job %s attempt %d (SLURM_RESTART_COUNT=%d) on %s", slurm.job_id,
+                     slurm.attempt, slurm.restart_count, slurm.nodelist or slurm.node)
         write_manifest(run_dir, job, info, comm, device=device, threads=threads,
                        extra={"train_pairs": len(train_set), "val_pairs": len(val_set),
                               "backend": job.train.backend})
@@ -367,6 +437,8 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
         trainer = Trainer(job, info, comm, engine, train_set, val_set, run_dir)
         if resume_ckpt is not None:
             trainer.restore(resume_ckpt)
+        trainer.time_left_at = time.monotonic()
+        trainer.time_left_s = slurm_time_left(job, comm)
         summary = _run(trainer, log_format, log_interval_s, stop_after)
     shutdown_torch_distributed()
     return summary

