@@ -177,13 +177,17 @@ def rank_hosts(run_dir: Path) -> dict[int, str]:
 
 
 def segments(records: list[dict[str, Any]]) -> list[list[int]]:
-    """The steps of ``metrics.jsonl`` split where they restart (each start of the run)."""
+    """The steps of ``metrics.jsonl`` split at each start of the run: where the step does not
+    grow, or where ``time_s`` (seconds since this start's first step) goes back (a resume
+    from the last step's own checkpoint continues the step numbers)."""
     out: list[list[int]] = []
+    last_t = None
     for r in records:
-        step = int(r["step"])
-        if not out or step <= out[-1][-1]:
+        step, t = int(r["step"]), float(r.get("time_s", 0.0))
+        if not out or step <= out[-1][-1] or (last_t is not None and t < last_t):
             out.append([])
         out[-1].append(step)
+        last_t = t
     return out
 
 
@@ -265,10 +269,11 @@ def cluster_series(power_dir: Path) -> ClusterSeries:
 
 
 # --- processes of a node ---------------------------------------------------------------------
-def job_processes(netns: str, jobid: str, tasks_only: bool = False) -> list[int]:
+def job_processes(netns: str, jobid: str, ranks_only: bool = False) -> list[int]:
     """PIDs in the node's network namespace that belong to the job: its slurmstepd processes
-    (``slurmstepd: [JOBID.STEP]``, unless ``tasks_only``) and its tasks (``SLURM_JOB_ID=JOBID``
-    in the environment)."""
+    (``slurmstepd: [JOBID.STEP]``) and every process with ``SLURM_JOB_ID=JOBID`` in its
+    environment (the batch shell, srun, the ranks); with ``ranks_only``, the harness's ranks
+    (``python -m harness.train``) alone."""
     proc = subprocess.run(["ip", "netns", "pids", Path(netns).name], capture_output=True,
                           text=True, timeout=15, check=False)
     pids = []
@@ -277,9 +282,14 @@ def job_processes(netns: str, jobid: str, tasks_only: bool = False) -> list[int]
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if (not tasks_only and re.match(rf"slurmstepd: \[{jobid}[.\]]", cmdline)) or \
-                f"SLURM_JOB_ID={jobid}".encode() in environ:
+        mine = f"SLURM_JOB_ID={jobid}".encode() in environ
+        if ranks_only:  # not srun, whose command line names the module too
+            mine = mine and comm.startswith("python") and " -m harness.train " in f" {cmdline} "
+        elif re.match(rf"slurmstepd: \[{jobid}[.\]]", cmdline):
+            mine = True
+        if mine:
             pids.append(pid)
     return pids

@@ -13,6 +13,7 @@ both nodes.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -136,7 +137,7 @@ def test_power_governors_of_both_nodes_hold_one_budget(slurm_cluster, tmp_path):
     budget = 3000.0
     script = launch(slurm_cluster, tmp_path, "power.enabled=true", "power.backend=simulated",
                     "power.sim_gpus_per_node=4", f"power.budget_w={budget}",
-                    "train.steps=80", "train.ckpt_every=0")
+                    "train.steps=150", "train.ckpt_every=0")
     job = submit(slurm_cluster, script, tmp_path / "runs")
     assert_completed(job, job.wait(timeout=180))
     run = job.run_dir()
@@ -160,6 +161,16 @@ def test_power_governors_of_both_nodes_hold_one_budget(slurm_cluster, tmp_path):
           f"{[(round(c[0] - series.unix_s[0], 2), round(c[1], 2), round(c[2], 1)) for c in crossings]};"
           f" summary.json: peak {power['peak_cluster_w']:.1f} W, {power['crossings']} "
           f"crossing(s) {power['crossing_time_s']:.2f} s")
+    # Where the samples' peak lies, for whoever reads a disagreement: the governors restore
+    # the GPUs' limits at the end while the samplers still run.
+    restored = min((e["wall_time"] for d in (run / "power").glob("node*")
+                    for f in d.glob("governor_events*.jsonl") for e in read_jsonl(f)
+                    if e.get("event") == "restore"), default=math.inf)
+    at = series.unix_s[series.watts.index(peak)]
+    before = [w for t, w in zip(series.unix_s, series.watts) if t < restored]
+    print(f"[power] the samples' peak is {at - series.unix_s[0]:.2f} s into the "
+          f"{duration:.2f} s series, {at - restored:+.2f} s from the first restore of limits; "
+          f"peak before any restore {max(before, default=math.nan):.1f} W")
     # Every sample above the budget lies in a counted crossing, and they are short.
     assert over_s <= 0.1 * duration, crossings
     assert (power["crossings"], power["peak_cluster_w"]) == (
@@ -287,10 +298,11 @@ def test_slurm_time_limit_is_read_from_slurm_and_honoured(slurm_cluster, tmp_pat
 
 
 def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_cluster, tmp_path):
-    """node1 crashes (its slurmd and the job's processes there SIGKILLed) at step >= 40: the
-    job ends within the watchdog deadline (train.collective_timeout_s 5) with a line naming
-    node1; Slurm requeues it; with one node asked for, ``--resume auto`` continues the same
-    run on node0 alone (world size 1), or refuses the world-size change with one line."""
+    """node1 crashes (its slurmd and the job's processes there SIGKILLed) after step 40: the
+    ranks left end within the watchdog deadline (train.collective_timeout_s 5) with a line
+    naming node1, and Slurm ends the job (node failure) and requeues it; with one node asked
+    for, ``--resume auto`` continues the same run on node0 alone from its checkpoint (or
+    refuses a world-size change with one line)."""
     timeout_s = 5
     steps = 120
     script = launch(slurm_cluster, tmp_path, f"train.steps={steps}", "train.ckpt_every=20",
@@ -313,7 +325,7 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
         while time.monotonic() < deadline and (said is None or ended is None):
             now = time.monotonic()
             if survivors_gone is None and not job_processes(slurm_cluster.netns(left),
-                                                            job.jobid, tasks_only=True):
+                                                            job.jobid, ranks_only=True):
                 survivors_gone = now - killed_at
             if ended is not None and now - killed_at > ended + 5:
                 break  # the log is complete
@@ -329,19 +341,27 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
         figure(f"{lost} lost: job ended (Slurm's node-failure handling) after", ended)
         assert survivors_gone is not None
         figure(f"{lost} lost: the ranks on {left} ended after", survivors_gone)
-        # The harness's part: the ranks left stop within the watchdog's deadline (a step's
-        # budget, a heartbeat, the abort), saying which node was lost, in one line.
-        assert survivors_gone <= timeout_s + 10, (
-            f"the ranks on {left} ran on for {survivors_gone:.1f} s after {lost} was lost "
-            f"(train.collective_timeout_s {timeout_s})")
-        assert said is not None, f"no 'harness: error:' line naming {lost}:\n{job.log()[-3000:]}"
-        figure(f"{lost} lost: harness line naming it after", said)
-        assert said <= timeout_s + 10, said
-        assert "Traceback" not in job.log(), job.log()[-3000:]
+        if said is not None:
+            figure(f"{lost} lost: harness line naming it after", said)
+        # The harness's part (checked at the end, after the resume): the ranks left stop
+        # within the watchdog's deadline (a step's budget, a heartbeat, the abort), saying
+        # which node was lost, in one line.
+        late = []
+        if survivors_gone > timeout_s + 10:
+            late.append(f"the ranks on {left} ran on for {survivors_gone:.1f} s after {lost} "
+                        f"was lost (train.collective_timeout_s {timeout_s})")
+        if said is None or said > timeout_s + 10:
+            late.append(f"no 'harness: error:' line naming {lost} within {timeout_s + 10} s "
+                        f"(after {said} s)")
+        if "Traceback" in job.log():
+            late.append("a traceback instead of one line: "
+                        + next(line for line in job.log().splitlines() if "Error" in line))
         # Slurm's part: with SlurmdTimeout 10 s it notices the node within a minute.
         assert ended <= 90, ended
 
         # Continue on the node left: one node, one task, the same Slurm job (requeued).
+        job.wait_for("the job to leave COMPLETING",
+                     lambda: job.state() not in ("RUNNING", "COMPLETING"), timeout=60)
         if job.state() != "PENDING":
             proc = slurm_cluster.run(["scontrol", "requeue", job.jobid], timeout=30)
             assert proc.returncode == 0, proc.stderr
@@ -352,14 +372,21 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
         result = job.wait(timeout=150)
         assert job.run_dirs() == [run], job.run_dirs()
         manifest = read_json(run / "manifest.json")
-        if result.state == "COMPLETED":  # handled: the run continued at world size 1
+        resumes = manifest.get("resumes", [])
+        assert [r["nodes"] for r in resumes] == [[left]], resumes  # on the node left alone
+        world = resumes[0]["world_size"]
+        # Slurm starts the job's tasks again (its stored SLURM_NTASKS), now all on the node
+        # left; a world of another size must be handled or refused in one line.
+        print(f"\n[node loss] resumed on {left}: world size {world} (was 2), {result.state}")
+        if result.state == "COMPLETED":  # handled: the run continued from its checkpoint
             first, second = segments(job.train_records())
             assert second[0] - 1 in (20, 40) and second[-1] == steps, (first[-1], second[:3])
-            assert [r["world_size"] for r in manifest.get("resumes", [])] == [1]
-            assert read_json(run / "summary.json")["world_size"] == 1
+            assert read_json(run / "summary.json")["world_size"] == world
+            assert rank_hosts(run) == {0: left, 1: lost}  # the manifest keeps the first start
         else:  # refused: one line saying why
             errors = ERROR_LINE.findall(job.log())
             assert len(errors) >= 1 and "world" in errors[-1].lower(), job.log()[-3000:]
+        assert not late, "\n".join(late)
     finally:
         restarted = slurm_cluster.script("start-node", lost)
         slurm_cluster.run(["scancel", job.jobid], timeout=30)
