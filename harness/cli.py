@@ -23,8 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("harness.commands.evaluate", "score SR images against HR: IS, PSNR, SSIM, NIQE"),
     "prepare": ("harness.commands.prepare", "pack face images into training shards, or "
                 "fingerprint an LR set's kernel"),
-    "watch": ("harness.commands.watch", "follow a running job from its run folder: watts per "
-              "node and cluster vs the budget, caps, images/s, ETA"),
+    "watch": ("harness.commands.watch", ("follow a running job from its run folder: watts "
+                                         "per node and cluster vs the budget, caps, ETA")),
     "report": ("harness.commands.report", "render the judges' HTML report from run directories"),
     "power-sweep": ("harness.commands.power_sweep", "measure images/s and W at a series of GPU caps; "
                     "plan nodes and caps under the budget"),

@@ -255,7 +255,8 @@ def slurm_job_checks(job: JobConfig, env: dict[str, str] | None = None) -> list[
 
     * ``launch.launcher: srun`` needs srun here (required);
     * srun's ``--mpi`` plugin for the job (``launch.srun_mpi`` or its default) is offered by
-      ``srun --mpi=list`` (required when srun starts the ranks with MPI);
+      ``srun --mpi=list`` (required with ``launch.launcher: srun``; a warning for the script
+      of ``--scheduler slurm`` otherwise);
     * ``srun_mpi: pmi2`` with the PyPI Open MPI is refused: it speaks PMIx only;
     * ``--cpus-per-task`` (what the script asks: threads per rank) against
       ``train.threads_per_rank``, and the allocation's ``SLURM_CPUS_PER_TASK`` inside one;
@@ -286,12 +287,13 @@ def slurm_job_checks(job: JobConfig, env: dict[str, str] | None = None) -> list[
             out.append(Check("job srun --mpi", "warn", f"--mpi={plugin}: `srun --mpi=list` "
                              f"gave no answer ({why})"))
         else:
-            ok = plugin in plugins
-            out.append(Check("job srun --mpi", "ok" if ok else "missing",
+            # Needed now with launcher srun; else only by --scheduler slurm (a warning here).
+            ok, needed = plugin in plugins, ln.launcher == "srun"
+            out.append(Check("job srun --mpi", "ok" if ok else "missing" if needed else "warn",
                              f"--mpi={plugin}; srun offers {', '.join(plugins) or 'none'}",
                              "" if ok else f"ask the admins for Slurm's {plugin} plugin "
                              "(Debian: libpmix2 and libpmix-dev), or set launch.srun_mpi",
-                             required=not ok))
+                             required=needed and not ok))
     threads = threads_per_task(job, "harness.train")
     given = env.get("SLURM_CPUS_PER_TASK", "")
     if threads == 0:

@@ -29,7 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.outputs.logs import choose_log_format
-    from harness.outputs.watch import RunWatcher, end_line, render_table, status_line, utc_now
+    from harness.outputs.watch import (
+        RunWatcher,
+        end_line,
+        render_table,
+        status_line,
+        utc_now,
+    )
 
     if not 0.05 <= args.interval <= 3600:
         raise UserError(f"--interval: must be between 0.05 and 3600 seconds, got "

@@ -50,9 +50,9 @@ class _Tail:
         try:
             with self.path.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if self._offset is None or size < self._offset:  # first time, or rewritten
-                    if not self._enter(f, size):
-                        return []
+                fresh = self._offset is None or size < self._offset  # first time, rewritten
+                if fresh and not self._enter(f, size):
+                    return []
                 f.seek(self._offset)
                 data = f.read()
         except OSError:
@@ -319,7 +319,7 @@ def _fmt_w(w: float | None) -> str:
 def _fmt_s(s: float | None) -> str:
     if s is None or not math.isfinite(s):
         return "--"
-    s = int(round(s))
+    s = round(s)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
@@ -333,11 +333,16 @@ def crossing_text(ev: dict[str, Any] | None, count: int) -> str:
             f"peak {_fmt_w(peak)}")
 
 
+def _step_text(v: WatchView) -> str:
+    step = f"step {v.step}/{v.total_steps or '?'}" + (
+        f" ({100 * v.step // v.total_steps}%)" if v.total_steps else "")
+    rate = f"{v.images_per_s:.1f}" if v.images_per_s is not None else "--"
+    return f"{step} | {rate} images/s"
+
+
 def status_line(v: WatchView) -> str:
     """One plain line: step, images/s, cluster and budget, each node, last crossing, ETA."""
-    parts = [f"step {v.step}/{v.total_steps or '?'}"
-             + (f" ({100 * v.step // v.total_steps}%)" if v.total_steps else ""),
-             f"{v.images_per_s:.1f} images/s" if v.images_per_s is not None else "-- images/s"]
+    parts = [_step_text(v)]
     cluster = v.cluster_w
     if cluster is not None or v.budget_w is not None:
         text = f"cluster {_fmt_w(cluster)}"
@@ -378,9 +383,7 @@ def render_table(v: WatchView) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    head = Text(status_line(WatchView(run_dir=v.run_dir, total_steps=v.total_steps,
-                                      budget_w=v.budget_w, step=v.step,
-                                      images_per_s=v.images_per_s, eta_s=v.eta_s)))
+    head = Text(f"{_step_text(v)} | ETA {_fmt_s(v.eta_s)}")
     table = Table(title=f"{v.run_dir}", expand=False)
     for col in ("node", "W", "GPU W", "caps W", "other W"):
         table.add_column(col, justify="left" if col == "node" else "right")

@@ -176,6 +176,10 @@ def test_a_job_started_by_srun_needs_srun_and_its_mpi_plugin(tmp_path, monkeypat
     assert (mpi.status, mpi.required) == ("missing", True)
     assert mpi.detail == "--mpi=pmix; srun offers cray_shasta, none, pmi2"
     assert not job_can_run(list(rows.values()))
+    # Started by mpirun here: only an sbatch script of it would need the plugin.
+    plain = load_job(ROOT / "jobs/smoke.yaml")
+    row = {c.name: c for c in doctor.slurm_job_checks(plain)}["job srun --mpi"]
+    assert (row.status, row.required) == ("warn", False)
 
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no Slurm at all
     rows = {c.name: c for c in doctor.slurm_job_checks(job)}

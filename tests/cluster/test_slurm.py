@@ -132,10 +132,10 @@ def test_launch_warns_about_a_short_limit_in_one_line(tmp_path) -> None:
                        str(tmp_path / "s.sbatch"), "--set", "launch.time=00:03:00",
                        "--set", f"launch.run_dir={tmp_path / 'runs'}")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip().splitlines() == [
+    assert proc.stderr.strip().splitlines() == [(
         f"harness: warning: {ROOT / SMOKE}: launch.time 00:03:00 leaves 0 s to train "
         "(training stops launch.signal_lead_s 120 + 60 s before the limit): raise launch.time "
-        "(or sbatch --time) or lower launch.signal_lead_s"]
+        "(or sbatch --time) or lower launch.signal_lead_s")]
 
 
 # ------------------------------------------------------------------ the sbatch script

@@ -97,7 +97,7 @@ def test_resume_auto_continues_the_latest_run_or_starts_one(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("command", ["doctor", "launch", "train", "infer", "evaluate",
-                                     "prepare", "report", "power_sweep"])
+                                     "prepare", "report", "power_sweep", "watch"])
 def test_every_command_is_a_module(command: str) -> None:
     proc = subprocess.run([sys.executable, "-m", f"harness.commands.{command}", "--help"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120,

@@ -56,9 +56,9 @@ def test_watch_follows_a_real_run_to_its_end(tmp_path) -> None:
 def test_watch_of_a_folder_that_is_not_a_run_is_one_line(tmp_path) -> None:
     proc = run_harness("watch", str(tmp_path))
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    assert proc.stderr.strip().splitlines() == [(
         f"harness: error: {tmp_path}: not a run folder (no manifest.json, job.yaml or "
-        "summary.json)"]
+        "summary.json)")]
     proc = run_harness("watch", str(tmp_path / "nope"))
     assert proc.stderr.strip().splitlines() == [
         f"harness: error: {tmp_path / 'nope'}: no such run folder"]
