@@ -26,8 +26,9 @@ from tests.cluster.conftest import FINAL_STATES, ROOT, SlurmCluster
 TWO_NODES = ("launch.nodes=2", "launch.ranks_per_node=1", "launch.launcher=srun",
              "launch.srun_mpi=pmix", "train.precision=fp32")
 
-#: A log line the harness ends with when it stops on an error (``harness: error: ...``).
-ERROR_LINE = re.compile(r"^harness: error: .*$", re.MULTILINE)
+#: A line the harness ends with when it stops on an error (``harness: error: ...``, or
+#: ``harness.train: error: ...`` from ``python -m harness.train``).
+ERROR_LINE = re.compile(r"^harness(?:\.\w+)*: error: .*$", re.MULTILINE)
 #: Progress lines of the plain log (``step 12/150 (8%) | ...``).
 PROGRESS = re.compile(r"\bstep (\d+)/(\d+) \(")
 
@@ -129,11 +130,16 @@ class Job:
         return self.wait_for(f"step {step}", lambda: self.last_step() >= step, timeout)
 
 
+#: Ids of the jobs the tests submitted (none may be left in the queue at the end).
+SUBMITTED: list[str] = []
+
+
 def submit(cluster: SlurmCluster, script: Path, runs: Path, *sbatch_args: str) -> Job:
     """``sbatch [ARGS] SCRIPT`` with the test bed's environment (this checkout first on
     ``PYTHONPATH``: Slurm passes the submitter's environment to the job)."""
     t0 = time.monotonic()
     jobid = cluster.sbatch(script, *sbatch_args)
+    SUBMITTED.append(jobid)
     return Job(cluster, jobid, runs, submitted=t0)
 
 

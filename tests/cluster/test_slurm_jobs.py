@@ -25,6 +25,7 @@ from tests.cluster.conftest import ROOT
 from tests.cluster.slurm_jobs import (
     ERROR_LINE,
     PROGRESS,
+    SUBMITTED,
     Job,
     checkpoint_steps,
     cluster_series,
@@ -127,6 +128,19 @@ def test_mpirun_inside_the_allocation_trains_on_two_nodes(slurm_cluster, tmp_pat
     summary = read_json(run / "summary.json")
     assert summary["steps"] == 4 and summary["replicas_in_sync"] is True
     assert checkpoint_steps(run) == [2, 4]
+
+
+def test_srun_without_pmix_is_refused_in_one_line(slurm_cluster, tmp_path):
+    """launch.srun_mpi none: every task is its own MPI world of one. The job fails at once
+    with one line saying to use --mpi=pmix, and leaves no run folder behind."""
+    script = launch(slurm_cluster, tmp_path, "launch.srun_mpi=none")
+    job = submit(slurm_cluster, script, tmp_path / "runs")
+    result = job.wait(timeout=120)
+    assert result.state == "FAILED", f"{result}\n{job.log()[-3000:]}"
+    errors = ERROR_LINE.findall(job.log())
+    assert errors and all("--mpi=pmix" in e for e in errors), job.log()[-3000:]
+    assert "Traceback" not in job.log(), job.log()[-3000:]
+    assert job.run_dirs() == []
 
 
 def test_power_governors_of_both_nodes_hold_one_budget(slurm_cluster, tmp_path):
@@ -395,8 +409,8 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
 
 
 def test_nothing_left_running(slurm_cluster):
-    """The tests' jobs are gone and every node is idle again."""
-    proc = slurm_cluster.run(["squeue", "-h", "-o", "%i %T %j"], timeout=15)
-    left = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert left == [] or all(" smoke" not in line for line in left), left
+    """The jobs of these tests are gone and every node is idle again."""
+    proc = slurm_cluster.run(["squeue", "-h", "-o", "%i %T"], timeout=15)
+    queued = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.strip())
+    assert not set(queued) & set(SUBMITTED), queued
     slurm_cluster.wait_nodes_idle(timeout=60)
