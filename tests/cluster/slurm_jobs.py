@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.conftest import FINAL_STATES, ROOT, SlurmCluster
+from tests.cluster.conftest import FINAL_STATES, ROOT, JobResult, SlurmCluster
 
 #: The smoke job on two nodes, one rank each, started by srun with PMIx (the PyPI Open MPI
 #: speaks PMIx only). Tests add their own ``--set`` overrides.
@@ -74,7 +74,7 @@ class Job:
     def state(self) -> str:
         return self.fields().get("JobState", "unknown")
 
-    def wait(self, timeout: float = 180):  # noqa: ANN201 - conftest.JobResult
+    def wait(self, timeout: float = 180) -> JobResult:
         return self.cluster.wait(self.jobid, timeout=timeout)
 
     def log(self) -> str:

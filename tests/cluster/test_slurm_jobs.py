@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import ROOT
+from tests.cluster.conftest import ROOT, JobResult
 from tests.cluster.slurm_jobs import (
     ERROR_LINE,
     PROGRESS,
@@ -57,7 +57,7 @@ def assert_on_both_nodes(cluster, run_dir: Path) -> None:
     assert len(set(hosts.values())) == 2 and set(hosts.values()) <= set(cluster.nodes), hosts
 
 
-def assert_completed(job: Job, result) -> None:  # noqa: ANN001 - conftest.JobResult
+def assert_completed(job: Job, result: JobResult) -> None:
     assert result[:3] == ("COMPLETED", 0, 0), f"{result}\n{job.log()[-4000:]}"
 
 
@@ -170,10 +170,11 @@ def test_power_governors_of_both_nodes_hold_one_budget(slurm_cluster, tmp_path):
     crossings = series.crossings(budget)
     peak = max(series.watts)
     over_s = sum(c[1] for c in crossings)
+    where = [(round(c[0] - series.unix_s[0], 2), round(c[1], 2), round(c[2], 1))
+             for c in crossings]
     print(f"\n[power] samples {len(series.unix_s)} over {duration:.1f} s; from the samples: "
-          f"peak {peak:.1f} W, {len(crossings)} crossing(s) {over_s:.2f} s "
-          f"{[(round(c[0] - series.unix_s[0], 2), round(c[1], 2), round(c[2], 1)) for c in crossings]};"
-          f" summary.json: peak {power['peak_cluster_w']:.1f} W, {power['crossings']} "
+          f"peak {peak:.1f} W, {len(crossings)} crossing(s) {over_s:.2f} s {where}; "
+          f"summary.json: peak {power['peak_cluster_w']:.1f} W, {power['crossings']} "
           f"crossing(s) {power['crossing_time_s']:.2f} s")
     # Where the samples' peak lies, for whoever reads a disagreement: the governors restore
     # the GPUs' limits at the end while the samplers still run.
