@@ -262,16 +262,32 @@ class ClusterSeries:
         return out
 
 
-def cluster_series(power_dir: Path) -> ClusterSeries:
-    """The cluster's power: at every sample instant (UTC) of any node, within the span every
-    node sampled, the sum over nodes of each node's total at that instant."""
+def governed_window(power_dir: Path) -> tuple[float, float]:
+    """(start, end) in Unix s while every node's governor held its caps: from the last
+    node's ``start`` event to the first node's ``restore`` (one segment: a run never
+    resumed). Outside it the GPUs ran at their own limits (before the first cap, after the
+    limits were given back at the end), which no governor answers for."""
+    starts, restores = [], []
+    for d in sorted(power_dir.glob("node*")):
+        events = [e for f in sorted(d.glob("governor_events*.jsonl")) for e in read_jsonl(f)]
+        starts.append(min(e["wall_time"] for e in events if e.get("event") == "start"))
+        restores.append(min(e["wall_time"] for e in events if e.get("event") == "restore"))
+    return max(starts), min(restores)
+
+
+def cluster_series(power_dir: Path, window: tuple[float, float] | None = None,
+                   shared_w: float = 0.0) -> ClusterSeries:
+    """The cluster's power: the sum over nodes of each node's total (interpolated between
+    its own samples) plus ``shared_w`` (the switch), at every sample instant (UTC) of any
+    node within ``window`` (default: the span every node sampled), the window's edges
+    included."""
     nodes = [node_series(d) for d in sorted(power_dir.iterdir())
              if d.is_dir() and d.name.startswith("node")]
     assert nodes, f"{power_dir}: no node folders"
-    start = max(n.unix_s[0] for n in nodes)
-    end = min(n.unix_s[-1] for n in nodes)
-    times = sorted({t for n in nodes for t in n.unix_s if start <= t <= end})
-    return ClusterSeries(times, [sum(n.at(t) for n in nodes) for t in times], nodes)
+    start, end = window or (max(n.unix_s[0] for n in nodes), min(n.unix_s[-1] for n in nodes))
+    assert start < end, (start, end)
+    times = sorted({start, end} | {t for n in nodes for t in n.unix_s if start < t < end})
+    return ClusterSeries(times, [sum(n.at(t) for n in nodes) + shared_w for t in times], nodes)
 
 
 # --- processes of a node ---------------------------------------------------------------------
