@@ -50,7 +50,13 @@ from power.nvml import open_nvml_gpus, shutdown_nvml
 from power.policy import Decision, GpuReading, PolicyConfig, decide
 from power.replay import load_trace, replay_gpus
 from power.sampler import PowerSampler
-from power.simulated import PROFILES, GpuProfile, SimulatedGPU, get_profile, make_simulated_gpus
+from power.simulated import (
+                          PROFILES,
+                          GpuProfile,
+                          SimulatedGPU,
+                          get_profile,
+                          make_simulated_gpus,
+)
 
 __all__ = [
                           "GPU",

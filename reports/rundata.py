@@ -409,7 +409,9 @@ def read_power_dir(path: Path, summary: dict[str, Any] | None = None) -> PowerDa
     problems: list[str] = []
     nodes = [_read_node(d, problems) for d in sorted(path.iterdir())
              if d.is_dir() and d.name.startswith("node")]
-    from power.cluster_series import read_cluster_series  # importing power at use: see tests
+    from power.cluster_series import (
+        read_cluster_series,  # importing power at use: see tests
+    )
 
     pd = PowerData(path=path, nodes=nodes, summary=summary, series=read_cluster_series(path))
     _read_meter(path, pd, problems)

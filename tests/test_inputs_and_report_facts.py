@@ -59,9 +59,9 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path:
 
 
 def test_a_dangling_link_in_an_input_folder_is_named(tmp_path: Path) -> None:
-    from harness.data.imageio import list_images
-
     import shutil
+
+    from harness.data.imageio import list_images
     shutil.copy(ROOT / "data" / "asc19-val" / "val_HR" / "301.png", tmp_path / "301.png")
     os.symlink(tmp_path / "gone.png", tmp_path / "302.png")
     with pytest.raises(UserError, match=r"1 image links point nowhere \(302\.png\)"):

@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -641,3 +641,52 @@ class Reducer:
 
             dist.all_reduce(t)
         return (t / self.world).tolist()
+
+
+#: What a collective library says when the rank at the other end is gone (gloo, MPI, sockets).
+_PEER_LOST = re.compile(r"connection (reset|closed|refused) by peer|broken pipe|"
+                        r"connection (was )?(closed|reset|lost)|peer (closed|lost|disconnected)|"
+                        r"ECONNRESET|EPIPE|process.* (failed|died|exited)", re.IGNORECASE)
+_IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
+
+
+def _host_of(address: str, timeout_s: float = 2.0) -> str | None:
+    """The name of ``address`` (/etc/hosts, DNS), or None within ``timeout_s``."""
+    import threading
+
+    found: list[str] = []
+
+    def look() -> None:
+        try:
+            found.append(socket.gethostbyaddr(address)[0])
+        except OSError:
+            pass
+
+    t = threading.Thread(target=look, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return found[0] if found else None
+
+
+def describe_peer_loss(exc: BaseException,
+                       resolve: Callable[[str], str | None] | None = None) -> str | None:
+    """One line for an exception that says a collective lost the rank at its other end (a node
+    lost, a rank killed): which node (named from the address in the library's message, by
+    ``resolve``: the host table by default), on which host this rank noticed it, and the
+    library's own words; None for anything else."""
+    resolve = resolve or _host_of
+    text = str(exc).strip()
+    if not text or not _PEER_LOST.search(text):
+        return None
+    where = []
+    for address in dict.fromkeys(_IPV4.findall(text)):
+        if address.startswith("127."):
+            continue
+        name = resolve(address)
+        where.append(f"{name} ({address})" if name else address)
+    first = text.splitlines()[0]
+    first = first if len(first) <= 160 else first[:159] + "…"
+    return (f"lost contact with {', '.join(where) or 'another rank'}: a collective failed "
+            f"on {socket.gethostname()} ({type(exc).__name__}: {first}); the node or its ranks "
+            "are gone: the job ends here (continue with --resume auto once the nodes are back, "
+            "or on the nodes left)")

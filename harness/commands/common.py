@@ -55,6 +55,12 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
 
         if job_was_aborted() and not _debug():  # a stalled rank ended the job: said once
             return STALL_EXIT
+        from harness.cluster.distributed import describe_peer_loss
+
+        lost = describe_peer_loss(exc)
+        if lost is not None and not _debug():  # a node or rank died: every rank left says so
+            print(f"{prog}: error: {lost}", file=sys.stderr, flush=True)
+            return 1
         if not isinstance(exc, OSError):
             raise
         if not quiet:  # the machine's fault, not a bug: one line (traceback under -v)

@@ -190,3 +190,19 @@ def test_torchrun_two_workers_bootstrap_without_mpi(tmp_path) -> None:
     assert rows[0]["gather"] == [{"rank": 0}, {"rank": 1}] and rows[1]["gather"] is None
     assert rows[0]["leaders"] == [0] and rows[1]["leaders"] is None  # one node: one leader
     assert rows[0]["port"] == rows[1]["port"]
+
+
+def test_a_lost_peer_is_one_line_naming_its_node() -> None:
+    """gloo's words when the rank at the other end died become one line that names the
+    node (from the address, through the host table) and the host that noticed it."""
+    from harness.cluster.distributed import describe_peer_loss
+
+    exc = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
+                       "closed by peer [127.0.0.1]:40123; peer at [192.0.2.77]:5000")
+    line = describe_peer_loss(exc, resolve={"192.0.2.77": "node1"}.get)
+    assert line is not None and "\n" not in line
+    assert line.startswith("lost contact with node1 (192.0.2.77)") and "Connection closed" in line
+    assert describe_peer_loss(ValueError("a bug")) is None
+    assert describe_peer_loss(RuntimeError("Connection reset by peer"), resolve=lambda a: None
+                              ).startswith(
+        "lost contact with another rank")

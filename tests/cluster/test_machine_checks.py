@@ -5,7 +5,12 @@ import json
 import os
 
 import power
-from harness.cluster.machine_checks import check_gpus, job_can_run, plan_checks, run_checks
+from harness.cluster.machine_checks import (
+    check_gpus,
+    job_can_run,
+    plan_checks,
+    run_checks,
+)
 from harness.config import load_job
 from tests.conftest import ROOT, run_harness
 

@@ -2,7 +2,12 @@
 import json
 import sys
 
-from harness.cluster.distributed import get_comm, get_dist_info, init_torch_distributed, rendezvous
+from harness.cluster.distributed import (
+    get_comm,
+    get_dist_info,
+    init_torch_distributed,
+    rendezvous,
+)
 
 
 def main() -> None:

@@ -42,7 +42,10 @@ def facenet_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def facenet(facenet_cache: Path):
-    from harness.scoring.recognizers.facenet import FaceNetRecognizer, load_facenet_state_dict
+    from harness.scoring.recognizers.facenet import (
+        FaceNetRecognizer,
+        load_facenet_state_dict,
+    )
 
     return FaceNetRecognizer(state_dict=load_facenet_state_dict(cache=facenet_cache))
 
