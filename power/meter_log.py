@@ -176,25 +176,11 @@ def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
-def read_meter_log(path: str | os.PathLike[str], *, time_column: str | None = None,
-                   power_columns: Sequence[str] | None = None, utc_offset_h: float = 0.0,
-                   offset_s: float = 0.0) -> MeterLog:
-    """Read a meter's CSV export (columns as in the module docstring).
-
-    Args:
-        path: The CSV file.
-        time_column: Name of the time column (default: found by name).
-        power_columns: Names of the power columns, in W (default: found by name).
-        utc_offset_h: Offset of the meter's local time from UTC for stamps without a zone
-            (e.g. 8 for a meter logging Beijing time).
-        offset_s: Added to every time (a meter clock known to run ahead is corrected with a
-            negative value).
-
-    Raises:
-        MeterLogError: Unreadable, no time or power column, a bad value (names file and line).
-    """
-    p = Path(path)
-    header, rows = _rows(p)
+def _columns(p: Path, header: Sequence[str], time_column: str | None,
+             power_columns: Sequence[str] | None
+             ) -> tuple[int | None, int, list[tuple[int, float]], int | None]:
+    """(date column, time column, [(power column, scale to W)], channel column) of a meter
+    log's header, named or found by name."""
     names = [_norm(h) for h in header]
     index = {n: i for i, n in enumerate(names)}
 
@@ -224,6 +210,29 @@ def read_meter_log(path: str | os.PathLike[str], *, time_column: str | None = No
             raise MeterLogError(f"{p}: no power column (expected watts, power_w, power, kw... "
                                 f"or a name ending in _w); columns: {', '.join(header)}")
     chan_col = next((index[n] for n in CHANNEL_NAMES if n in index), None)
+    return date_col, t_col, p_cols, chan_col
+
+
+def read_meter_log(path: str | os.PathLike[str], *, time_column: str | None = None,
+                   power_columns: Sequence[str] | None = None, utc_offset_h: float = 0.0,
+                   offset_s: float = 0.0) -> MeterLog:
+    """Read a meter's CSV export (columns as in the module docstring).
+
+    Args:
+        path: The CSV file.
+        time_column: Name of the time column (default: found by name).
+        power_columns: Names of the power columns, in W (default: found by name).
+        utc_offset_h: Offset of the meter's local time from UTC for stamps without a zone
+            (e.g. 8 for a meter logging Beijing time).
+        offset_s: Added to every time (a meter clock known to run ahead is corrected with a
+            negative value).
+
+    Raises:
+        MeterLogError: Unreadable, no time or power column, a bad value (names file and line).
+    """
+    p = Path(path)
+    header, rows = _rows(p)
+    date_col, t_col, p_cols, chan_col = _columns(p, header, time_column, power_columns)
 
     times: list[float] = []
     watts: list[float] = []

@@ -283,6 +283,40 @@ def _sbatch_value(value: str, what: str) -> str:
     return shlex.quote(value)
 
 
+def _sbatch_header(job: JobConfig, threads: int, workdir: str | None) -> list[str]:
+    """The ``#SBATCH`` lines of :func:`sbatch_script`: size, time, log, requeue, signal."""
+    launch = job.launch
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job.name}",
+        f"#SBATCH --nodes={launch.nodes}",
+        f"#SBATCH --ntasks-per-node={launch.ranks_per_node}",
+    ]
+    if launch.launcher != "torchrun" and threads:
+        lines.append(f"#SBATCH --cpus-per-task={threads}")
+    if launch.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={launch.gpus_per_node}")
+    if launch.hosts:  # checked in harness.config: host-name characters only
+        lines.append(f"#SBATCH --nodelist={','.join(launch.hosts)}")
+    if exclusive(job):
+        lines.append("#SBATCH --exclusive")
+    if launch.oversubscribe:
+        lines.append("#SBATCH --overcommit")
+    lines.append(f"#SBATCH --time={launch.time}")
+    if launch.partition:
+        lines.append(f"#SBATCH --partition={_sbatch_value(launch.partition, 'launch.partition')}")
+    if launch.account:
+        lines.append(f"#SBATCH --account={_sbatch_value(launch.account, 'launch.account')}")
+    if workdir:
+        lines.append(f"#SBATCH --chdir={_sbatch_value(workdir, 'working directory')}")
+    log_dir = _sbatch_value(slurm_log_dir(job, workdir), "launch.run_dir")
+    lines.append(f"#SBATCH --output={log_dir}/{SLURM_LOG_NAME}")
+    lines += ["#SBATCH --open-mode=append", "#SBATCH --requeue"]
+    if launch.signal_lead_s:
+        lines.append(f"#SBATCH --signal=USR1@{launch.signal_lead_s}")
+    return lines
+
+
 def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
                   module: str = "harness.train", args: Sequence[str] = (),
                   workdir: str | None = None) -> str:
@@ -321,34 +355,7 @@ def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
     """
     launch = job.launch
     threads = threads_per_task(job, module)
-    lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={job.name}",
-        f"#SBATCH --nodes={launch.nodes}",
-        f"#SBATCH --ntasks-per-node={launch.ranks_per_node}",
-    ]
-    if launch.launcher != "torchrun" and threads:
-        lines.append(f"#SBATCH --cpus-per-task={threads}")
-    if launch.gpus_per_node:
-        lines.append(f"#SBATCH --gpus-per-node={launch.gpus_per_node}")
-    if launch.hosts:  # checked in harness.config: host-name characters only
-        lines.append(f"#SBATCH --nodelist={','.join(launch.hosts)}")
-    if exclusive(job):
-        lines.append("#SBATCH --exclusive")
-    if launch.oversubscribe:
-        lines.append("#SBATCH --overcommit")
-    lines.append(f"#SBATCH --time={launch.time}")
-    if launch.partition:
-        lines.append(f"#SBATCH --partition={_sbatch_value(launch.partition, 'launch.partition')}")
-    if launch.account:
-        lines.append(f"#SBATCH --account={_sbatch_value(launch.account, 'launch.account')}")
-    if workdir:
-        lines.append(f"#SBATCH --chdir={_sbatch_value(workdir, 'working directory')}")
-    log_dir = _sbatch_value(slurm_log_dir(job, workdir), "launch.run_dir")
-    lines.append(f"#SBATCH --output={log_dir}/{SLURM_LOG_NAME}")
-    lines += ["#SBATCH --open-mode=append", "#SBATCH --requeue"]
-    if launch.signal_lead_s:
-        lines.append(f"#SBATCH --signal=USR1@{launch.signal_lead_s}")
+    lines = _sbatch_header(job, threads, workdir)
     lines += ["", "set -euo pipefail"]
     if workdir:
         lines.append(f"cd {shlex.quote(workdir)}")

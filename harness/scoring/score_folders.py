@@ -476,9 +476,8 @@ def evaluate_dirs(
         metrics: Names from :data:`ALL_METRICS`.
         batch_size: Images per batch.
         shave: Border pixels ignored by the image-quality metrics.
-        comm: The job's communicator (default: :func:`harness.cluster.distributed.get_comm`);
-            each rank scores its :func:`~harness.cluster.distributed.shard` of the pairs and
-            rank 0 gathers them.
+        comm: The job's communicator (default: ``get_comm()``); each rank scores its
+            :func:`~harness.cluster.distributed.shard` of the pairs, rank 0 gathers them.
         device: Device for a recognizer given by name.
         progress: Called with the number of pairs finished after each batch.
         meta: Extra fields for ``scores.json``'s ``meta``.
@@ -516,25 +515,10 @@ def evaluate_dirs(
         precision=precision,
         impostors=impostors,
     )
-    mine_part = (records, impostors.part())
-    parts = comm.gather(mine_part, root=0) if world_size > 1 else [mine_part]
-    verdict: str | None = None
-    if rank == 0:
-        records = unshard([r for r, _ in parts])
-        summary = summarize(records)
-        _warn_resized(records)
-        if "is" in names:
-            try:
-                judge_scores(summary["metrics"]["is"]["mean"],
-                             impostors.merge([i for _, i in parts]),
-                             getattr(rec_obj, "name", str(rec_obj)))
-            except UserError as exc:
-                verdict = str(exc)
-    verdict = comm.bcast(verdict, root=0) if world_size > 1 else verdict
-    if verdict:  # every rank stops alike, and nothing is written
-        raise UserError(verdict)
-    if rank != 0:
+    gathered = _gather_and_judge(comm, records, impostors, "is" in names, rec_obj)
+    if gathered is None:
         return None
+    records, summary = gathered
     paths: tuple[Path, Path] | None = None
     run_meta: dict[str, Any] = {"precision": precision}
     if out_dir is not None:
@@ -543,6 +527,34 @@ def evaluate_dirs(
         run_meta.update(meta or {})
         paths = write_scores(out_dir, records, summary, run_meta)
     return {"summary": summary, "records": records, "paths": paths, "meta": run_meta}
+
+
+def _gather_and_judge(comm: Comm, records: list[dict[str, Any]], impostors: ImpostorStats,
+                      with_is: bool, recognizer: Any
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """Every rank's records on rank 0, summarised and judged (can these scores mean
+    anything?); every rank raises alike when they cannot. (records, summary) on rank 0, None
+    on the others."""
+    rank, world_size = comm.rank, comm.size
+    mine_part = (records, impostors.part())
+    parts = comm.gather(mine_part, root=0) if world_size > 1 else [mine_part]
+    verdict: str | None = None
+    summary: dict[str, Any] = {}
+    if rank == 0:
+        records = unshard([r for r, _ in parts])
+        summary = summarize(records)
+        _warn_resized(records)
+        if with_is:
+            try:
+                judge_scores(summary["metrics"]["is"]["mean"],
+                             impostors.merge([i for _, i in parts]),
+                             getattr(recognizer, "name", str(recognizer)))
+            except UserError as exc:
+                verdict = str(exc)
+    verdict = comm.bcast(verdict, root=0) if world_size > 1 else verdict
+    if verdict:  # every rank stops alike, and nothing is written
+        raise UserError(verdict)
+    return (records, summary) if rank == 0 else None
 
 
 def _scores_meta(hr_dir: str | Path, sr_dir: str | Path, lr_dir: str | Path | None,
