@@ -15,11 +15,15 @@ class UserError(Exception):
     Args:
         message: What went wrong and where, e.g. ``"jobs/x.yaml: train.lr: expected a number"``.
         exit_code: Process exit status to use when this reaches the command line.
+        every_rank: Every rank prints it (see the attribute).
     """
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
+    def __init__(self, message: str, exit_code: int = 2, *, every_rank: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.every_rank = every_rank
+        """Printed by every rank, not only rank 0: raised before the ranks can agree (a
+        launcher may end rank 0 before it speaks, when another rank fails first)."""
 
 
 #: errno -> what the user should read first.

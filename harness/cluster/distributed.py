@@ -484,7 +484,7 @@ def _open_comm(info: DistInfo) -> Comm:
             log.warning("mpi4py sees 1 rank but %s says %d: using torch.distributed (gloo)",
                         info.launcher, info.world_size)
             return TorchComm.from_env(info)
-        raise UserError(mpi_world_mismatch(info, comm.size))
+        raise UserError(mpi_world_mismatch(info, comm.size), every_rank=True)
     return comm
 
 

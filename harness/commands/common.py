@@ -44,7 +44,7 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
     try:
         return fn()
     except UserError as exc:
-        if not quiet:
+        if not quiet or exc.every_rank:
             print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -301,7 +301,7 @@ def test_slurm_time_limit_is_read_from_slurm_and_honoured(slurm_cluster, tmp_pat
     assert end - start < 120
     run = job.run_dir()
     summary = read_json(run / "summary.json")
-    assert summary["stopped_early"] is True and summary["stopped_by"] is None
+    assert summary["stopped_early"] is True and summary["stopped_by"] == "the Slurm time limit"
     stopped = summary["steps"]
     assert 1 <= stopped < steps
     assert checkpoint_steps(run)[-1] == stopped

@@ -163,7 +163,10 @@ CASES = [
         "report", str(t / "runs/run"), "-o", str(t / "afile")], 2, "not a harness report"),
     Case("report -o over the run's job.yaml", lambda t: [
         "report", str(t / "runs/run"), "-o", str(t / "runs/run/job.yaml")], 2,
-        "not a harness report"),
+        "is a file of the run"),
+    Case("report -o over the run's job.yaml, --overwrite", lambda t: [
+        "report", str(t / "runs/run"), "-o", str(t / "runs/run/job.yaml"), "--overwrite"], 2,
+        "is a file of the run"),
     Case("report -o is the run folder", lambda t: [
         "report", str(t / "runs/run"), "-o", str(t / "runs/run")], 2, "is also an input"),
     Case("prepare --out into its source", lambda t: [
