@@ -7,6 +7,7 @@ Layout of ``runs/<name>-<YYYYmmdd-HHMMSS>/`` (written by :mod:`harness.outputs.r
 """
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -28,3 +29,20 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a run folder's CSV file (power samples, per-image scores) as dicts; [] when
+    the file does not exist.
+
+    Raises:
+        ValueError: the file cannot be read or parsed (the message says why).
+    """
+    p = Path(path)
+    if not p.is_file():
+        return []
+    try:
+        with p.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"unreadable ({exc})") from None

@@ -23,7 +23,6 @@ averaged in.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -150,13 +149,12 @@ def _num(s: Any) -> float | None:
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
+    from fileio.run_files import read_csv_rows
+
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        log.warning("%s: unreadable (%s)", path, exc)
+        return read_csv_rows(path)
+    except ValueError as exc:
+        log.warning("%s: %s", path, exc)
         return []
 
 

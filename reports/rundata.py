@@ -10,7 +10,6 @@ The file formats are those written by :mod:`harness.outputs.run_folders`, :mod:`
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fileio.run_files import read_metrics
+from fileio.run_files import read_csv_rows, read_metrics
 from fileio.user_error import UserError
 
 if TYPE_CHECKING:
@@ -330,13 +329,10 @@ def _float(s: Any) -> float | None:
 
 
 def _read_csv(path: Path, problems: list[str]) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        problems.append(f"{path.name}: unreadable ({exc})")
+        return read_csv_rows(path)
+    except ValueError as exc:
+        problems.append(f"{path.name}: {exc}")
         return []
 
 

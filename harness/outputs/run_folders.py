@@ -204,14 +204,20 @@ def update_manifest(run_dir: Path, fields: dict[str, Any]) -> None:
         UserError: the manifest is not a JSON object (a damaged run folder).
     """
     path = run_dir / "manifest.json"
+    doc = _read_manifest(path)
+    doc.update(fields)
+    write_json_atomic(path, doc)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``manifest.json`` as a dict, or a one-line error naming the damaged file."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         raise UserError(f"{path}: not valid JSON; the run folder is damaged") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: not a manifest; the run folder is damaged")
-    doc.update(fields)
-    write_json_atomic(path, doc)
+    return doc
 
 
 def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> None:
@@ -221,12 +227,7 @@ def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> No
     ``job-resume-N.yaml`` so the report can say what changed.
     """
     path = run_dir / "manifest.json"
-    try:
-        first = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise UserError(f"{path}: not valid JSON; the run folder is damaged") from None
-    if not isinstance(first, dict):
-        raise UserError(f"{path}: not a manifest; the run folder is damaged")
+    first = _read_manifest(path)
     resumes = first.setdefault("resumes", [])
     entry = {k: manifest[k] for k in ("created", "git_commit", "world_size", "launcher",
                                       "nodes", "command", "slurm") if k in manifest}
