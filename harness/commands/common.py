@@ -46,6 +46,8 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
     except UserError as exc:
         if not quiet or exc.every_rank:
             print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        else:
+            _let_rank0_speak()
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
@@ -68,6 +70,19 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
                 traceback.print_exc()
             print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr, flush=True)
         return 1
+
+
+#: How long a rank that leaves an error for rank 0 to print waits before it exits.
+QUIET_EXIT_DELAY_S = 2.0
+
+
+def _let_rank0_speak() -> None:
+    """A rank that fails quietly (rank 0 prints the same line) waits a moment first: mpirun and
+    ``srun --kill-on-bad-exit`` end the whole job at the first rank's non-zero exit, which
+    could otherwise kill rank 0 before its line is out."""
+    import time
+
+    time.sleep(QUIET_EXIT_DELAY_S)
 
 
 def _skip_exit_collection() -> None:
@@ -122,6 +137,8 @@ class _RankParser(argparse.ArgumentParser):
         if get_dist_info().is_master:
             self.print_usage(sys.stderr)
             print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        else:
+            _let_rank0_speak()
         sys.exit(2)
 
 
