@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fileio.atomic import write_text_atomic
+from fileio.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,7 @@ def record_folder(path: Path, source: Path | None, recipe: str, what: str) -> No
     """Record the SHA-256 of every file of a cache folder after the runtime wrote it."""
     if not path.is_dir():
         return
-    doc = {"files": _folder_digests(path), "source": source_record(source, recipe),
-           "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    try:
-        write_text_atomic(sidecar(path), json.dumps(doc, indent=2) + "\n")
-    except OSError as exc:
-        log.warning("%s: cannot record the checksums of %s (%s)", what, path, exc)
+    _write_sidecar(path, {"files": _folder_digests(path)}, source, recipe, what)
 
 
 def check_entry(path: Path, source: Path | None, recipe: str, what: str) -> bool:
@@ -190,10 +185,17 @@ def check_entry(path: Path, source: Path | None, recipe: str, what: str) -> bool
 def record_entry(path: Path, source: Path | None, recipe: str, what: str) -> None:
     """Write the sidecar of a freshly built entry (a cache that cannot be written is skipped:
     the entry is then rebuilt next time)."""
-    doc = {"sha256": _digest(path), "source": source_record(source, recipe),
+    _write_sidecar(path, {"sha256": _digest(path)}, source, recipe, what)
+
+
+def _write_sidecar(path: Path, digests: dict[str, Any], source: Path | None, recipe: str,
+                   what: str) -> None:
+    """``path``'s sidecar: its digests, its source and when (a cache that cannot be written
+    is skipped: the entry is then rebuilt next time)."""
+    doc = {**digests, "source": source_record(source, recipe),
            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     try:
-        write_text_atomic(sidecar(path), json.dumps(doc, indent=2) + "\n")
+        write_json_atomic(sidecar(path), doc)
     except OSError as exc:
         log.warning("%s: cannot record the checksum of %s (%s)", what, path, exc)
 
