@@ -3,6 +3,11 @@ train.max_minutes, finish the fitted schedule, record it, and keep it on --resum
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,13 +94,37 @@ def test_tiny_time_limit_fits_steps_and_finishes_the_schedule(tmp_path: Path) ->
     assert (run / "checkpoints" / f"ckpt-{fitted:06d}.pt").is_file()
 
 
+def _stop_once_fitted(tmp_path: Path) -> tuple[Path, dict]:
+    """Train with FIT and SIGTERM the run as soon as its manifest records the fitted plan (a
+    fixed ``--stop-after`` came before the fit on a fast CPU): it checkpoints and stops."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "train", "--job", SMOKE,
+                             "--quiet", "--run-dir", str(tmp_path), *FIT], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fit = None
+    try:
+        deadline = time.monotonic() + 120
+        while fit is None and proc.poll() is None and time.monotonic() < deadline:
+            manifest = tmp_path / "smoke-latest" / "manifest.json"
+            try:
+                fit = json.loads(manifest.read_text()).get("fit")
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and fit is not None, stderr[-3000:]
+    return _run_dir(tmp_path), fit
+
+
 def test_resumed_run_keeps_the_fitted_plan(tmp_path: Path) -> None:
-    first = run_harness("train", "--job", SMOKE, "--quiet", "--run-dir", str(tmp_path), *FIT,
-                        "--stop-after", "40")
-    assert first.returncode == 0, first.stderr[-3000:]
-    run = _run_dir(tmp_path)
-    fit = json.loads((run / "manifest.json").read_text())["fit"]
-    assert fit["at_step"] < 40 < fit["fitted_steps"], fit  # the machine is far too slow else
+    run, fit = _stop_once_fitted(tmp_path)
+    first = json.loads((run / "summary.json").read_text())
+    assert first["stopped_by"] == "SIGTERM", first["stopped_by"]
+    assert fit["at_step"] <= first["steps"] < fit["fitted_steps"], (fit, first["steps"])
     again = run_harness("train", "--job", SMOKE, "--quiet", "--resume", str(run), *FIT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "this machine runs" not in again.stderr  # no re-fitting
