@@ -37,7 +37,9 @@ def _run_stalled(mpirun: str, tmp_path: Path, stage: str, args: list[str]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT,
                           check=False)
     ended = time.time()
-    beat = json.loads((tmp_path / "progress" / "rank-1").read_text())
+    # the heartbeat it wrote as it stopped (rank-1 itself may be newer: mpirun's SIGCONT
+    # before its SIGKILL lets a fast rank run on for a moment)
+    beat = json.loads((tmp_path / "progress" / "rank-1.stopped").read_text())
     assert beat["stage"] == stage  # it stopped where it was told to
     return proc, ended - float(beat["since"])
 
