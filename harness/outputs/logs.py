@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,18 @@ def setup_logging(verbose: bool = False, rank: int = 0, world_size: int = 1) -> 
 
 
 class RunLog:
-    """While open, rank 0's log records and progress lines also go to ``path`` (appended)."""
+    """While open, rank 0's log records and progress lines also go to ``path`` (appended).
 
-    def __init__(self, path: Path | None) -> None:
+    When the block ends with an exception, the file gets one ``ERROR`` line saying why the
+    run ended (``describe(exc)``, else the exception's own words) before it is closed: the
+    run folder keeps the reason even when the launcher's output is lost (a ``srun`` killed
+    with its node). The line goes to the file alone; the command prints its own on stderr.
+    """
+
+    def __init__(self, path: Path | None,
+                 describe: Callable[[BaseException], str | None] | None = None) -> None:
         self.path = path
+        self.describe = describe
         self._handler: logging.Handler | None = None
 
     def __enter__(self) -> RunLog:
@@ -104,11 +113,28 @@ class RunLog:
             logging.getLogger("harness.progress").addHandler(self._handler)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if self._handler is not None and exc is not None:
+            self._record_end(exc)
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
             logging.getLogger("harness.progress").removeHandler(self._handler)
             self._handler.close()
+
+
+    def _record_end(self, exc: BaseException) -> None:
+        assert self._handler is not None
+        why = self.describe(exc) if self.describe is not None else None
+        if why is None:
+            if isinstance(exc, KeyboardInterrupt):
+                why = "interrupted"
+            else:
+                words = str(exc).strip().splitlines()
+                why = f"{type(exc).__name__}: {words[0] if words else '(no message)'}"
+        record = logging.LogRecord("harness", logging.ERROR, __file__, 0,
+                                   "the run ended: %s", (why,), None)
+        self._handler.handle(record)
 
 
 class CountProgress:

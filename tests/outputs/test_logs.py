@@ -51,3 +51,32 @@ def test_time_limit_applies_inside_slurm_only() -> None:
     deadline = time_limit_deadline(job, env={"SLURM_JOB_ID": "7",
                                              "SLURM_JOB_START_TIME": str(start)}, now=0.0)
     assert deadline == pytest.approx(3600 - 600 - 120 - 60, abs=2)
+
+
+def test_the_run_log_ends_with_why_the_run_ended(tmp_path) -> None:
+    """An exception leaving the block puts one ERROR line in the file (the describer's words
+    when it has some, else the exception's first line); a clean exit adds nothing."""
+    import logging
+
+    from harness.outputs.logs import RunLog
+
+    path = tmp_path / "train.log"
+    with RunLog(path):
+        logging.getLogger("harness.x").warning("kept")
+    assert "the run ended" not in path.read_text()
+
+    def describe(exc: BaseException) -> str | None:
+        return "lost contact with node1 (10.77.0.11)" if "reset" in str(exc) else None
+
+    for exc in (RuntimeError("Connection reset by peer"), ValueError("bad\nsecond line")):
+        try:
+            with RunLog(path, describe=describe):
+                raise exc
+        except (RuntimeError, ValueError):
+            pass
+    lines = [line for line in path.read_text().splitlines() if "the run ended" in line]
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "ERROR harness: the run ended: lost contact with node1 (10.77.0.11)",
+        "ERROR harness: the run ended: ValueError: bad"]
+    assert not logging.getLogger().handlers or all(
+        getattr(h, "baseFilename", None) != str(path) for h in logging.getLogger().handlers)
