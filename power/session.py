@@ -3,7 +3,8 @@
 :func:`power_session` is the only seam between the workloads and ``power/``: a context manager
 that, on local rank 0 of every node, opens that node's GPUs (NVML, simulated or replayed),
 starts the >= 10 Hz sampler and the governor's background control loop (nodes combine their
-power over an MPI communicator of node leaders), and restores every GPU setting on exit —
+power over a communicator of node leaders: MPI, or a gloo group when the workload runs
+on torch.distributed), and restores every GPU setting on exit —
 normal, exception, SIGINT or SIGTERM. ``summary(images)`` gives the cluster figures that go
 next to IS: average and peak W, energy, images/s/W, J/image and budget crossings.
 

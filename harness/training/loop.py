@@ -22,13 +22,17 @@ from typing import Any
 import torch
 
 from fileio.atomic import write_json_atomic
+from fileio.user_error import UserError
 from harness.cluster import watchdog
 from harness.cluster.distributed import (
     Comm,
     DistInfo,
+    allgather_ints,
+    describe_peer_loss,
     get_comm,
     get_dist_info,
     shutdown_torch_distributed,
+    steps_comm,
 )
 from harness.cluster.slurm import (
     MIN_TRAIN_S,
@@ -37,7 +41,7 @@ from harness.cluster.slurm import (
     query_time_left_s,
     slurm_job,
 )
-from harness.cluster.watchdog import StallWatchdog
+from harness.cluster.watchdog import StallWatchdog, timeout_from_env, torch_timeout_s
 from harness.config import JobConfig
 from harness.data.loader import BatchLoader
 from harness.data.pairs import PairSet, check_split, load_pairs, only_flips
@@ -121,6 +125,8 @@ class Trainer:
 
     def __init__(self, job: JobConfig, info: DistInfo, comm: Comm, engine: Engine,
                  train_set: PairSet, val_set: PairSet, run_dir: Path) -> None:
+        # comm: every collective of training and its power session (gloo once DDP has set up
+        # torch.distributed, see steps_comm)
         self.job, self.info, self.comm, self.engine = job, info, comm, engine
         self.train_set, self.val_set, self.run_dir = train_set, val_set, run_dir
         self.ckpt_dir = run_dir / "checkpoints"
@@ -202,7 +208,7 @@ class Trainer:
         try:
             saved = ckpt.save_atomic(state, self.ckpt_dir / ckpt.checkpoint_name(step))
         except OSError as exc:  # disk full, quota: say what is safe and how to go on
-            from fileio.user_error import UserError, describe_os_error
+            from fileio.user_error import describe_os_error
 
             where = (f"last good checkpoint {self.last_saved}" if self.last_saved
                      else "no checkpoint was written yet")
@@ -288,9 +294,10 @@ class Trainer:
                 return {"final_step": done, "images": images, "t_start": t_start,
                         "stopped_early": True, "interrupted": True}
             # One collective: rank 0's clock decides the deadline, any rank's signal stops all.
-            flags = comm.allgather((time.perf_counter() > deadline,
-                                    signals.received if signals is not None else None))
-            stopped_by = next((s for _, s in flags if s), None)
+            received = signals.received if signals is not None else None
+            flags = allgather_ints(comm, (int(time.perf_counter() > deadline),
+                                          int(signal.Signals[received]) if received else 0))
+            stopped_by = next((signal.Signals(s).name for _, s in flags if s), None)
             if stopped_by:
                 return {"final_step": done, "images": images, "t_start": t_start,
                         "stopped_early": True, "interrupted": True, "stopped_by": stopped_by}
@@ -531,7 +538,7 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
     val_set = load_pairs(job.data.val, job.data.lr_kernel)
     check_split(len(train_set), job.train.batch_size, info.world_size, job.data.train)
     run_dir, resume_ckpt, init_path = _open_run(job, info, comm, resume, run_parent)
-    with RunLog(run_dir / "train.log" if info.is_master else None):
+    with RunLog(run_dir / "train.log" if info.is_master else None, describe=_why_ended):
         slurm = slurm_job()
         if slurm is not None and info.is_master:
             log.info("Slurm job %s attempt %d (SLURM_RESTART_COUNT=%d) on %s", slurm.job_id,
@@ -540,7 +547,9 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
                        extra={"train_pairs": len(train_set), "val_pairs": len(val_set),
                               "backend": job.train.backend})
         engine = build_engine(job, info, comm, device, init_path)
-        trainer = Trainer(job, info, comm, engine, train_set, val_set, run_dir)
+        trainer = Trainer(job, info, steps_comm(comm, torch_timeout_s(
+            timeout_from_env(job.train.collective_timeout_s))), engine, train_set,
+            val_set, run_dir)
         if resume_ckpt is not None:
             trainer.restore(resume_ckpt)
         trainer.time_left_at = time.monotonic()
@@ -548,6 +557,14 @@ def train(job: JobConfig, *, resume: str | None = None, run_parent: str | None =
         summary = _run(trainer, log_format, log_interval_s, stop_after)
     shutdown_torch_distributed()
     return summary
+
+
+def _why_ended(exc: BaseException) -> str | None:
+    """The line ``train.log`` ends with when training raised: a lost node or rank named as
+    the command names it, a user error's own line; anything else in the exception's words."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    return describe_peer_loss(exc)
 
 
 def _previous_power(run_dir: Path) -> dict[str, Any] | None:
@@ -566,12 +583,12 @@ def _run(trainer: Trainer, log_format: str, log_interval_s: float,
     from harness.cluster.watchdog import on_stall
     from power.session import combine_segments, power_session
 
-    job, info, comm, run_dir = trainer.job, trainer.info, trainer.comm, trainer.run_dir
+    job, info, run_dir = trainer.job, trainer.info, trainer.run_dir
     mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
     trainer.engine.wrapped.train()
     trainer.last_saved = ckpt.latest(trainer.ckpt_dir)
     with StopSignals() as signals, trainer.watchdog, \
-            power_session(job.power, info, comm, run_dir, on_stall=on_stall) as power:
+            power_session(job.power, info, trainer.comm, run_dir, on_stall=on_stall) as power:
         display = TrainProgress(mode, total=trainer.job.train.steps, start=trainer.start_step,
                                 batch_size=job.train.batch_size, interval_s=log_interval_s,
                                 power=power.live)

@@ -163,6 +163,30 @@ def test_mpirun_two_ranks_agree_on_world_and_port(mpirun: str) -> None:
     assert {r["allreduce"] for r in rows} == {3.0}
 
 
+@pytest.mark.mpi
+def test_training_collectives_run_on_gloo_and_a_killed_rank_is_named(mpirun: str,
+                                                                    monkeypatch) -> None:
+    """After DDP's start-up, training's collectives (``steps_comm``) are a watched gloo group:
+    objects and the per-step integers arrive in rank order, and when rank 1 is SIGKILLed
+    mid-collective rank 0 gets an error it can put in one line. (Over the job's MPI
+    communicator it never does: Open MPI ends it in C, exit 14 on Slurm, nothing said.)"""
+    proc = run_mpi(mpirun, 2, ["-m", "tests.mpi_programs.lost_peer_probe"], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = sorted((json.loads(line) for line in proc.stdout.splitlines()
+                   if line.startswith("{")), key=lambda r: r["rank"])
+    assert [r["rank"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["comm"] == "TorchComm"
+        assert r["ints"] == [[0, 7], [1, 7]] and r["objects"] == [{"rank": 0}, {"rank": 1}]
+
+    monkeypatch.setenv("PROBE_KILL_AFTER", "200")
+    proc = run_mpi(mpirun, 2, ["-m", "tests.mpi_programs.lost_peer_probe"], timeout=120)
+    lost = [json.loads(line) for line in proc.stdout.splitlines() if '"lost"' in line]
+    assert proc.returncode != 0
+    assert len(lost) == 1 and lost[0]["rank"] == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert lost[0]["lost"].startswith("lost contact with "), lost[0]
+
+
 def test_torchrun_two_workers_bootstrap_without_mpi(tmp_path) -> None:
     """The line `harness launch` prints for launch.launcher=torchrun, run for real: two workers
     find their ranks and exchange objects through torch.distributed, never loading mpi4py."""

@@ -153,7 +153,7 @@ def test_power_governors_of_both_nodes_hold_one_budget(slurm_cluster, tmp_path):
     # happen now and then and their count is compared too
     script = launch(slurm_cluster, tmp_path, "power.enabled=true", "power.backend=simulated",
                     "power.sim_gpus_per_node=4", f"power.budget_w={budget}",
-                    "power.headroom_w=40", "train.steps=150", "train.ckpt_every=0")
+                    "power.headroom_w=40", "train.steps=400", "train.ckpt_every=0")
     job = submit(slurm_cluster, script, tmp_path / "runs")
     assert_completed(job, job.wait(timeout=180))
     run = job.run_dir()
@@ -309,10 +309,14 @@ def test_slurm_time_limit_is_read_from_slurm_and_honoured(slurm_cluster, tmp_pat
     assert "Slurm time limit" in log, log[-2000:]
 
 
+def _text(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+
+
 def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_cluster, tmp_path):
     """node1 crashes (its slurmd and the job's processes there SIGKILLed) after step 40: the
     ranks left end within the watchdog deadline (train.collective_timeout_s 5) with a line
-    naming node1, and Slurm ends the job (node failure) and requeues it; with one node asked
+    naming node1 (on stderr, and as the last line of the run's train.log), and Slurm ends the job (node failure) and requeues it; with one node asked
     for, ``--resume auto`` continues the same run on node0 alone from its checkpoint (or
     refuses a world-size change with one line)."""
     timeout_s = 5
@@ -333,6 +337,7 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
             os.kill(pid, 9)
         said = ended = survivors_gone = None
         left = next(n for n in slurm_cluster.nodes if n != lost)
+        log = run / "train.log"  # rank 0's own log file, written on the node left
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (said is None or ended is None):
             now = time.monotonic()
@@ -341,11 +346,13 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
                 survivors_gone = now - killed_at
             if ended is not None and now - killed_at > ended + 5:
                 break  # the log is complete
-            if said is None and any(lost in m.group(0) for m in ERROR_LINE.finditer(job.log())):
+            if said is None and (any(lost in m.group(0) for m in ERROR_LINE.finditer(job.log()))
+                                 or f"the run ended: lost contact with {lost}" in _text(log)):
                 said = now - killed_at
             if ended is None and job.state() != "RUNNING":
                 ended = now - killed_at
             time.sleep(0.2)
+        at_loss = _text(log)  # before the resumed run appends to it
         print(f"\n[node loss] ranks on {left} gone after {survivors_gone} s; job "
               f"{job.state()} after {ended} s; Slurm's log:\n"
               + "\n".join(job.log().splitlines()[-12:]))
@@ -364,7 +371,12 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
                         f"was lost (train.collective_timeout_s {timeout_s})")
         if said is None or said > timeout_s + 10:
             late.append(f"no 'harness: error:' line naming {lost} within {timeout_s + 10} s "
-                        f"(after {said} s)")
+                        f"(after {said} s); Slurm's log ends:\n"
+                        + "\n".join(job.log().splitlines()[-40:])
+                        + "\ntrain.log ends:\n" + "\n".join(at_loss.splitlines()[-8:]))
+        elif f"ERROR harness: the run ended: lost contact with {lost}" not in at_loss:
+            late.append(f"train.log does not end saying {lost} was lost:\n"
+                        + "\n".join(at_loss.splitlines()[-5:]))
         if "Traceback" in job.log():
             late.append("a traceback instead of one line: "
                         + next(line for line in job.log().splitlines() if "Error" in line))
