@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from harness.data.imageio import list_images, read_rgb, to_tensor
 from harness.model.precision import cpu_has_bf16
@@ -119,7 +120,9 @@ def test_bf16_evaluate_runs_without_torch(tmp_path: Path) -> None:
         (tmp_path / sub).mkdir()
     for path in list_images(DATA / "val_HR")[:6]:
         (tmp_path / "hr" / path.name).write_bytes(path.read_bytes())
-        (tmp_path / "sr" / path.name).write_bytes(path.read_bytes())
+        near = read_rgb(path).copy()  # one pixel off by one: byte-identical SR is refused
+        near[0, 0, 0] = near[0, 0, 0] + 1 if near[0, 0, 0] < 255 else 254
+        Image.fromarray(near).save(tmp_path / "sr" / path.name)
     code = ("import sys; from harness.cli import main; "
             f"rc = main(['evaluate', '--hr', {str(tmp_path / 'hr')!r}, '--sr', "
             f"{str(tmp_path / 'sr')!r}, '--metrics', 'is', '--precision', 'bf16', "
@@ -131,7 +134,7 @@ def test_bf16_evaluate_runs_without_torch(tmp_path: Path) -> None:
     assert "torch loaded: False" in proc.stdout
     assert "IS" in proc.stdout and "approximate" in proc.stdout
     row = next(line for line in proc.stdout.splitlines() if "│ IS" in line)
-    assert float(row.split("│")[2]) > 0.999  # SR == HR: the same face
+    assert float(row.split("│")[2]) > 0.999  # SR ~ HR: the same face
 
 
 def test_device_auto_without_gpu_nodes_needs_no_torch() -> None:
@@ -149,11 +152,15 @@ def test_device_auto_without_gpu_nodes_needs_no_torch() -> None:
 
 @needs_bf16
 def test_a_damaged_cached_graph_is_exported_again(tmp_path: Path, caplog) -> None:
+    from harness.scoring.recognizers.cache import sidecar
+
     graph = onnx_graph(facenet_network)
     damaged = tmp_path / graph.name
-    damaged.write_bytes(graph.read_bytes()[:1_000_000])  # a truncated copy
+    damaged.write_bytes(graph.read_bytes()[:1_000_000])  # a truncated copy...
+    sidecar(damaged).write_bytes(sidecar(graph).read_bytes())  # ...with the good one's record
     with caplog.at_level("WARNING"):
         rec = open_facenet_bf16(threads=1, network=facenet_network, cache=tmp_path)
     assert isinstance(rec, FaceNetBf16)
-    assert damaged.stat().st_size == graph.stat().st_size
-    assert any("is damaged; exporting it again" in r.getMessage() for r in caplog.records)
+    assert damaged.read_bytes() == graph.read_bytes()  # exported again, whole
+    assert any("is damaged (SHA-256" in r.getMessage() and "rebuilding it" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
