@@ -4,7 +4,8 @@ Per-node and cluster watts against the budget, GPU caps, images/s, step, ETA and
 budget crossing, read from the files the run writes (see :mod:`harness.outputs.watch`), so it
 works from a login node on the shared file system. A live table on a terminal, plain
 timestamped lines otherwise; it ends with exit 0 when the run ends (``summary.json`` written,
-or the training process gone).
+the last line of ``train.log`` saying why the run ended with an error, e.g. a lost node, or the
+training process gone).
 """
 from __future__ import annotations
 

@@ -16,6 +16,10 @@ from typing import Any
 LOG_FORMATS = ("auto", "rich", "plain", "off")
 """Accepted values of ``--log-format``."""
 
+RUN_ENDED = "ERROR harness: the run ended: "
+"""What the last line of a run's log says after its time stamp when the run ended with an
+error (see :class:`RunLog`; ``harness watch`` ends on it): level, logger, then the message."""
+
 
 def choose_log_format(requested: str, launcher: str | None, stream: Any = None) -> str:
     """``rich``, ``plain`` or ``off`` for ``requested`` (one of :data:`LOG_FORMATS`).
@@ -132,8 +136,9 @@ class RunLog:
             else:
                 words = str(exc).strip().splitlines()
                 why = f"{type(exc).__name__}: {words[0] if words else '(no message)'}"
-        record = logging.LogRecord("harness", logging.ERROR, __file__, 0,
-                                   "the run ended: %s", (why,), None)
+        level, name, message = RUN_ENDED.split(" ", 2)  # "ERROR", "harness:", "the run ..."
+        record = logging.LogRecord(name.rstrip(":"), getattr(logging, level), __file__, 0,
+                                   message + "%s", (why,), None)
         self._handler.handle(record)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fileio.user_error import UserError
+from harness.outputs.logs import RUN_ENDED
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class WatchView:
     crossings: int = 0
     ended: bool = False
     summary: dict[str, Any] | None = None
+    end_reason: str | None = None  # the log's last line when the run ended with an error
 
     @property
     def cluster_w(self) -> float | None:
@@ -181,6 +183,8 @@ class RunWatcher:
                             "summary.json)")
         self.view = WatchView(run_dir=path)
         self._metrics = _Tail(path / "metrics.jsonl")
+        self._log = _Tail(path / "train.log")
+        self._last_log_line = ""
         self._nodes: dict[str, tuple[NodeView, _Tail, _Tail, _Tail]] = {}
         self._recent: list[tuple[int, float]] = []  # (step, time_s) of train records
         self._summary_mtime = self._mtime(path / "summary.json")
@@ -226,8 +230,12 @@ class RunWatcher:
             if s1 > s0:
                 v.eta_s = max(v.total_steps - v.step, 0) * (t1 - t0) / (s1 - s0)
         self._poll_power()
-        v.ended = self._ended()
-        if v.ended:
+        lines = self._log.new_lines()
+        self._last_log_line = lines[-1] if lines else self._last_log_line
+        _, marker, reason = self._last_log_line.partition(" " + RUN_ENDED)
+        v.end_reason = reason.strip() if marker else None
+        v.ended = v.end_reason is not None or self._ended()
+        if v.ended and v.end_reason is None:
             v.summary = self._read_summary()
         return v
 
@@ -274,7 +282,8 @@ class RunWatcher:
                     self.view.budget_w = _float(ev.get("budget_w"))
 
     def _ended(self) -> bool:
-        """The run has ended: a new ``summary.json``, or no process holds the run's lock."""
+        """The run has ended: a new ``summary.json``, or no process holds the run's lock (the
+    log's last line saying so is read in :meth:`poll`: it also comes from other hosts)."""
         mtime = self._mtime(self.view.run_dir / "summary.json")
         if mtime is not None and mtime != self._summary_mtime:
             return True
@@ -363,6 +372,8 @@ def status_line(v: WatchView) -> str:
 
 def end_line(v: WatchView) -> str:
     """The last line: how the run ended, from its summary when it wrote one."""
+    if v.end_reason:  # the run's log says why (a lost node, a user error)
+        return f"run ended at step {v.step}: {v.end_reason}"
     s = v.summary
     if not s:
         return f"run ended at step {v.step} without a summary.json (stopped or failed)"

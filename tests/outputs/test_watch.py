@@ -93,3 +93,28 @@ def test_status_line_of_a_run_without_power(tmp_path) -> None:
     view = RunWatcher(tmp_path).poll()
     assert status_line(view) == "step 4/10 (40%) | 8.0 images/s | ETA 0:00:03"
     assert view.ended  # no lock: nothing writes it
+
+
+def test_watch_ends_on_the_logs_last_line_saying_why_the_run_ended(tmp_path) -> None:
+    """A run whose rank 0 ended on an error (a lost node: no summary.json, and a writer on
+    another host that this host cannot check) ends the watch with the log's reason; the same
+    line followed by a later segment's lines does not."""
+    from harness.outputs.watch import end_line
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 41, "time_s": 3.0}\n')
+    lost = ("lost contact with node1 (10.77.0.11): a collective failed on node0 (RuntimeError: "
+            "Connection reset by peer)")
+    log = run / "train.log"
+    log.write_text("2026-12-02T12:47:14Z INFO harness.progress: step 41/120 (34%)\n"
+                   f"2026-12-02T12:47:15Z ERROR harness: the run ended: {lost}\n")
+    view = RunWatcher(run).poll()
+    assert view.ended and view.end_reason == lost
+    assert end_line(view) == f"run ended at step 41: {lost}"
+
+    with log.open("a") as f:  # resumed: the new segment logs on
+        f.write("2026-12-02T12:48:01Z INFO harness.training.loop: --resume auto: continuing\n")
+    view = RunWatcher(run).poll()
+    assert view.end_reason is None
