@@ -39,6 +39,7 @@ from tests.cluster.slurm_jobs import (
     segments,
     submit,
 )
+from tests.conftest import run_harness
 
 pytestmark = pytest.mark.cluster
 
@@ -353,6 +354,7 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
                 ended = now - killed_at
             time.sleep(0.2)
         at_loss = _text(log)  # before the resumed run appends to it
+        watched = run_harness("watch", str(run), "--once", "--log-format", "plain", timeout=60)
         print(f"\n[node loss] ranks on {left} gone after {survivors_gone} s; job "
               f"{job.state()} after {ended} s; Slurm's log:\n"
               + "\n".join(job.log().splitlines()[-12:]))
@@ -377,6 +379,9 @@ def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_clust
         elif f"ERROR harness: the run ended: lost contact with {lost}" not in at_loss:
             late.append(f"train.log does not end saying {lost} was lost:\n"
                         + "\n".join(at_loss.splitlines()[-5:]))
+        elif f": lost contact with {lost}" not in watched.stdout.strip().splitlines()[-1]:
+            late.append(f"harness watch did not end on the lost node: {watched.stdout[-500:]}"
+                        f"{watched.stderr[-500:]}")
         if "Traceback" in job.log():
             late.append("a traceback instead of one line: "
                         + next(line for line in job.log().splitlines() if "Error" in line))
