@@ -205,6 +205,7 @@ class Comm(Protocol):
     def allgather(self, obj: T) -> list[T]: ...
     def gather(self, obj: T, root: int = 0) -> list[T] | None: ...
     def allreduce_sum(self, value: float) -> float: ...
+    def allgather_ints(self, values: Sequence[int]) -> list[list[int]]: ...
     def barrier(self) -> None: ...
 
 
@@ -259,6 +260,8 @@ class MPIComm:
         return float(sum(self._comm.allgather(value)))
 
     def allgather_ints(self, values: Sequence[int]) -> list[list[int]]:
+        """Every rank's ``values`` (small integers, the same count on every rank), in rank
+        order (the per-step flags; :class:`TorchComm` sends them as one tensor)."""
         return [list(v) for v in self._comm.allgather(list(values))]
 
     def barrier(self) -> None:
@@ -412,21 +415,11 @@ class WatchedComm:
 
     def allgather_ints(self, values: Sequence[int]) -> list[list[int]]:
         with self._wd.waiting("allgather"):
-            return allgather_ints(self.inner, values)
+            return self.inner.allgather_ints(values)
 
     def barrier(self) -> None:
         with self._wd.waiting("barrier"):
             self.inner.barrier()
-
-
-def allgather_ints(comm: Comm, values: Sequence[int]) -> list[list[int]]:
-    """Every rank's list of ``values`` (small integers, the same count on every rank), in rank
-    order: ``comm.allgather_ints`` where the communicator has it (a tensor all-gather over
-    gloo), else its :meth:`~Comm.allgather`."""
-    fast = getattr(type(comm), "allgather_ints", None)
-    if fast is not None:
-        return fast(comm, values)
-    return [list(v) for v in comm.allgather(list(values))]
 
 
 _COMM: Comm | None = None

@@ -16,7 +16,8 @@ from typing import Any
 LOG_FORMATS = ("auto", "rich", "plain", "off")
 """Accepted values of ``--log-format``."""
 
-RUN_ENDED = "ERROR harness: the run ended: "
+_RUN_END_LOGGER, _RUN_END_MESSAGE = "harness", "the run ended: "
+RUN_ENDED = f"ERROR {_RUN_END_LOGGER}: {_RUN_END_MESSAGE}"
 """What the last line of a run's log says after its time stamp when the run ended with an
 error (see :class:`RunLog`; ``harness watch`` ends on it): level, logger, then the message."""
 
@@ -126,7 +127,6 @@ class RunLog:
             logging.getLogger("harness.progress").removeHandler(self._handler)
             self._handler.close()
 
-
     def _record_end(self, exc: BaseException) -> None:
         assert self._handler is not None
         why = self.describe(exc) if self.describe is not None else None
@@ -136,9 +136,8 @@ class RunLog:
             else:
                 words = str(exc).strip().splitlines()
                 why = f"{type(exc).__name__}: {words[0] if words else '(no message)'}"
-        level, name, message = RUN_ENDED.split(" ", 2)  # "ERROR", "harness:", "the run ..."
-        record = logging.LogRecord(name.rstrip(":"), getattr(logging, level), __file__, 0,
-                                   message + "%s", (why,), None)
+        record = logging.LogRecord(_RUN_END_LOGGER, logging.ERROR, __file__, 0,
+                                   _RUN_END_MESSAGE + "%s", (why,), None)
         self._handler.handle(record)
 
 

@@ -283,7 +283,7 @@ class RunWatcher:
 
     def _ended(self) -> bool:
         """The run has ended: a new ``summary.json``, or no process holds the run's lock (the
-    log's last line saying so is read in :meth:`poll`: it also comes from other hosts)."""
+        log's last line saying so is read in :meth:`poll`: it also comes from other hosts)."""
         mtime = self._mtime(self.view.run_dir / "summary.json")
         if mtime is not None and mtime != self._summary_mtime:
             return True

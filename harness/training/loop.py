@@ -27,7 +27,6 @@ from harness.cluster import watchdog
 from harness.cluster.distributed import (
     Comm,
     DistInfo,
-    allgather_ints,
     describe_peer_loss,
     get_comm,
     get_dist_info,
@@ -295,8 +294,8 @@ class Trainer:
                         "stopped_early": True, "interrupted": True}
             # One collective: rank 0's clock decides the deadline, any rank's signal stops all.
             received = signals.received if signals is not None else None
-            flags = allgather_ints(comm, (int(time.perf_counter() > deadline),
-                                          int(signal.Signals[received]) if received else 0))
+            flags = comm.allgather_ints((int(time.perf_counter() > deadline),
+                                         int(signal.Signals[received]) if received else 0))
             stopped_by = next((signal.Signals(s).name for _, s in flags if s), None)
             if stopped_by:
                 return {"final_step": done, "images": images, "t_start": t_start,

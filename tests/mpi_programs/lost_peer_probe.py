@@ -6,7 +6,6 @@ import signal
 import sys
 
 from harness.cluster.distributed import (
-    allgather_ints,
     describe_peer_loss,
     get_comm,
     get_dist_info,
@@ -23,7 +22,7 @@ def main() -> None:
     if os.environ.get("PROBE_COMM") == "job":  # the job's own communicator (MPI), to compare
         steps = comm
     row = {"rank": info.rank, "comm": type(steps.inner).__name__,
-           "ints": allgather_ints(steps, (info.rank, 7)),
+           "ints": steps.allgather_ints((info.rank, 7)),
            "objects": steps.allgather({"rank": info.rank})}
     sys.stdout.write(json.dumps(row) + "\n")
     sys.stdout.flush()
@@ -34,7 +33,7 @@ def main() -> None:
         for n in range(100000):
             if info.rank == 1 and n == rounds:
                 os.kill(os.getpid(), signal.SIGKILL)
-            allgather_ints(steps, (n, 0))
+            steps.allgather_ints((n, 0))
     except Exception as exc:  # noqa: BLE001 - what the harness's commands do with it
         sys.stdout.write(json.dumps({"rank": info.rank, "lost": describe_peer_loss(exc)}) + "\n")
         sys.stdout.flush()
