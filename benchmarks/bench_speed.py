@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.config import load_job  # noqa: E402
 from harness.data.imageio import list_images, read_rgb, to_tensor  # noqa: E402
-from harness.model.generators import load_generator, super_resolve  # noqa: E402
+from harness.model.generators import make_generator, super_resolve  # noqa: E402
 from harness.model.precision import autocast  # noqa: E402
 
 
@@ -71,17 +71,15 @@ def kernel_figures(threads: int) -> list[tuple[str, str, float, float, float, fl
 
     torch.set_num_threads(threads)
     job = load_job(str(ROOT / "jobs" / "asc19-cpu-ft.yaml"))
-    model, _ = load_generator(job, None, "cpu")
+    model, _ = make_generator(job.model, "infer", device="cpu")
     model = model.to(memory_format=torch.channels_last)
     lr = to_tensor([read_rgb(p) for p in list_images(DATA / "val_LR")[:32]])
     hr = to_tensor([read_rgb(p) for p in list_images(DATA / "val_HR")[:32]])
     rec = load_recognizer("facenet")
     rec.use_channels_last()
     demo = load_job(str(ROOT / "jobs" / "demo.yaml"))
-    from harness.model.generators import build_generator, model_kwargs
-
-    gen = build_generator(demo.model.name, model_kwargs(demo)).train()
-    loss_fn, _ = make_loss(demo, "cpu", loss_recognizer(demo, "cpu"))
+    gen, _ = make_generator(demo.model, "train", device="cpu")
+    loss_fn, _ = make_loss(demo.loss, "cpu", loss_recognizer(demo.loss, "cpu"))
     opt = torch.optim.AdamW(gen.parameters(), lr=1e-4)
     lr16, hr16 = lr[:16], hr[:16]
 
@@ -118,8 +116,9 @@ def kernel_figures(threads: int) -> list[tuple[str, str, float, float, float, fl
             ("inference (SRResNet 64x8)", infer, 32, ("fp32", "bf16")),
             ("training step (demo)", train_step, 16, ("fp32", "bf16"))):
         for precision in precisions:
-            flops = _flops(lambda: score(precision) if fn is score_compiled else fn(precision))
-            t = _median_time(lambda: fn(precision))
+            flops = _flops(lambda fn=fn, precision=precision:
+                           score(precision) if fn is score_compiled else fn(precision))
+            t = _median_time(lambda fn=fn, precision=precision: fn(precision))
             gflops = flops / t / 1e9
             peak = matmul_peak_gflops(precision)  # measured next to the workload it divides
             rows.append((name, precision, images / t, gflops, gflops / peak, peak))

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.cluster.machine_checks import find_mpirun  # noqa: E402
+from harness.commands.machine_checks import find_mpirun  # noqa: E402
 from tests.conftest import mpi_env  # noqa: E402
 
 JOB = str(ROOT / "jobs" / "demo.yaml")

@@ -1,4 +1,6 @@
-"""Atomic file writes: the one implementation every package (``harness``, ``power``,
+"""Atomic file writes for every package.
+
+Atomic file writes: the one implementation every package (``harness``, ``power``,
 ``reports``) uses for every file it creates or replaces.
 
 A file is written to a temporary name in its own folder, flushed to disk, given the permissions
@@ -41,7 +43,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *,
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], *,
                  fsync: bool = True) -> Path:
     """Create or replace ``path`` with what ``write(binary_file)`` writes, atomically.
 

@@ -68,8 +68,11 @@ def lock_folder(folder: str | Path) -> Path:
 
 
 def holder(folder: str | Path) -> tuple[int, str] | None:
-    """(pid, host) that ``folder``'s lock file names, or None (no lock file, or not one this
-    module wrote). Says who wrote it last, not whether that process still holds it."""
+    """Return the (pid, host) that ``folder``'s lock file names, or None.
+
+    (pid, host) that ``folder``'s lock file names, or None (no lock file, or not one this
+    module wrote). Says who wrote it last, not whether that process still holds it.
+    """
     try:
         words = (Path(folder) / LOCK_NAME).read_text(encoding="utf-8", errors="replace").split()
     except OSError:
@@ -79,15 +82,51 @@ def holder(folder: str | Path) -> tuple[int, str] | None:
     return int(words[1]), words[3].rstrip(",")
 
 
+def holder_alive(folder: str | Path) -> bool:
+    """Whether the process named in ``folder``'s lock file (``pid N on HOST``) still runs.
+
+    Only a process on this host can be checked; one elsewhere counts as alive (its end shows
+    in the folder, e.g. a new ``summary.json``). The lock itself is not touched: taking it,
+    even for a moment, could make a ``--resume`` starting at that moment fail. A process that
+    ended but was not reaped yet (a zombie) counts as gone.
+    """
+    found = holder(folder)
+    if found is None:
+        return False
+    pid, host = found
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether the process has ended but was not reaped yet (``kill -0`` still reaches it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return any(line.split()[1:2] == ["Z"] for line in status.splitlines()
+               if line.startswith("State:"))
+
+
 def holds(folder: str | Path) -> bool:
     """True when this process holds ``folder``'s lock."""
     return Path(folder).expanduser().resolve() in _HELD
 
 
 def unlock_folder(folder: str | Path) -> None:
-    """Release :func:`lock_folder` and remove its lock file, so that a finished command leaves
+    """Release :func:`lock_folder` and remove its lock file.
+
+    Release :func:`lock_folder` and remove its lock file, so that a finished command leaves
     nothing in the folder (a process that dies keeps no lock either: the kernel drops it, and
-    the file left behind names a process that is gone)."""
+    the file left behind names a process that is gone).
+    """
     key = Path(folder).expanduser().resolve()
     fd = _HELD.pop(key, None)
     if fd is not None:

@@ -1,0 +1,1 @@
+"""FaceSR cluster-competition harness: the ``harness`` command and the layers below it."""

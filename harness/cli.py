@@ -25,8 +25,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                 "fingerprint an LR set's kernel"),
     "watch": ("harness.commands.watch", ("follow a running job from its run folder: watts "
                                          "per node and cluster vs the budget, caps, ETA")),
+    "check-power": ("harness.commands.check_power", "the judges' verdict from the wall meter's "
+                    "log: compliant, or each crossing of the budget (exit 1)"),
     "report": ("harness.commands.report", "render the judges' HTML report from run directories"),
-    "power-sweep": ("harness.commands.power_sweep", "measure images/s and W at a series of GPU caps; "
+    "power-calibrate": ("harness.commands.power_calibrate",
+                        "fit the wall model (PDU power from GPU and CPU power) by stepping "
+                        "the caps with the rack meter attached"),
+    "runs": ("harness.commands.runs", "one table of runs (status, IS, images/s, W, J/image); "
+             "--csv, --json"),
+    "power-sweep": ("harness.commands.power_sweep",
+                    "measure images/s and W at a series of GPU caps; "
                     "plan nodes and caps under the budget"),
 }
 

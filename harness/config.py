@@ -37,9 +37,23 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from fileio.user_error import UserError
-from harness.cluster.watchdog import DEFAULT_TIMEOUT_S
 from power.config import FieldError, PowerConfig
 from power.config import check as _check
+
+#: Seconds a wait on another rank may last (``train.collective_timeout_s``'s default; the
+#: stall watchdog, :mod:`harness.cluster.watchdog`, falls back to it too).
+DEFAULT_TIMEOUT_S = 30.0
+#: The bounds of that wait, for the job key and ``$HARNESS_COLLECTIVE_TIMEOUT_S`` alike.
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0
+#: LR degradation names ``data.lr_kernel`` accepts, in the order
+#: :data:`harness.data.degradation.DEGRADATIONS` defines them (a test keeps the two equal).
+DEGRADATION_NAMES: tuple[str, ...] = (
+    "pil_bicubic", "pil_bilinear", "pil_lanczos", "cv2_cubic", "cv2_area", "nearest",
+    "matlab_bicubic",
+)
+#: Metric names ``eval.metrics`` accepts, in record order (equal to
+#: :data:`harness.scoring.ALL_METRICS`; a test keeps the two equal).
+METRIC_NAMES: tuple[str, ...] = ("is", "psnr", "ssim", "psnr_y", "ssim_y", "rmse", "niqe")
 
 #: Data sources that name the embedded ASC19 validation set (see ``harness.data.pairs``).
 EMBEDDED_SOURCES = ("embedded:train", "embedded:heldout", "embedded:all")
@@ -147,12 +161,8 @@ class DataConfig:
         _check(bool(self.train), "train", "must not be empty")
         _check(bool(self.val), "val", "must not be empty")
         _check(0 <= self.workers <= 64, "workers", "must be between 0 and 64")
-        from harness.data.degradation import (
-            DEGRADATIONS,  # the owner of the LR degradations
-        )
-
-        _check(self.lr_kernel in DEGRADATIONS, "lr_kernel",
-               f"unknown degradation (expected one of {', '.join(DEGRADATIONS)})")
+        _check(self.lr_kernel in DEGRADATION_NAMES, "lr_kernel",
+               f"unknown degradation (expected one of {', '.join(DEGRADATION_NAMES)})")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -195,7 +205,9 @@ class LossConfig:
     adversarial: float = 0.0
     """Weight of the relativistic adversarial loss (0 = no discriminator)."""
     recognizer: str = "facenet"
-    """Recognizer used by the identity and feature losses (must be differentiable)."""
+    """Recognizer used by the identity and feature losses (must be differentiable), or several
+    with a weight each, ``facenet@0.7,sphere20a:PATH@0.3`` (feature layers ``label/layer``;
+    a bare layer name is the first recognizer's)."""
 
     def __post_init__(self) -> None:
         for name in ("pixel", "identity", "feature", "adversarial"):
@@ -256,6 +268,21 @@ class TrainConfig:
     Slurm time limit), train fewer steps with the learning-rate schedule, ``val_every`` and
     ``ckpt_every`` rescaled to them, so that the run ends on time with a completed schedule
     (see :mod:`harness.training.fit`). A resumed run keeps the plan of its first start."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the generator's weights, in (0, 1) (e.g.
+    0.999, BasicSR's default for SR); 0 = off. When on, validation, ``best.pt`` and so
+    inference use the EMA weights, and checkpoints carry them for ``--resume``."""
+    target_is: float = 0.0
+    """Validation IS to reach, in (0, 1]; 0 = off. The first validation that reaches it records
+    its step, the wall time since the run started and the cluster energy up to that moment
+    (from the power samples) as ``summary.json`` ``target``; see ``stop_at_target``."""
+    stop_at_target: bool = False
+    """End the run cleanly (checkpoint, summary) at the first validation reaching
+    ``target_is`` (needs ``target_is``)."""
+    tensorboard: bool = False
+    """Write TensorBoard scalars (loss terms, validation IS/PSNR, images/s, cluster W,
+    J/image, caps) per step under ``<run>/tensorboard/`` on rank 0, and the same scalars to
+    ``<run>/scalars.csv`` (needs the ``tensorboard`` package)."""
     fit_margin: float = 0.1
     """With ``fit_to_minutes``: the fraction of the time limit left unplanned, for a machine
     that runs slower later than in the timed first steps (a shared node: raise it)."""
@@ -270,8 +297,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "steps", "must be >= 1")
-        _check(1 <= self.collective_timeout_s <= 3600, "collective_timeout_s",
-               "must be between 1 and 3600 seconds")
+        _check(MIN_TIMEOUT_S <= self.collective_timeout_s <= MAX_TIMEOUT_S,
+               "collective_timeout_s",
+               f"must be between {MIN_TIMEOUT_S:g} and {MAX_TIMEOUT_S:g} seconds")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
         _check(0 < self.lr < 1, "lr", "must be in (0, 1)")
         _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
@@ -284,6 +312,10 @@ class TrainConfig:
         _check(self.keep_last >= 1, "keep_last", "must be >= 1")
         _check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
         _check(0 <= self.fit_margin < 0.9, "fit_margin", "must be in [0, 0.9)")
+        _check(0 <= self.ema < 1, "ema", "must be in (0, 1), or 0 for off")
+        _check(0 <= self.target_is <= 1, "target_is", "must be in (0, 1], or 0 for off")
+        _check(self.target_is > 0 or not self.stop_at_target, "stop_at_target",
+               "needs train.target_is (the IS to stop at)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -311,7 +343,8 @@ class EvalConfig:
     """Scoring (``harness evaluate``, validation during training)."""
 
     recognizer: str = "facenet"
-    """``facenet`` (embedded), ``sphere20a:PATH`` or ``onnx:PATH``."""
+    """``facenet`` (embedded), ``dlib``, ``sphere20a:PATH`` or ``onnx:PATH``, or a comma list
+    (``facenet,dlib``): ``infer --hr`` scores with each (validation uses the first)."""
     metrics: tuple[str, ...] = ("is", "psnr", "ssim")
     """Metrics to compute: any of :data:`harness.scoring.ALL_METRICS` (is, psnr, ssim, psnr_y,
     ssim_y, rmse, niqe)."""
@@ -323,11 +356,9 @@ class EvalConfig:
     """Recognizer precision for scores; ``bf16`` is faster and labelled approximate."""
 
     def __post_init__(self) -> None:
-        from harness.scoring import ALL_METRICS  # the owner of the metric names
-
         for m in self.metrics:
-            _check(m in ALL_METRICS, "metrics", f"unknown metric {excerpt(m)} (expected some "
-                   f"of {', '.join(ALL_METRICS)})")
+            _check(m in METRIC_NAMES, "metrics", f"unknown metric {excerpt(m)} (expected some "
+                   f"of {', '.join(METRIC_NAMES)})")
         _check(self.shave >= 0, "shave", "must be >= 0")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
@@ -352,10 +383,12 @@ class LaunchConfig:
     host, partition and account names are limited to the characters such names use.
     """
 
-    launcher: Literal["openmpi", "mpich", "intelmpi", "srun", "torchrun"] = "openmpi"
-    """What starts the ranks: ``openmpi`` (``mpirun -x``), ``mpich`` or ``intelmpi`` (Hydra
-    ``mpiexec -genv``), ``srun`` (inside a Slurm allocation) or ``torchrun`` (no MPI: one
-    ``torch.distributed.run`` agent per node, rendezvous on the first host)."""
+    launcher: Literal["auto", "openmpi", "mpich", "intelmpi", "srun", "torchrun"] = "auto"
+    """What starts the ranks: ``auto`` (the MPI of ``mpirun``'s ``--version``, else of the
+    library mpi4py loads: one of the next three), ``openmpi`` (``mpirun -x``), ``mpich`` or
+    ``intelmpi`` (Hydra ``mpiexec -genv``), ``srun`` (inside a Slurm allocation) or
+    ``torchrun`` (no MPI: one ``torch.distributed.run`` agent per node, rendezvous on the
+    first host)."""
     nodes: int = 1
     """Number of nodes."""
     ranks_per_node: int = 1
@@ -389,7 +422,8 @@ class LaunchConfig:
     (``#SBATCH --signal=USR1@N``; Slurm may send it up to 60 s earlier); 0 = no signal."""
     srun_mpi: str = ""
     """srun's ``--mpi`` plugin; empty = ``pmix`` for Open MPI and srun, ``pmi2`` for MPICH and
-    Intel MPI (which may also need ``I_MPI_PMI_LIBRARY`` in ``env``)."""
+    Intel MPI (which may also need ``I_MPI_PMI_LIBRARY`` in ``env``: the path of Slurm's
+    ``libpmi2.so``); with ``auto``, that of the MPI mpi4py loads."""
     rdzv_port: int = 29500
     """torchrun's rendezvous port on the first host."""
     run_dir: str = "runs"
@@ -495,7 +529,9 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+        item = typing.get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        return "a list of " + plural.get(item, f"items, each {_type_name(item)}")
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
@@ -507,7 +543,7 @@ def _type_name(tp: Any) -> str:
 def _convert(tp: Any, value: Any, key: str) -> Any:
     """Convert a parsed YAML value to the annotated type, or raise FieldError."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -765,7 +801,43 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(child, dict):
                 raise UserError(f"--set {_clip(text)}: {_clip(part)} is not a section")
             node = child
-        node[parts[-1]] = value
+        old = node.get(parts[-1])
+        # A mapping merges into the section it names (`train={steps: 3}` changes steps and
+        # keeps the file's other train keys) instead of replacing it with defaults; a free
+        # mapping (model.args, launch.env) is replaced whole, as before.
+        section = _section_type(parts)
+        node[parts[-1]] = (_merged(old, value, section) if isinstance(old, dict)
+                           and section is not None else value)
+    return out
+
+
+def _section_type(parts: Sequence[str]) -> Any:
+    """The config dataclass that the key ``parts`` names, or None (a value, a free mapping)."""
+    tp: Any = JobConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def _merged(base: dict[str, Any], value: Any, section: Any) -> Any:
+    """``value`` laid over ``base`` key by key, into nested sections too.
+
+    Free mappings and non-mappings replace what was there.
+    """
+    if not isinstance(value, dict):
+        return value
+    out = dict(base)
+    hints = typing.get_type_hints(section)
+    for key, item in value.items():
+        inner = hints.get(key)
+        nested = inner if dataclasses.is_dataclass(inner) else None
+        out[key] = (_merged(out[key], item, nested) if nested is not None
+                    and isinstance(out.get(key), dict) else item)
     return out
 
 

@@ -1,4 +1,6 @@
-"""``harness infer`` / ``python -m harness.infer``: super-resolve a folder of LR faces, sharded
+"""``harness infer``: super-resolve a folder of LR faces.
+
+``harness infer`` / ``python -m harness.infer``: super-resolve a folder of LR faces, sharded
 over ranks, and score the outputs when HR references are given.
 
     python -m harness.infer --lr data/asc19-val/val_LR --out sr/        # shipped weights

@@ -160,4 +160,5 @@ class BicubicUpsampler(nn.Module):
         return bicubic_upsample(images, self.scale, clamp_intermediate=self.clamp_intermediate)
 
     def extra_repr(self) -> str:
+        """Describe the module's settings in its repr."""
         return f"scale={self.scale}, clamp_intermediate={self.clamp_intermediate}"

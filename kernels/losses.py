@@ -30,6 +30,7 @@ from torch import nn
 
 __all__ = [
     "CombinedLoss",
+    "RecognizerEnsemble",
     "FeatureKind",
     "PixelKind",
     "Recognizer",
@@ -192,7 +193,8 @@ def feature_loss(
         )
     distance = F.l1_loss if kind == "l1" else F.mse_loss
     total = sr.new_zeros(())
-    for name, weight, sr_map, hr_map in zip(layers, layer_weights, sr_features, hr_features):
+    for name, weight, sr_map, hr_map in zip(layers, layer_weights, sr_features, hr_features,
+                                            strict=True):
         if sr_map.shape != hr_map.shape:
             raise ValueError(
                 f"feature_loss: layer {name!r}: SR {tuple(sr_map.shape)} vs HR "
@@ -246,6 +248,86 @@ def relativistic_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) ->
         F.binary_cross_entropy_with_logits(real_rel, torch.zeros_like(real_rel))
         + F.binary_cross_entropy_with_logits(fake_rel, torch.ones_like(fake_rel))
     )
+
+
+class RecognizerEnsemble:
+    """Several frozen recognizers as one loss network, each with a weight.
+
+    :meth:`embed` concatenates ``sqrt(w_k / sum(w)) * e_k`` of the members' unit embeddings: a
+    unit vector whose cosine with another is ``sum_k (w_k / sum(w)) * cos_k``. So
+    :func:`identity_loss` of the ensemble is exactly the weighted mean of the members' identity
+    losses, and everything built on one recognizer (the HR-embedding cache, DDP, the loss
+    terms) works unchanged. :meth:`features` takes ``label/layer`` names (a bare name is the
+    first member's) and scales each member's activations by its normalised weight, so an L1
+    feature loss weighs members the same way.
+
+    Args:
+        members: ``(label, recognizer, weight)`` triples; weights >= 0, not all 0.
+
+    Raises:
+        ValueError: No members, a negative or non-finite weight, all weights 0, or a label
+            used twice.
+    """
+
+    def __init__(self, members: Sequence[tuple[str, Recognizer, float]]) -> None:
+        if not members:
+            raise ValueError("RecognizerEnsemble: no members")
+        labels = [m[0] for m in members]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"RecognizerEnsemble: a label is used twice in {labels}")
+        for label, _, w in members:
+            if not math.isfinite(w) or w < 0:
+                raise ValueError(f"RecognizerEnsemble: weight of {label} must be finite and "
+                                 f">= 0, got {w}")
+        total = sum(w for _, _, w in members)
+        if total <= 0:
+            raise ValueError("RecognizerEnsemble: all weights are 0")
+        self.members = [(label, rec, w / total) for label, rec, w in members if w > 0]
+        self.name = "+".join(f"{label}:{w:.2g}" for label, _, w in self.members)
+        self.differentiable = all(getattr(r, "differentiable", True) for _, r, _ in self.members)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Normalised weight per member label (summing to 1)."""
+        return {label: w for label, _, w in self.members}
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, sum D_k)`` unit vectors: each member's embedding times sqrt(its weight)."""
+        parts = [math.sqrt(w) * F.normalize(rec.embed(images).float(), dim=1)
+                 for _, rec, w in self.members]
+        return torch.cat(parts, dim=1)
+
+    def features(self, images: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
+        """The named activations (``label/layer``; bare: the first member's), weighted."""
+        by_label = {label: (rec, w) for label, rec, w in self.members}
+        first = self.members[0][0]
+        wanted: dict[str, list[tuple[int, str]]] = {}
+        for i, name in enumerate(layers):
+            label, _, layer = name.rpartition("/")
+            label = label or first
+            if label not in by_label:
+                raise ValueError(f"RecognizerEnsemble: no member {label!r} for layer {name!r}")
+            wanted.setdefault(label, []).append((i, layer))
+        out: list[torch.Tensor | None] = [None] * len(layers)
+        for label, items in wanted.items():
+            rec, w = by_label[label]
+            feats = rec.features(images, [layer for _, layer in items])
+            for (i, _), f in zip(items, feats, strict=True):
+                out[i] = w * f
+        return [f for f in out if f is not None]
+
+    def to(self, device: str | torch.device) -> RecognizerEnsemble:
+        """Moves every member."""
+        for _, rec, _ in self.members:
+            move = getattr(rec, "to", None)
+            if move is not None:
+                move(device)
+        return self
+
+    def use_channels_last(self) -> None:
+        """Channels-last for every member that has it."""
+        for _, rec, _ in self.members:
+            getattr(rec, "use_channels_last", lambda: None)()
 
 
 class CombinedLoss(nn.Module):
@@ -376,10 +458,12 @@ class CombinedLoss(nn.Module):
                 with torch.no_grad():
                     hr_embeddings, hr_features = shared(hr, self.feature_layers)
         if w["identity"]:
+            assert self.recognizer is not None  # __init__ refuses identity_weight without one
             terms["identity"] = identity_loss(
                 self.recognizer, sr, hr, hr_embeddings=hr_embeddings, sr_embeddings=sr_embeddings
             )
         if w["feature"]:
+            assert self.recognizer is not None  # __init__ refuses feature_weight without one
             terms["feature"] = feature_loss(
                 self.recognizer,
                 sr,
@@ -402,6 +486,7 @@ class CombinedLoss(nn.Module):
         # discriminator's weights (BasicSR also switches them off): cheaper, and its .grad
         # stays clean for its own step. The flags are restored afterwards.
         discriminator = self.discriminator
+        assert discriminator is not None  # __init__ refuses adversarial_weight without one
         params = [p for p in discriminator.parameters() if p.requires_grad]
         for p in params:
             p.requires_grad_(False)
@@ -432,5 +517,6 @@ class CombinedLoss(nn.Module):
         return relativistic_d_loss(self.discriminator(hr), self.discriminator(sr.detach()))
 
     def extra_repr(self) -> str:
+        """Describe the active loss weights and pixel loss in the repr."""
         active = ", ".join(f"{k}={v:g}" for k, v in self.weights.items() if v)
         return f"{active}, pixel_kind={self.pixel_kind!r}"

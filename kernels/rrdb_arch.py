@@ -160,7 +160,8 @@ def convert_esrgan_state_dict(
     stripped.
 
     Args:
-        state_dict: The loaded checkpoint (``torch.load(path, map_location="cpu", weights_only=True)``).
+        state_dict: The loaded checkpoint
+            (``torch.load(path, map_location="cpu", weights_only=True)``).
 
     Returns:
         A new dict ready for ``RRDBNet.load_state_dict``.

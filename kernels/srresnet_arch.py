@@ -121,6 +121,7 @@ class SRResNet(nn.Module):
         scaled_kaiming_init_([self.body, self.conv_body], 0.1)
         if zero_init_last:
             nn.init.zeros_(self.conv_last.weight)
+            assert self.conv_last.bias is not None  # built with bias=True
             nn.init.zeros_(self.conv_last.bias)
         else:
             scaled_kaiming_init_([self.conv_last], 0.1)

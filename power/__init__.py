@@ -1,4 +1,4 @@
-"""GPU power measurement and a cluster-wide power governor (budget default 3000 W).
+r"""GPU power measurement and a cluster-wide power governor (budget default 3000 W).
 
 Pieces (all take their backend, clock and communicator as arguments - no globals):
 
@@ -20,7 +20,7 @@ Typical use on local rank 0 of every node (``comm`` holds one process per node):
     gpus = open_nvml_gpus()
     node = NodePower(cpu_tdp_w=2 * 165, overhead_w=80)
     comm = MpiComm.node_leaders(MPI.COMM_WORLD, local_rank)   # or SingleProcessComm()
-    with PowerSampler(gpus, run_dir, node=node), \\
+    with PowerSampler(gpus, run_dir, node=node), \
          Governor(gpus, comm=comm, budget_w=3000, headroom_w=50,
                   other_power_w=node.other_power_w, run_dir=run_dir) as gov:
         for batch in loader:

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fileio.user_error import UserError
 from power.config import PowerConfig
@@ -70,12 +70,16 @@ BACKENDS: dict[str, Callable[..., list]] = {
 
 
 def resolve_backend(p: PowerConfig) -> PowerConfig:
-    """``p`` with ``backend: auto`` made concrete: ``nvml`` when NVML finds GPUs on this node,
-    else ``simulated`` (said in the log). Other settings come back unchanged."""
+    """Return ``p`` with ``backend: auto`` made concrete.
+
+    ``p`` with ``backend: auto`` made concrete: ``nvml`` when NVML finds GPUs on this node,
+    else ``simulated`` (said in the log). Other settings come back unchanged.
+    """
     if p.backend != "auto":
         return p
     from power.nvml import open_nvml_gpus
 
+    backend: Literal["nvml", "simulated"]
     try:
         backend = "nvml" if open_nvml_gpus() else "simulated"
     except Exception as exc:  # noqa: BLE001 - any failure to open NVML means: no NVML GPUs
@@ -86,7 +90,9 @@ def resolve_backend(p: PowerConfig) -> PowerConfig:
 
 def open_gpus(p: PowerConfig, clock: Any, *, loads: Any = None, seed: int = 0,
               state_path: str | None = None) -> list:
-    """This node's GPUs for ``p.backend`` (``auto`` resolved first): NVML, a replayed trace, or
+    """Open this node's GPUs for ``p.backend``.
+
+    This node's GPUs for ``p.backend`` (``auto`` resolved first): NVML, a replayed trace, or
     simulated GPUs (with ``loads``, ``seed`` and optional persisted ``state_path``).
 
     Raises:

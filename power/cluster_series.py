@@ -1,4 +1,6 @@
-"""The cluster's power series and its figures: the one computation behind the run summary
+"""The cluster's power series and its figures.
+
+The cluster's power series and its figures: the one computation behind the run summary
 (``summary.json`` / ``scores.json``, written by :mod:`power.session`) and the report's chart
 and cards (:mod:`reports`), so that every figure a judge sees comes from the samples drawn.
 
@@ -12,11 +14,14 @@ Window: from the governor's ``start`` event to its ``restore`` event (the caps i
 run segment (a resumed run appends a segment); with several nodes, from the last node's start
 to the first node's restore, when every node was governed. Both window edges are points of the
 series (interpolated), so a crossing still open at the restore is counted and closed there.
-Without a ``restore`` event (a killed run) a segment ends at the node's last sample.
+Every segment takes only the samples of its own sampler (a sampler's ``time_s`` restarts at 0,
+and so do its cumulative energy columns): without a ``restore`` event (a killed attempt) a
+segment ends at its own sampler's last sample, never in the next attempt's samples.
 
 Figures over the window: peak (highest point), energy (from the samplers' cumulative
 ``energy_j`` columns, i.e. the GPUs' energy counters, differenced across the window edges, plus
-the switch), average (energy / window) and budget crossings (:func:`power.crossings.budget_crossings`).
+the switch), average (energy / window) and budget crossings
+(:func:`power.crossings.budget_crossings`).
 
 Samples that are not finite or are negative are excluded (counted in ``excluded``), never
 averaged in.
@@ -59,6 +64,12 @@ class NodeSeries:
     """Switch power counted once for the cluster (from the governor's start event)."""
     excluded: int = 0
     """Sampler ticks left out: a non-finite or negative reading."""
+    run_starts: tuple[int, ...] = (0,)
+    """Index of the first sample of each sampler run (one per attempt of a resumed run): the
+    energy columns count from each run's own start."""
+    run_opened: tuple[float, ...] = ()
+    """When each sampler run opened (``unix_s - time_s`` of its samples): before its own
+    governor's start, after the previous attempt's."""
     utc: bool = True
     """False for files written before samples carried ``unix_s``: times are then seconds
     since the node's sampler started (no common time base)."""
@@ -128,6 +139,29 @@ class ClusterSeries:
                        longest_crossing_s=cross.longest_s)
         return out
 
+    def energy_until(self, unix_s: float) -> float | None:
+        """Energy of the governed windows up to ``unix_s``, in J (trapezoids of the series).
+
+        What the run drew up to a moment (e.g. reaching ``train.target_is``); the windows'
+        gaps (between a resumed run's attempts) count nothing.
+
+        Returns:
+            The energy, or None when no window started before ``unix_s`` or the samples carry
+            no UTC time.
+        """
+        if not self.utc or not self.segments or self.segments[0].start_unix_s > unix_s:
+            return None
+        energy = 0.0
+        for seg in self.segments:
+            ts, ws = seg.unix_s, seg.watts
+            for i in range(1, len(ts)):
+                t0, t1 = ts[i - 1], min(ts[i], unix_s)
+                if t1 <= t0:
+                    break
+                w1 = ws[i - 1] + (ws[i] - ws[i - 1]) * (t1 - t0) / (ts[i] - ts[i - 1])
+                energy += 0.5 * (ws[i - 1] + w1) * (t1 - t0)
+        return energy
+
     def crossings(self, budget_w: float | None) -> CrossingStats | None:
         """Budget crossings of every window, times in Unix s (None without a budget)."""
         if budget_w is None or not budget_w > 0:
@@ -188,9 +222,10 @@ def read_node_series(node_dir: str | Path, *, since_unix_s: float | None = None
         None when the folder has no GPU samples.
     """
     node_dir = Path(node_dir)
-    ticks: dict[str, list[float]] = {}  # tick key -> [t, gpu W, gpu J, bad]
+    ticks: dict[str, list[float]] = {}  # tick key -> [t, gpu W, gpu J, bad, sampler run]
     order: list[str] = []
     utc = True
+    run, last_time_s, opened = 0, -math.inf, math.nan
     for row in _rows(node_dir / "gpu_power.csv"):
         key = row.get("unix_s") or ""
         if not key:
@@ -199,8 +234,15 @@ def read_node_series(node_dir: str | Path, *, since_unix_s: float | None = None
         t = _num(key)
         if t is None or not math.isfinite(t):
             continue
+        since_start = _num(row.get("time_s"))
+        if since_start is not None and math.isfinite(since_start):
+            if since_start < last_time_s:  # time_s restarts: the next attempt's sampler
+                run += 1
+            if since_start < last_time_s or math.isnan(opened):
+                opened = t - since_start
+            last_time_s = since_start
         if key not in ticks:
-            ticks[key] = [t, 0.0, 0.0, 0.0]
+            ticks[key] = [t, 0.0, 0.0, 0.0, float(run), opened]
             order.append(key)
         tick = ticks[key]
         w, e = _num(row.get("power_w")), _num(row.get("energy_j"))
@@ -221,15 +263,16 @@ def read_node_series(node_dir: str | Path, *, since_unix_s: float | None = None
     samples = []
     excluded = 0
     for key in order:
-        t, gpu_w, gpu_j, bad = ticks[key]
+        t, gpu_w, gpu_j, bad, run_no, run_open = ticks[key]
         o_w, o_j = other.get(key, (0.0, 0.0))
         if bad or o_w is None:
             excluded += 1
             continue
         if since_unix_s is not None and t < since_unix_s:
             continue
-        samples.append((t, gpu_w + o_w, gpu_j + o_j))
-    samples.sort(key=lambda s: s[0])
+        samples.append((t, gpu_w + o_w, gpu_j + o_j, run_no, run_open))
+    samples.sort(key=lambda s: (s[3], s[0]))  # attempts follow each other; by time within one
+    run_starts = tuple(i for i, s in enumerate(samples) if i == 0 or s[3] != samples[i - 1][3])
     windows: list[tuple[float, float | None]] = []
     switch_w = 0.0
     if utc:
@@ -251,7 +294,9 @@ def read_node_series(node_dir: str | Path, *, since_unix_s: float | None = None
     return NodeSeries(name=node_dir.name, unix_s=tuple(s[0] for s in samples),
                       total_w=tuple(s[1] for s in samples),
                       energy_j=tuple(s[2] for s in samples), windows=tuple(windows),
-                      shared_overhead_w=switch_w, excluded=excluded, utc=utc)
+                      shared_overhead_w=switch_w, excluded=excluded,
+                      run_starts=run_starts or (0,),
+                      run_opened=tuple(samples[i][4] for i in run_starts), utc=utc)
 
 
 # --- the cluster series ----------------------------------------------------------------------
@@ -269,21 +314,38 @@ def _interp(t: float, ts: Sequence[float], ws: Sequence[float]) -> float:
     return ws[hi] if span <= 0 else ws[lo] + (ws[hi] - ws[lo]) * (t - ts[lo]) / span
 
 
-def _node_windows(node: NodeSeries) -> list[tuple[float, float, str]]:
-    """The node's governed windows; all its samples when it has no governor events."""
+def _node_windows(node: NodeSeries) -> list[tuple[float, float, str, int, int]]:
+    """The node's governed windows, each ``(start, end, how, lo, hi)``.
+
+    ``lo:hi`` are the samples of the sampler run of the window's attempt (opened after the
+    previous window's start, by this one's; empty when the attempt left no sample on disk, e.g.
+    killed before its first flush); every sampler run is one window when the node has no
+    governor events.
+    """
     if not node.unix_s:
         return []
+    bounds = list(node.run_starts) + [len(node.unix_s)]
+    runs = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
     if not node.windows:
-        return [(node.unix_s[0], node.unix_s[-1], "last sample")]
+        return [(node.unix_s[lo], node.unix_s[hi - 1], "last sample", lo, hi)
+                for lo, hi in runs if hi > lo]
+    opened = list(node.run_opened) or [node.unix_s[0]]
     out = []
     for k, (start, end) in enumerate(node.windows):
+        prev = node.windows[k - 1][0] if k else -math.inf
+        mine = [r for r, o in zip(runs, opened, strict=False)
+                if not math.isfinite(o) or prev < o <= start + _OPEN_SLACK_S]
+        lo, hi = mine[-1] if mine else (0, 0)
         if end is not None:
-            out.append((start, end, "restore"))
-            continue
-        nxt = node.windows[k + 1][0] if k + 1 < len(node.windows) else math.inf
-        before = [t for t in node.unix_s if start <= t < nxt]
-        out.append((start, before[-1] if before else start, "last sample"))
+            out.append((start, end, "restore", lo, hi))
+        else:  # killed: the window ends at its own sampler's last sample
+            last = node.unix_s[hi - 1] if hi > lo else start
+            out.append((start, max(start, last), "last sample", lo, hi))
     return out
+
+
+#: Clock resolution allowed between a sampler's opening and its governor's start (same host).
+_OPEN_SLACK_S = 0.01
 
 
 def cluster_series(nodes: Sequence[NodeSeries | None]) -> ClusterSeries:
@@ -292,22 +354,21 @@ def cluster_series(nodes: Sequence[NodeSeries | None]) -> ClusterSeries:
     Args:
         nodes: Every node's series (None entries, nodes without samples, are ignored).
     """
-    nodes = [n for n in nodes if n is not None and n.unix_s]
-    excluded = sum(n.excluded for n in nodes)
-    if not nodes:
+    present = [n for n in nodes if n is not None and n.unix_s]
+    excluded = sum(n.excluded for n in present)
+    if not present:
         return ClusterSeries((), (), excluded=excluded)
-    utc = all(n.utc for n in nodes)
-    switch_w = max(n.shared_overhead_w for n in nodes)
-    per_node = [_node_windows(n) for n in nodes]
+    utc = all(n.utc for n in present)
+    switch_w = max(n.shared_overhead_w for n in present)
+    per_node = [_node_windows(n) for n in present]
     segments: list[Segment] = []
     for k in range(max(len(w) for w in per_node)):
         mine = []
-        for n, w in zip(nodes, per_node):
+        for n, w in zip(present, per_node, strict=True):
             if k >= len(w):
                 continue
-            # Only this segment's samples: the energy columns restart with every sampler.
-            lo = bisect_right(n.unix_s, w[k - 1][1]) if k > 0 else 0
-            hi = bisect_left(n.unix_s, w[k + 1][0]) if k + 1 < len(w) else len(n.unix_s)
+            # Only this segment's sampler's samples: their energy columns restart with it.
+            lo, hi = w[k][3], w[k][4]
             if hi > lo:
                 mine.append((n.name, w[k], n.unix_s[lo:hi], n.total_w[lo:hi],
                              n.energy_j[lo:hi]))
@@ -329,7 +390,7 @@ def cluster_series(nodes: Sequence[NodeSeries | None]) -> ClusterSeries:
         energy = sum(_interp(end, ts, es) - _interp(start, ts, es)
                      for _, _, ts, _, es in mine) + switch_w * (end - start)
         segments.append(Segment(start, end, how, tuple(times), watts, node_w, energy))
-    return ClusterSeries(tuple(segments), tuple(n.name for n in nodes), utc=utc,
+    return ClusterSeries(tuple(segments), tuple(n.name for n in present), utc=utc,
                          excluded=excluded)
 
 

@@ -17,8 +17,11 @@ DEFAULT_BUDGET_W = 3000.0
 
 
 class FieldError(ValueError):
-    """A value that fails validation; ``key`` is the dotted path below the section
-    (:mod:`harness.config` adds the section and the file). ``str()`` is ``key: message``."""
+    """A value that fails validation.
+
+    A value that fails validation; ``key`` is the dotted path below the section
+    (:mod:`harness.config` adds the section and the file). ``str()`` is ``key: message``.
+    """
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
@@ -32,7 +35,9 @@ MAX_BUDGET_W: float = 1e8
 
 
 def check_budget(budget_w: float, headroom_w: float = 0.0) -> None:
-    """The one budget rule: a finite budget in (0, :data:`MAX_BUDGET_W`] W and a headroom in
+    """Check a budget and headroom (the one budget rule).
+
+    The one budget rule: a finite budget in (0, :data:`MAX_BUDGET_W`] W and a headroom in
     [0, budget).
 
     Raises:
@@ -105,8 +110,59 @@ class PowerConfig:
     ``harness power-sweep``): ``harness launch`` starts its nodes and GPUs, and every GPU
     starts at its planned cap (the governor still moves it); empty = no plan."""
 
+    sim_pdu: bool = False
+    """Simulate the judges' rack PDU at the wall (PSU losses, fans, switch, a 1-s averaging,
+    late, noisy meter; see ``power.pdu``); off by default."""
+    psu_rating_w: float = 3000.0
+    """Rated DC output of each node's PSU for the simulated PDU (80 PLUS Platinum-like curve)."""
+    fan_idle_w: float = 30.0
+    """Simulated fan power of a node at idle, in W."""
+    fan_max_w: float = 150.0
+    """Simulated fan power of a node at full load, in W."""
+    pdu_switch_w: float = 60.0
+    """Simulated rack switch power at the wall, in W."""
+    pdu_latency_s: float = 1.0
+    """Simulated PDU: delay between a 1-s window's end and its report, in s."""
+    pdu_noise_w: float = 5.0
+    """Simulated PDU: standard deviation of the reading noise, in W."""
+    pdu_seed: int = 0
+    """Simulated PDU: seed of the reading noise."""
+    pdu_command: str = ""
+    """A real rack meter: a command printing the rack's wall power (polled once a second);
+    its readings go to ``power/pdu.csv`` and the governor holds them like ``sim_pdu``'s."""
+    pdu_scale: float = 1.0
+    """Multiplier turning ``pdu_command``'s number into W (e.g. 1000 for kW)."""
+    hold: Literal["wall", "components"] = "wall"
+    """With a wall meter (``sim_pdu``): hold the budget at the wall (predicted wall power,
+    corrected by the meter) or only the components' sum (the old behaviour)."""
+    wall_model: str = ""
+    """A wall model from ``harness power-calibrate`` (JSON): with a wall meter the governor
+    predicts the wall through it and corrects it online; empty = learn the wall from the
+    meter online (see ``power.wall_hold``)."""
+
+    sim_phases: bool = False
+    """Simulated GPUs follow the phase the training loop announces (``power.phases``): idle at
+    the start and while a checkpoint is written, a lighter forward-only load in validation and
+    evaluation; off: the load depends on time only."""
+    sim_phase_s: float = 2.0
+    """With ``sim_phases``: the shortest simulated validation, checkpoint or evaluation, in s
+    (what it takes on a GPU node, however fast this machine does it; 0: as announced)."""
+    hold_phases: bool = True
+    """Hold the GPU caps through announced validation, checkpoint and evaluation phases
+    instead of letting them follow the lower draw down and ramping them back up after."""
+
     def __post_init__(self) -> None:
         check_budget(self.budget_w, self.headroom_w)
+        check(0 <= self.sim_phase_s <= 600, "sim_phase_s", "must be between 0 and 600")
+        check(self.psu_rating_w > 0, "psu_rating_w", "must be > 0")
+        check(0 <= self.fan_idle_w <= self.fan_max_w, "fan_idle_w",
+              "must be >= 0 and <= fan_max_w")
+        check(self.pdu_switch_w >= 0, "pdu_switch_w", "must be >= 0")
+        check(0 <= self.pdu_latency_s <= 60, "pdu_latency_s", "must be between 0 and 60")
+        check(self.pdu_noise_w >= 0, "pdu_noise_w", "must be >= 0")
+        check(self.pdu_scale > 0, "pdu_scale", "must be > 0")
+        check(not (self.sim_pdu and self.pdu_command), "pdu_command",
+              "give either sim_pdu or pdu_command, not both")
         check(0 < self.control_hz <= 100, "control_hz", "must be in (0, 100]")
         check(10 <= self.sample_hz <= 1000, "sample_hz", "must be between 10 and 1000")
         check(self.stale_s > 0, "stale_s", "must be > 0")
@@ -118,3 +174,10 @@ class PowerConfig:
                "must name a CSV trace when backend is replay")
         check(not any(ord(c) < 32 or ord(c) == 127 for c in self.plan), "plan",
               "contains a control character (newline, NUL, ...)")
+        if self.wall_model:
+            from power.wall_model import WallModelError, load_wall_model
+
+            try:
+                load_wall_model(self.wall_model)
+            except WallModelError as exc:
+                raise FieldError("wall_model", str(exc)) from None

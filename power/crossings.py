@@ -1,4 +1,6 @@
-"""Budget crossings of a power time series: the one definition the governor, the meter
+"""Budget crossings of a power time series.
+
+Budget crossings of a power time series: the one definition the governor, the meter
 comparison and the simulation figures share.
 
 A crossing starts at the first sample above the budget and ends at the first sample back at
@@ -89,7 +91,7 @@ def budget_crossings(times_s: Sequence[float], watts: Sequence[float],
     peak = 0.0
     last_t = -math.inf
     n = over = 0
-    for t, w in zip(times_s, watts):
+    for t, w in zip(times_s, watts, strict=False):
         t, w = float(t), float(w)
         if t < last_t:
             raise ValueError(f"budget_crossings: time goes backwards at {t}")

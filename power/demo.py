@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             gov.step()
             steps += 1
             if args.ready_file and steps == 1:
-                if any(g.get_power_limit_mw() != o for g, o in zip(gpus, original)):
+                if any(g.get_power_limit_mw() != o for g, o in zip(gpus, original, strict=True)):
                     write_text_atomic(args.ready_file, "ready\n")
             if args.raise_after_steps and steps >= args.raise_after_steps:
                 raise RuntimeError(f"simulated training failure after {steps} steps")

@@ -70,6 +70,12 @@ class NodeReport:
     """CPU + DRAM + fixed node overhead (None if unknown)."""
     energy_j: float
     """Energy of this node's GPUs and other power since the governor started."""
+    wall_offset_w: float = 0.0
+    """Rank 0 only: predicted wall power minus component power, guardband included (0 when
+    the wall is not held); every node's policy uses rank 0's value."""
+    hold: bool = False
+    """Rank 0 only: the workload is in a known phase that lowers the load (validation,
+    checkpoint...): every node holds its caps (:mod:`power.phases`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,20 @@ class Governor:
         self.shared_overhead_w = float(shared_overhead_w)
         self.period_s = period_s
         self.policy = policy or PolicyConfig()
+        #: Called on comm rank 0 each period with every node's component power (GPUs + other),
+        #: e.g. to feed a simulated wall meter (:mod:`power.pdu`); None = no hook.
+        self.wall_hook: Callable[[list[float]], None] | None = None
+        #: Like ``wall_hook`` with each node's ``(GPU W, other W)`` (for a wall model of both).
+        self.wall_parts_hook: Callable[[list[tuple[float, float]]], None] | None = None
+        #: On comm rank 0: the wall's predicted excess over the components (W, guardband
+        #: included), shared in the all-gather so the policy holds the wall; None = hold the
+        #: components.
+        self.wall_offset: Callable[[], float] | None = None
+        #: On comm rank 0: True while the workload announces a phase that lowers the load
+        #: (:meth:`power.phases.PhaseBoard.holding`); every node then holds its caps through
+        #: it. None = never hold.
+        self.phase_hold: Callable[[], bool] | None = None
+        self._held_offset_w: float | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._other_fn = other_power_w
         self._clock = clock or MonotonicClock()
@@ -349,11 +369,12 @@ class Governor:
                     logger.warning("GPU %d: power read failed (%d times): %s", i,
                                    self._read_errors[i], exc)
             power = self._last_power_w[i]
-            if self._energy_start_mj[i] is not None:
+            start_mj = self._energy_start_mj[i]
+            if start_mj is not None:
                 before_j = self._energy_j[i]
                 try:
                     self._energy_j[i] = (g.get_total_energy_consumption_mj()
-                                         - self._energy_start_mj[i]) / 1000.0
+                                         - start_mj) / 1000.0
                     # A counter that has not moved was not refreshed: keep the reading.
                     if (self._use_energy[i] and power is not None and dt > 0
                             and self._energy_j[i] > before_j):
@@ -397,8 +418,10 @@ class Governor:
                 self._other_energy_j += 0.5 * (self._last_other_w + other) * dt
             self._last_other_w = other
         self._last_t = now
+        offset = self.wall_offset() if self.wall_offset is not None else 0.0
+        hold = self.phase_hold() if self.phase_hold is not None else False
         return NodeReport(self.comm.rank, tuple(readings), other,
-                          sum(self._energy_j) + self._other_energy_j)
+                          sum(self._energy_j) + self._other_energy_j, offset, hold)
 
     def _apply(self, reports: Sequence[NodeReport]) -> Decision:
         now = self._last_t if self._last_t is not None else self._clock.now()
@@ -406,8 +429,11 @@ class Governor:
         others = [rep.other_power_w for rep in reports]
         other_total = (None if any(o is None for o in others)
                        else sum(others) + self.shared_overhead_w)  # type: ignore[arg-type]
-        decision = decide(budget_w=self.budget_w, headroom_w=self.headroom_w, readings=readings,
-                          other_power_w=other_total, mode=self.mode, config=self.policy)
+        # Holding the wall: the components get the budget less the wall's predicted excess.
+        offset_w, policy = self._phase_terms(reports[0])
+        held_w = max(self.budget_w - offset_w, self.headroom_w + 1.0)
+        decision = decide(budget_w=held_w, headroom_w=self.headroom_w, readings=readings,
+                          other_power_w=other_total, mode=self.mode, config=policy)
         self.steps += 1
         offset = sum(len(rep.readings) for rep in reports[: self.comm.rank])
         mine = slice(offset, offset + len(self.gpus))
@@ -420,12 +446,38 @@ class Governor:
         self._cluster_energy_j = (sum(rep.energy_j for rep in reports)
                                   + self.shared_overhead_w * (now - self._t0))
         self._track_crossing(now, cluster_w)
+        if self.wall_hook is not None and self.comm.rank == 0:
+            self.wall_hook([sum(r.power_w for r in rep.readings if r.power_w is not None)
+                            + (rep.other_power_w or 0.0) for rep in reports])
+        if self.wall_parts_hook is not None and self.comm.rank == 0:
+            self.wall_parts_hook([(sum(r.power_w for r in rep.readings if r.power_w is not None),
+                                   rep.other_power_w or 0.0) for rep in reports])
         if decision.fail_safe:
             self.fail_safe_count += 1
         self._log_decision(now, decision, cluster_w,
                            [r.max_limit_w - r.min_limit_w for r in readings])
         self.last_decision = decision
         return decision
+
+    def _phase_terms(self, first: NodeReport) -> tuple[float, PolicyConfig]:
+        """The wall offset and the policy of this period, held through a known phase.
+
+        Through a phase that lowers the load (rank 0's ``hold``), GPUs below their cap keep it
+        (:func:`power.phases.hold_policy`) and the wall offset stays at least what it was when
+        the phase began: the caps that held the wall before still hold it when the load comes
+        back, with no ramp after the phase.
+        """
+        if not first.hold:
+            if self._held_offset_w is not None:
+                self._log("phase_hold_end", offset_w=round(self._held_offset_w, 1))
+            self._held_offset_w = None
+            return first.wall_offset_w, self.policy
+        from power.phases import hold_policy
+
+        if self._held_offset_w is None:
+            self._log("phase_hold", offset_w=round(first.wall_offset_w, 1))
+        self._held_offset_w = max(self._held_offset_w or 0.0, first.wall_offset_w)
+        return self._held_offset_w, hold_policy(self.policy)
 
     def _set_caps(self, limits_w: Sequence[float], clocks: Sequence[float] | None) -> None:
         for i, g in enumerate(self.gpus):
@@ -436,7 +488,8 @@ class Governor:
                 if self.mode == "power_limit":
                     new_w = min(max(limits_w[i], lo), hi)
                     threshold = 0.005 * (hi - lo)
-                    if abs(new_w - self._limit_w[i]) >= threshold or new_w < self._limit_w[i] - 1e-3:
+                    if (abs(new_w - self._limit_w[i]) >= threshold
+                            or new_w < self._limit_w[i] - 1e-3):
                         g.set_power_limit_mw(int(round(new_w * 1000)))
                         self._limit_w[i] = new_w
                 else:
@@ -477,7 +530,7 @@ class Governor:
         limits = list(d.limits_w)
         old = self._logged_limits
         moved = old is None or len(old) != len(limits) or any(
-            abs(a - b) >= 0.05 * span for a, b, span in zip(limits, old, spans_w))
+            abs(a - b) >= 0.05 * span for a, b, span in zip(limits, old, spans_w, strict=True))
         if notable or moved:
             self._log("caps", t_s=now - self._t0, reason=d.reason, messages=list(d.messages),
                       cluster_w=cluster_w, limits_w=[round(v, 2) for v in limits],
@@ -516,7 +569,7 @@ class Governor:
                 with self._lock:
                     if not self._closed:
                         self._set_caps([lo for lo, _ in self._ranges_w],
-                                       [c[0] for c in self._clock_ranges]
+                                       [c[0] for c in self._clock_ranges if c is not None]
                                        if self.mode == "clocks" else None)
                 return
             next_t += self.period_s

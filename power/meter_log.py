@@ -19,7 +19,13 @@ ignored; ``,``, ``;`` or tab separated; lines starting with ``#`` are skipped):
   and ``mW`` by 1/1000. Several power columns (one per outlet or PSU) are summed.
 * optional **channel** - ``outlet``, ``channel``, ``node``, ``host``, ``device``, ``pdu`` or
   ``psu``: a "long" log with one row per outlet per time; outlets are summed (each outlet's
-  last reading is held until its next one).
+  last reading is held until its next one, for at most :data:`HOLD_INTERVALS` of its own
+  usual intervals: an outlet that stops reporting leaves the total incomplete, and those
+  times are left out, with a note, rather than summed with a stale value).
+
+A time stamp that appears twice (for the same outlet) is a duplicated row when the readings
+agree (dropped, with a note) and an error when they differ (two meters in one log without an
+outlet column?): alternating readings at one instant would invent budget crossings.
 
 Example (``harness report RUN --meter pdu.csv``)::
 
@@ -77,13 +83,16 @@ class MeterLog:
     power_columns: tuple[str, ...]
     channels: tuple[str, ...]
     """Outlets of a long-format log (empty for a wide one)."""
+    notes: tuple[str, ...] = ()
+    """What reading the log changed (duplicated rows dropped, an outlet that stopped), said
+    in the report and on the command line."""
 
     def to_csv(self) -> str:
         """The normalised log: ``unix_s,utc,watts``."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(("unix_s", "utc", "watts"))
-        for t, p in zip(self.unix_s, self.watts):
+        for t, p in zip(self.unix_s, self.watts, strict=True):
             w.writerow((f"{t:.3f}", utc_iso(float(t)), f"{p:.3f}"))
         return buf.getvalue()
 
@@ -179,8 +188,11 @@ def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
 def _columns(p: Path, header: Sequence[str], time_column: str | None,
              power_columns: Sequence[str] | None
              ) -> tuple[int | None, int, list[tuple[int, float]], int | None]:
-    """(date column, time column, [(power column, scale to W)], channel column) of a meter
-    log's header, named or found by name."""
+    """Find the date, time, power and channel columns of a meter log's header.
+
+    (date column, time column, [(power column, scale to W)], channel column) of a meter
+    log's header, named or found by name.
+    """
     names = [_norm(h) for h in header]
     index = {n: i for i, n in enumerate(names)}
 
@@ -239,6 +251,8 @@ def read_meter_log(path: str | os.PathLike[str], *, time_column: str | None = No
     chans: list[str] = []
     first_zone: tuple[int, str] | None = None
     zeros: list[int] = []
+    duplicates: list[int] = []
+    seen: dict[tuple[float, str], tuple[int, int]] = {}  # (time, outlet) -> (line, index)
     for line, row in enumerate(rows, start=2):
         if len(row) < len(header):
             raise MeterLogError(f"{p}:{line}: {len(row)} fields, the header has {len(header)}")
@@ -262,43 +276,93 @@ def read_meter_log(path: str | os.PathLike[str], *, time_column: str | None = No
         if w == 0:
             zeros.append(line)  # a dropped reading, not a cluster drawing nothing
             continue
+        chan = row[chan_col].strip() if chan_col is not None else ""
+        earlier = seen.get((t, chan))
+        if earlier is not None:
+            if watts[earlier[1]] != w:
+                raise MeterLogError(
+                    f"{p}:{line}: time {stamp.strip()}{' outlet ' + chan if chan else ''} "
+                    f"appears again (line {earlier[0]}) with another reading ({w:g} W vs "
+                    f"{watts[earlier[1]]:g} W); keep one reading per time"
+                    + ("" if chan_col is not None else " (several meters in one log? add an "
+                       "outlet column)"))
+            duplicates.append(line)
+            continue
+        seen[(t, chan)] = (line, len(watts))
         times.append(t)
         watts.append(w)
-        chans.append(row[chan_col].strip() if chan_col is not None else "")
+        chans.append(chan)
     if zeros:
         log.warning("%s: %d reading(s) of 0 W excluded (lines %s)", p, len(zeros),
                     ", ".join(map(str, zeros[:5])) + (" ..." if len(zeros) > 5 else ""))
+    notes: list[str] = []
+    if duplicates:
+        notes.append(f"{len(duplicates)} duplicated row(s) dropped (same time and reading as an "
+                     f"earlier row: lines {_lines(duplicates)})")
     if not times:
         raise MeterLogError(f"{p}: no reading above 0 W")
     channels = tuple(sorted(set(chans))) if chan_col is not None else ()
     if channels and len(channels) > 1:
-        t_arr, w_arr = _sum_channels(times, watts, chans)
+        t_arr, w_arr, stale = _sum_channels(times, watts, chans)
+        notes += stale
+        if not len(t_arr):
+            raise MeterLogError(f"{p}: no time at which every outlet has a recent reading; "
+                                "export the outlets over the same period")
     else:
         order = np.argsort(np.array(times), kind="stable")
         t_arr, w_arr = np.array(times)[order], np.array(watts)[order]
+    for note in notes:
+        log.warning("%s: %s", p, note)
     return MeterLog(str(p), t_arr, w_arr, header[t_col] if date_col is None else "date+time",
-                    tuple(header[i] for i, _ in p_cols), channels)
+                    tuple(header[i] for i, _ in p_cols), channels, tuple(notes))
+
+
+def _lines(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:5])) + (" ..." if len(numbers) > 5 else "")
+
+
+#: An outlet's reading is held for at most this many of its own usual (median) intervals.
+HOLD_INTERVALS = 3.0
 
 
 def _sum_channels(times: list[float], watts: list[float], chans: list[str]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Sum a long-format log over outlets on the union of time stamps (last value held).
 
-    Times before an outlet's first reading are dropped (the total would be incomplete).
+    Times before an outlet's first reading are dropped (the total would be incomplete), and so
+    are times more than :data:`HOLD_INTERVALS` of an outlet's usual intervals after its last
+    reading (it stopped reporting, or has a gap): a held value there would be invented.
+
+    Returns:
+        Times, totals, and one note per outlet that stopped or paused.
     """
     by: dict[str, list[tuple[float, float]]] = {}
-    for t, w, c in zip(times, watts, chans):
+    for t, w, c in zip(times, watts, chans, strict=True):
         by.setdefault(c, []).append((t, w))
     grid = np.unique(np.array(times))
     start = max(min(t for t, _ in v) for v in by.values())
     grid = grid[grid >= start]
     total = np.zeros(len(grid))
-    for v in by.values():
+    complete = np.ones(len(grid), dtype=bool)
+    notes: list[str] = []
+    for name, v in sorted(by.items()):
         v.sort()
         ts = np.array([t for t, _ in v])
         ws = np.array([w for _, w in v])
-        total += ws[np.searchsorted(ts, grid, side="right") - 1]
-    return grid, total
+        at = np.searchsorted(ts, grid, side="right") - 1
+        total += ws[at]
+        if len(ts) < 2:
+            continue
+        hold = HOLD_INTERVALS * float(np.median(np.diff(ts)))
+        fresh = grid - ts[at] <= hold
+        if not fresh.all():
+            lost = grid[~fresh]
+            notes.append(f"outlet {name}: no reading for more than {hold:g} s "
+                         f"({HOLD_INTERVALS:g} of its intervals) from {utc_iso(float(lost[0]))}"
+                         f" to {utc_iso(float(lost[-1]))}; the total is left out there, not "
+                         "held at its last value")
+        complete &= fresh
+    return grid[complete], total[complete], notes
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +381,18 @@ class MeterComparison:
     """:class:`~power.crossings.CrossingStats` of the meter series (None without a budget)."""
     ours_crossings: Any
     """The same for our series at the meter's times."""
+    run_unix_s: tuple[float, float] = (math.nan, math.nan)
+    """First and last instant of our series (the run's power windows)."""
+    notes: tuple[str, ...] = ()
+    """The meter log's own notes (:attr:`MeterLog.notes`)."""
+
+    @property
+    def covers_fraction(self) -> float:
+        """Share of the run's span that the lined-up meter readings span (1.0: all of it)."""
+        run = self.run_unix_s[1] - self.run_unix_s[0]
+        if not run > 0 or len(self.unix_s) < 2:
+            return 0.0
+        return min(1.0, float(self.unix_s[-1] - self.unix_s[0]) / run)
 
     @property
     def diff_w(self) -> np.ndarray:
@@ -337,6 +413,10 @@ class MeterComparison:
             "diff_rms_w": float(np.sqrt((d ** 2).mean())), "diff_max_abs_w": float(np.abs(d).max()),
             "meter_energy_j": _trapezoid(self.unix_s, self.meter_w),
             "ours_energy_j": _trapezoid(self.unix_s, self.ours_w),
+            "run_start_utc": utc_iso(self.run_unix_s[0]),
+            "run_end_utc": utc_iso(self.run_unix_s[1]),
+            "run_duration_s": self.run_unix_s[1] - self.run_unix_s[0],
+            "covers_fraction": self.covers_fraction, "notes": list(self.notes),
         }
         if self.meter_crossings is not None:
             out["meter_crossings"] = self.meter_crossings.to_json()
@@ -370,6 +450,14 @@ def compare_with_meter(meter: MeterLog, ours_unix_s: Sequence[float], ours_w: Se
                             "(runs recorded before wall-clock stamps cannot be lined up)")
     mt = meter.unix_s + offset_s
     inside = (mt >= ot[0]) & (mt <= ot[-1])
+    if inside.sum() < 2 and mt[0] <= ot[-1] and mt[-1] >= ot[0]:
+        every = float(np.median(np.diff(mt))) if len(mt) > 1 else math.inf
+        raise MeterLogError(
+            f"{meter.path}: the meter log ({utc_iso(float(mt[0]))} .. {utc_iso(float(mt[-1]))}) "
+            f"spans the run ({utc_iso(float(ot[0]))} .. {utc_iso(float(ot[-1]))}, "
+            f"{ot[-1] - ot[0]:.1f} s) but has {int(inside.sum())} reading(s) inside it (one "
+            f"every {every:g} s): too sparse to compare; export readings at a shorter interval "
+            "(at least two inside the run)")
     if inside.sum() < 2:
         gap_h = (float(np.median(mt)) - float(np.median(ot))) / 3600.0
         hint = (f"; they are about {round(gap_h):+d} h apart: is the meter logging local time? "
@@ -386,4 +474,5 @@ def compare_with_meter(meter: MeterLog, ours_unix_s: Sequence[float], ours_w: Se
     if budget_w is not None:
         mc = budget_crossings(t, mw, budget_w)
         oc = budget_crossings(t, ours_at, budget_w)
-    return MeterComparison(t, mw, ours_at, budget_w, offset_s, mc, oc)
+    return MeterComparison(t, mw, ours_at, budget_w, offset_s, mc, oc,
+                           (float(ot[0]), float(ot[-1])), meter.notes)

@@ -168,7 +168,7 @@ def write_mlperf_logs(out_dir: str | os.PathLike[str], facts: RunFacts,
             f.log.start(key=c.POWER_MEASUREMENT_START, time_ms=t0)
             f.log.event(key=c.CONVERTION_EFF, value=float(conversion_eff), time_ms=t0,
                         metadata={"measurement_type": "AC"})
-            for t, w in zip(node.unix_s, node.watts):
+            for t, w in zip(node.unix_s, node.watts, strict=True):
                 if facts.run_start_unix_s <= t <= facts.run_stop_unix_s:
                     f.log.event(key=c.POWER_READING, value=float(w), time_ms=_ms(t),
                                 metadata={"host": node.host})

@@ -80,7 +80,8 @@ class RaplReader:
         clock: Time source.
     """
 
-    def __init__(self, root: str | Path = "/sys/class/powercap", clock: Clock | None = None) -> None:
+    def __init__(self, root: str | Path = "/sys/class/powercap",
+                 clock: Clock | None = None) -> None:
         self.root = Path(root)
         self._clock = clock or MonotonicClock()
         self.zones = self._discover()
@@ -302,7 +303,8 @@ class ExternalMeter:
         """The latest value and its age now in s (None before the command first answered).
 
         Starts the thread on first use (not again after :meth:`close`); never waits for the
-        command."""
+        command.
+        """
         if self._thread is None and not self._closed:
             self.start()
         with self._lock:
@@ -378,7 +380,11 @@ class NodePower:
             import psutil
 
             psutil.cpu_percent(interval=None)  # prime: the first call always returns 0.0
-            cpu_percent = lambda: psutil.cpu_percent(interval=None)
+
+            def psutil_percent() -> float:
+                return psutil.cpu_percent(interval=None)
+
+            cpu_percent = psutil_percent
         self._cpu_percent = cpu_percent
         self._last_rapl: dict[str, float] | None = None
         if self.rapl is not None:

@@ -49,6 +49,14 @@ class LaunchPlan:
     """Most GPUs used on one node (ranks per node at launch)."""
     caps_w: tuple[tuple[float, ...], ...]
     """Per node, the cap of each used GPU."""
+    gpu_models: tuple[str, ...] = ()
+    """Per node, the GPU its caps were measured on (the sweep's GPU name); empty for plans
+    written before it was recorded."""
+    predicted_images_per_s: float | None = None
+    """The cluster's images/s the planner predicted (from the sweep's workload); None for
+    plans without it."""
+    predicted_cluster_w: float | None = None
+    """The cluster's W the planner predicted; None for plans without it."""
 
     @property
     def gpus(self) -> int:
@@ -105,8 +113,16 @@ def parse_plan(doc: Mapping[str, Any], source: str = "plan") -> LaunchPlan:
     if not isinstance(per, int) or per != max(len(r) for r in rows):
         raise _fail(source, "gpus_per_node", f"{per!r} but the fullest node in caps_w uses "
                     f"{max(len(r) for r in rows)}")
+    models = doc.get("gpu_models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models) or (
+            models and len(models) != len(rows)):
+        raise _fail(source, "gpu_models", f"must list one GPU name per node of caps_w "
+                    f"({len(rows)}), got {models!r}")
+    predicted = {k: number(k, positive=False) if doc.get(k) is not None else None
+                 for k in ("predicted_images_per_s", "predicted_cluster_w")}
     return LaunchPlan(source=source, budget_w=budget, headroom_w=headroom, nodes=nodes,
-                      gpus_per_node=per, caps_w=tuple(rows))
+                      gpus_per_node=per, caps_w=tuple(rows), gpu_models=tuple(models),
+                      **predicted)
 
 
 def load_plan(path: str | os.PathLike[str]) -> LaunchPlan:
@@ -129,6 +145,83 @@ def load_plan(path: str | os.PathLike[str]) -> LaunchPlan:
             raise PlanError(f"{p}: this sweep has no plan (it was run with --no-plan)")
         doc = doc["plan"]
     return parse_plan(doc, str(p))
+
+
+def plan_in_use(plan_setting: str, environ: Mapping[str, str] | None = None
+                ) -> LaunchPlan | None:
+    """The plan a rank runs under: ``power.plan``, else ``$FACESR_POWER_PLAN``; None without.
+
+    Raises:
+        PlanError: The plan named is missing or invalid.
+    """
+    path = plan_setting or (os.environ if environ is None else environ).get(PLAN_ENV, "")
+    return load_plan(path) if path else None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlanVsAchieved:
+    """A plan's predicted images/s and cluster W beside what the run achieved. Units: W."""
+
+    source: str
+    """The plan file."""
+    predicted_images_per_s: float | None
+    predicted_cluster_w: float | None
+    achieved_images_per_s: float | None = None
+    """The run's training images/s (``summary.json`` ``images_per_s``)."""
+    achieved_cluster_w: float | None = None
+    """The run's average cluster W (``summary.json`` ``power.avg_cluster_w``)."""
+
+    @staticmethod
+    def _ratio(achieved: float | None, predicted: float | None) -> float | None:
+        if achieved is None or not predicted:
+            return None
+        return achieved / predicted
+
+    @property
+    def images_per_s_ratio(self) -> float | None:
+        """Achieved over predicted images/s (None when either is unknown)."""
+        return self._ratio(self.achieved_images_per_s, self.predicted_images_per_s)
+
+    @property
+    def cluster_w_ratio(self) -> float | None:
+        """Achieved over predicted cluster W (None when either is unknown)."""
+        return self._ratio(self.achieved_cluster_w, self.predicted_cluster_w)
+
+    def to_dict(self, *, achieved: bool = True) -> dict[str, Any]:
+        """The ``plan`` block of ``summary.json`` (``achieved=False``: of ``manifest.json``)."""
+        out: dict[str, Any] = {"source": self.source,
+                               "predicted_images_per_s": self.predicted_images_per_s,
+                               "predicted_cluster_w": self.predicted_cluster_w}
+        if achieved:
+            out.update(achieved_images_per_s=self.achieved_images_per_s,
+                       images_per_s_ratio=self.images_per_s_ratio,
+                       achieved_cluster_w=self.achieved_cluster_w,
+                       cluster_w_ratio=self.cluster_w_ratio)
+        return out
+
+    def line(self) -> str:
+        """One line for the log: predicted, achieved and their ratio."""
+        def part(what: str, got: float | None, want: float | None, ratio: float | None,
+                 digits: int) -> str:
+            if want is None:
+                return f"{what}: no prediction"
+            text = f"{what}: predicted {want:.{digits}f}, achieved "
+            text += "--" if got is None else f"{got:.{digits}f}"
+            return text + ("" if ratio is None else f" (x{ratio:.3g})")
+
+        return (f"plan {self.source}: " + part("images/s", self.achieved_images_per_s,
+                                                self.predicted_images_per_s,
+                                                self.images_per_s_ratio, 1)
+                + "; " + part("cluster W", self.achieved_cluster_w, self.predicted_cluster_w,
+                              self.cluster_w_ratio, 0))
+
+
+def plan_vs_achieved(plan: LaunchPlan, *, images_per_s: float | None = None,
+                     cluster_w: float | None = None) -> PlanVsAchieved:
+    """The plan's predictions beside the achieved images/s and average cluster W (or None)."""
+    return PlanVsAchieved(source=plan.source, predicted_images_per_s=plan.predicted_images_per_s,
+                          predicted_cluster_w=plan.predicted_cluster_w,
+                          achieved_images_per_s=images_per_s, achieved_cluster_w=cluster_w)
 
 
 def launch_overrides(plan: LaunchPlan, *, ranks_per_gpu: int = 1,
@@ -179,6 +272,48 @@ def starting_caps_mw(plan: LaunchPlan, node_index: int,
         want = round(caps[i] * 1000) if i < len(caps) else lo
         out.append(int(min(max(want, lo), hi)))
     return out
+
+
+def node_mismatch(plan: LaunchPlan, node_index: int, gpu_model: str,
+                  limit_ranges_mw: Sequence[tuple[int, int]]) -> tuple[str | None, list[str]]:
+    """Whether ``plan`` was made for this node's GPUs.
+
+    Returns ``(why it cannot start them, or None; what starts differently from the plan, one
+    line each)``.
+
+    Refused: another GPU model than the plan's for this node, fewer GPUs than the plan puts
+    on it, or a planned cap outside this GPU's range (a plan for another GPU: its caps would
+    be clamped into another curve). Said: GPUs the plan leaves unused, a node beyond the plan.
+
+    Args:
+        plan: The plan.
+        node_index: This node's index.
+        gpu_model: This node's GPU name (:meth:`power.gpu.GPU.get_name`).
+        limit_ranges_mw: ``(min, max)`` settable limit of each local GPU. Units: mW.
+    """
+    here = len(limit_ranges_mw)
+    if not 0 <= node_index < plan.nodes:
+        return None, [f"node {node_index} is beyond the plan's {plan.nodes} node(s): its "
+                      f"{here} GPU(s) start at their lowest limit"]
+    caps = plan.caps_w[node_index]
+    fix = ("make a plan on these GPUs (harness power-sweep) or leave power.plan empty")
+    want = plan.gpu_models[node_index] if plan.gpu_models else ""
+    if want and gpu_model and want != gpu_model:
+        return (f"{plan.source}: the plan was made for {want} GPUs; node {node_index} has "
+                f"{gpu_model}: its caps do not carry over; {fix}"), []
+    if len(caps) > here:
+        return (f"{plan.source}: the plan puts {len(caps)} GPU(s) on node {node_index}, which "
+                f"has {here}; {fix}"), []
+    for j, (cap, (lo, hi)) in enumerate(zip(caps, limit_ranges_mw, strict=False)):
+        if not lo - 0.5 <= cap * 1000 <= hi + 0.5:
+            return (f"{plan.source}: planned cap {cap:g} W of node {node_index} GPU {j} is "
+                    f"outside this GPU's {lo / 1000:g}-{hi / 1000:g} W range (a plan for "
+                    f"another GPU); {fix}"), []
+    notes = []
+    if len(caps) < here:
+        notes.append(f"node {node_index} has {here} GPUs, the plan uses {len(caps)}: the other "
+                     f"{here - len(caps)} start at their lowest limit")
+    return None, notes
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,8 @@ class Plan:
             "budget_w": self.budget_w, "headroom_w": self.headroom_w, "nodes": len(self.nodes),
             "gpus_per_node": max((len(n.caps) for n in self.nodes), default=0),
             "caps_w": [list(n.caps) for n in self.nodes],
+            # the GPU each node's caps were measured on (its node type: the sweep's GPU name)
+            "gpu_models": [n.node_type for n in self.nodes],
             "predicted_cluster_w": round(self.predicted_cluster_w, 3),
             "predicted_images_per_s": round(self.predicted_images_per_s, 3),
             "margin_w": round(self.margin_w, 3), "explanation": self.explanation,
@@ -295,7 +297,7 @@ def _alloc_sum(types: Sequence[_Type], counts: Sequence[int], watts: float,
     levels = [[0] * k for k in counts]  # index of each GPU's hull vertex
     inside: list[tuple[int, int, float]] = []  # (type, gpu, extra watts inside a segment)
     segments = []
-    for t, (ty, k) in enumerate(zip(types, counts)):
+    for t, (ty, k) in enumerate(zip(types, counts, strict=True)):
         if k == 0:
             continue
         for j in range(1, len(ty.front)):
@@ -372,7 +374,7 @@ def _alloc_sync(types: Sequence[_Type], counts: Sequence[int], watts_total: floa
         return None
     mid, pick = best
     settings: list[list[float]] = [[] for _ in types]
-    for t, i in zip(used, pick):
+    for t, i in zip(used, pick, strict=True):
         settings[t] = [float(cands[t][0][i])] * counts[t]
     return settings, float(rates[mid])
 
@@ -422,11 +424,11 @@ def plan_cluster(node_types: Sequence[NodeType], *, budget_w: float, headroom_w:
     for counts in itertools.product(*ranges):
         if not any(counts):
             continue
-        nodes = [math.ceil(k / ty.spec.gpus_per_node) for k, ty in zip(counts, types)]
+        nodes = [math.ceil(k / ty.spec.gpus_per_node) for k, ty in zip(counts, types, strict=True)]
         fixed = switch_w + sum(
             m * ty.spec.node_other_w + (m * ty.spec.gpus_per_node - k) * ty.spec.gpu_idle_w
-            for k, m, ty in zip(counts, nodes, types))
-        floor_w = sum(k * ty.min_point.power_w for k, ty in zip(counts, types))
+            for k, m, ty in zip(counts, nodes, types, strict=True))
+        floor_w = sum(k * ty.min_point.power_w for k, ty in zip(counts, types, strict=True))
         cheapest = min(cheapest, fixed + floor_w)
         if fixed + floor_w > limit_w + 1e-9:
             continue
@@ -466,7 +468,7 @@ def _layout(types: Sequence[_Type], counts: Sequence[int],
             settings: Sequence[Sequence[float]]) -> list[NodePlan]:
     """Pack each type's GPUs densely onto nodes (highest caps first)."""
     plans = []
-    for ty, k, sets in zip(types, counts, settings):
+    for ty, k, sets in zip(types, counts, settings, strict=True):
         g = ty.spec.gpus_per_node
         ordered = sorted(sets, reverse=True)
         for start in range(0, k, g):
@@ -490,8 +492,11 @@ def _gpu_w(node_plans: Sequence[NodePlan]) -> float:
 
 
 def _throughput(node_plans: Sequence[NodePlan], objective: str) -> float:
-    """Images/s of a layout: the sum of its GPUs (``sum``), or every GPU at the slowest GPU's
-    pace (``sync``: synchronous data parallel)."""
+    """Return the images/s of a layout.
+
+    Images/s of a layout: the sum of its GPUs (``sum``), or every GPU at the slowest GPU's
+    pace (``sync``: synchronous data parallel).
+    """
     if objective == "sum":
         return sum(sum(n.gpu_images_per_s) for n in node_plans)
     per = [v for n in node_plans for v in n.gpu_images_per_s]

@@ -211,7 +211,8 @@ def decide(*, budget_w: float, headroom_w: float, readings: Sequence[GpuReading]
 
     clocks = None
     if mode == "clocks":
-        clocks = tuple(_clock_for(r, float(pw), float(a), cfg) for r, pw, a in zip(readings, p, new))
+        clocks = tuple(_clock_for(r, float(pw), float(a), cfg)
+                       for r, pw, a in zip(readings, p, new, strict=True))
     return Decision(tuple(float(v) for v in new), clocks, reasons[0] if reasons else STEADY,
                     tuple(messages), measured, target)
 
@@ -236,8 +237,11 @@ def _fail_safe(readings: Sequence[GpuReading], stale: Sequence[GpuReading], lo: 
 def _rebalance(readings: Sequence[GpuReading], p: np.ndarray, lim: np.ndarray, lo: np.ndarray,
                hi: np.ndarray, capped: np.ndarray, cfg: PolicyConfig, reasons: list[str]
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Caps moved towards stragglers and away from GPUs below their cap; (caps, relative
-    lateness of each GPU)."""
+    """Move caps towards stragglers and away from GPUs below their cap.
+
+    Caps moved towards stragglers and away from GPUs below their cap; (caps, relative
+    lateness of each GPU).
+    """
     span = hi - lo
     new = lim.copy()
     rel = np.zeros(len(readings))
@@ -259,8 +263,11 @@ def _fit_budget(new: np.ndarray, p: np.ndarray, lim: np.ndarray, lo: np.ndarray,
                 hi: np.ndarray, capped: np.ndarray, rel: np.ndarray, cfg: PolicyConfig,
                 reasons: list[str], *, measured: float, target: float, other: float
                 ) -> list[str]:
-    """Cut ``new`` (in place) when the cluster is over target or the caps exceed the GPUs'
-    share, else raise capped GPUs into the room left; returns the messages."""
+    """Fit the caps into the budget; returns the messages.
+
+    Cut ``new`` (in place) when the cluster is over target or the caps exceed the GPUs'
+    share, else raise capped GPUs into the room left; returns the messages.
+    """
     messages: list[str] = []
     gpu_budget = target - other
     span = hi - lo

@@ -75,10 +75,10 @@ def load_trace(path: str | os.PathLike[str]) -> dict[int, TraceSeries]:
         raise PowerError(f"{path}: no samples")
     out = {}
     for gpu, samples in sorted(rows.items()):
-        arr = list(zip(*samples))
-        util = None if any(u is None for u in arr[2]) else np.array(arr[2], float)
-        clock = None if any(c is None for c in arr[3]) else np.array(arr[3], float)
-        out[gpu] = TraceSeries(np.array(arr[0], float), np.array(arr[1], float), util, clock)
+        arr = list(zip(*samples, strict=True))
+        utils = None if any(u is None for u in arr[2]) else np.array(arr[2], float)
+        clocks = None if any(c is None for c in arr[3]) else np.array(arr[3], float)
+        out[gpu] = TraceSeries(np.array(arr[0], float), np.array(arr[1], float), utils, clocks)
     return out
 
 

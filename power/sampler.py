@@ -12,7 +12,8 @@ Files (``fmt="csv"``): ``gpu_power.csv`` with ``time_s,gpu,power_w,energy_j,limi
 energy_avg_w,mono_s,unix_s,utc`` (the replay format of :mod:`power.replay`) and
 ``node_power.csv`` with ``time_s,cpu_w,dram_w,overhead_w,meter_w,other_w,energy_j,estimated,
 source,meter_age_s,mono_s,unix_s,utc`` (``meter_age_s``: how old the external meter's latest value
-was, blank without one; a meter runs in its own thread and never delays a sample); with ``fmt="jsonl"``, one ``power_samples.jsonl`` record per tick.
+was, blank without one; a meter runs in its own thread and never delays a sample); with
+``fmt="jsonl"``, one ``power_samples.jsonl`` record per tick.
 ``time_s`` is monotonic time since the sampler started; ``mono_s`` the clock's monotonic time
 and ``unix_s``/``utc`` the wall-clock UTC of the same instant (to line samples up with a meter's
 log). ``power_w`` is what the GPU's power sensor reports (instant or a 1-s average, see
@@ -138,8 +139,11 @@ class PowerSampler:
             self._owns_meter = self.node.start(self.period_s)
 
     def sensors(self) -> list[dict[str, Any]]:
-        """Per GPU: its power sensor (:class:`~power.gpu.PowerSensor` fields), name, UUID and
-        whether it has an energy counter."""
+        """Describe each GPU's power sensor.
+
+        Per GPU: its power sensor (:class:`~power.gpu.PowerSensor` fields), name, UUID and
+        whether it has an energy counter.
+        """
         out = []
         for i, g in enumerate(self.gpus):
             entry: dict[str, Any] = {"gpu": i}
@@ -196,7 +200,7 @@ class PowerSampler:
         with self._mutex:
             stamp = time_fields(self._clock)
             now = stamp["mono_s"]
-            t = now - self._t0  # type: ignore[operator]
+            t = now - self._t0
             dt = 0.0 if self._last_t is None else now - self._last_t
             gpu_rows = []
             gpu_sum = 0.0
@@ -204,15 +208,17 @@ class PowerSampler:
                 power = g.get_power_usage_mw() / 1000.0
                 gpu_sum += power
                 energy_avg_w = None
-                if self._counter_start[i] is not None:
+                start_mj = self._counter_start[i]
+                last_w = self._last_gpu_w[i]
+                if start_mj is not None:
                     self._gpu_energy_j[i] = (g.get_total_energy_consumption_mj()
-                                             - self._counter_start[i]) / 1000.0
+                                             - start_mj) / 1000.0
                     prev_j = self._last_counter_j[i]
                     if prev_j is not None and dt > 0:
                         energy_avg_w = (self._gpu_energy_j[i] - prev_j) / dt
                     self._last_counter_j[i] = self._gpu_energy_j[i]
-                elif self._last_gpu_w[i] is not None:
-                    self._gpu_energy_j[i] += 0.5 * (self._last_gpu_w[i] + power) * dt
+                elif last_w is not None:
+                    self._gpu_energy_j[i] += 0.5 * (last_w + power) * dt
                 self._last_gpu_w[i] = power
                 gpu_rows.append({"gpu": i, "power_w": power, "energy_j": self._gpu_energy_j[i],
                                  "limit_w": g.get_power_limit_mw() / 1000.0,

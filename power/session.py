@@ -16,11 +16,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
 
+from fileio.run_files import node_folder
 from fileio.user_error import UserError
 from power.backends import open_gpus, resolve_backend
 from power.config import PowerConfig
+
+if TYPE_CHECKING:
+    from power.governor import Governor
+    from power.gpu import GPU
+    from power.sampler import PowerSampler
 
 log = logging.getLogger(__name__)
 
@@ -32,31 +39,52 @@ StallHook = Callable[[Callable[[], None]], Callable[[], None]]
 class RankInfo(Protocol):
     """Where this rank is (the harness's ``DistInfo``)."""
 
-    local_rank: int
-    world_size: int
-    node_index: int
-    is_master: bool
+    @property
+    def local_rank(self) -> int:
+        """This rank's index on its node."""
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks in the job."""
+
+    @property
+    def node_index(self) -> int:
+        """This rank's node, counted from 0."""
+
+    @property
+    def is_master(self) -> bool:
+        """True on rank 0."""
 
 
 class RankComm(Protocol):
     """The collectives the session needs (the harness's ``Comm``)."""
 
-    def allreduce_sum(self, value: Any) -> Any: ...
-    def gather(self, value: Any, root: int = 0) -> Any: ...
-    def bcast(self, value: Any, root: int = 0) -> Any: ...
+    def allreduce_sum(self, value: Any) -> Any:
+        """Sum ``value`` over all ranks."""
+
+    def gather(self, value: Any, root: int = 0) -> Any:
+        """Gather ``value`` onto ``root``."""
+
+    def bcast(self, value: Any, root: int = 0) -> Any:
+        """Broadcast ``value`` from ``root``."""
 
 
 class NullPowerSession:
     """Power measurement switched off (``power.enabled: false``)."""
 
-    def __enter__(self) -> "NullPowerSession":
+    def __enter__(self) -> NullPowerSession:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         return None
 
-    def add_images(self, n: int) -> None:
-        """Count images processed by this rank (for images/s/W and J/image)."""
+    def add_images(self, n: int, *, job_total: int | None = None) -> None:
+        """Count images processed by this rank (for images/s/W and J/image).
+
+        ``job_total``: the whole job's images so far in this attempt, where the caller knows it
+        (rank 0 records it, so that a killed attempt's images still count).
+        """
 
     def summary(self, images: int) -> dict[str, Any]:
         """Cluster power figures (collective over all ranks)."""
@@ -65,6 +93,9 @@ class NullPowerSession:
     def live(self) -> dict[str, float] | None:
         """The governor's latest cluster power and the budget (node leaders), else None."""
         return None
+
+    def announce(self, phase: str) -> None:
+        """The workload enters ``phase`` (one of :data:`power.phases.PHASES`)."""
 
 
 class PowerSession(NullPowerSession):
@@ -79,12 +110,16 @@ class PowerSession(NullPowerSession):
         self._on_stall = on_stall
         self.out_dir = Path(out_dir) / "power"
         self.leader = info.local_rank == 0
-        self._gov = self._sampler = self._gpus = None
+        self._gov: Governor | None = None
+        self._sampler: PowerSampler | None = None
+        self._gpus: list[GPU] | None = None
         self._open = False
         self._images = 0
         self._started_unix_s: float | None = None
+        self._ledger: Any = None  # power.attempts.AttemptLedger on rank 0
         self._leaders = None
         self._plan = self._load_plan()
+        self.phases = _phase_board(self.settings)
         if info.world_size > 1:
             from power import MpiComm
 
@@ -99,15 +134,10 @@ class PowerSession(NullPowerSession):
 
     def _load_plan(self) -> Any:  # power.plan.LaunchPlan | None
         """The power plan of ``power.plan``, else of ``$FACESR_POWER_PLAN``; None without."""
-        import os
+        from power.plan import PlanError, plan_in_use
 
-        from power.plan import PLAN_ENV, PlanError, load_plan
-
-        path = self.settings.plan or os.environ.get(PLAN_ENV, "")
-        if not path:
-            return None
         try:
-            return load_plan(path)
+            return plan_in_use(self.settings.plan)
         except PlanError as exc:
             raise UserError(f"power.plan: {exc}") from None
 
@@ -126,16 +156,26 @@ class PowerSession(NullPowerSession):
 
         node = self.info.node_index
         # GPUs idle for the first second (the workload is still starting), then train-like.
-        loads = [noisy_phase_load(seed=1000 * node + i, duration_s=24 * 3600.0, warmup_s=1.0)
+        loads = [noisy_phase_load(seed=1000 * node + i, duration_s=24 * 3600.0,
+                                  warmup_s=0.0 if p.sim_phases else 1.0)
                  for i in range(p.sim_gpus_per_node)]
+        if p.sim_phases:  # idle until the first step, then as the loop announces
+            from power.phases import PhasedLoad
+
+            loads = [PhasedLoad(load, self.phases) for load in loads]
         clock = MonotonicClock(start_at_zero=True)  # after the loads: their t=0 is now
         return open_gpus(self.settings, clock, loads=loads, seed=node), clock
 
-    def __enter__(self) -> "PowerSession":
+    def __enter__(self) -> PowerSession:
         self._images = 0
         self._open = True
         if not self.leader:
             return self
+        if self.info.is_master:
+            from power.attempts import AttemptLedger
+
+            self._ledger = AttemptLedger(self.out_dir)
+            self._ledger.start()
         from power import (
             ExternalMeter,
             Governor,
@@ -145,7 +185,7 @@ class PowerSession(NullPowerSession):
         )
 
         p = self.settings
-        node_dir = self.out_dir / f"node{self.info.node_index:03d}"
+        node_dir = self.out_dir / node_folder(self.info.node_index)
         node_dir.mkdir(parents=True, exist_ok=True)
         write_node_info(node_dir, self.info.node_index)
         self._gpus, clock = self._open_gpus()
@@ -158,6 +198,16 @@ class PowerSession(NullPowerSession):
                              mode=p.mode,
                              other_power_w=node.other_power_w, shared_overhead_w=p.switch_w,
                              run_dir=node_dir, period_s=1.0 / p.control_hz, clock=clock)
+        if p.hold_phases:
+            self._gov.phase_hold = self.phases.holding
+        self._pdu = None
+        if (p.sim_pdu or p.pdu_command) and self.info.node_index == 0:
+            self._pdu = _open_sim_pdu(p, self.out_dir / "pdu.csv")
+            self._gov.wall_parts_hook = self._pdu.feed
+            if p.hold == "wall":
+                self._gov.wall_offset = self._pdu.tracker.offset_w
+        elif self.info.node_index == 0:
+            log.warning("power: %s", WALL_NOT_MEASURED)
         self._sampler.__enter__()
         self._started_unix_s = self._sampler.started_unix_s
         try:
@@ -176,7 +226,9 @@ class PowerSession(NullPowerSession):
         return self
 
     def _start_capped(self, node) -> None:  # noqa: ANN001 - power.NodePower
-        """Before the first control period, cap every GPU at its planned cap (with a power
+        """Cap every GPU before the first control period.
+
+        Before the first control period, cap every GPU at its planned cap (with a power
         plan) or at an even share of the budget.
 
         Uncapped GPUs could cross the budget in the time the governor needs for its first
@@ -186,30 +238,43 @@ class PowerSession(NullPowerSession):
         the governor's next period corrects them if this run draws more than the sweep did.
         """
         p = self.settings
+        gpus = self._gpus
+        assert gpus is not None  # __enter__ opens them first
         if self._plan is not None:
-            from power.plan import starting_caps_mw
+            from power.plan import node_mismatch, starting_caps_mw
 
-            ranges = [gpu.get_power_limit_constraints_mw() for gpu in self._gpus]
+            ranges = [gpu.get_power_limit_constraints_mw() for gpu in gpus]
+            refused, notes = node_mismatch(self._plan, self.info.node_index,
+                                           gpus[0].get_name() if gpus else "",
+                                           ranges)
+            if refused is not None:
+                raise UserError(f"power.plan: {refused}")
+            for note in notes:
+                log.warning("power.plan: %s", note)
             caps = starting_caps_mw(self._plan, self.info.node_index, ranges)
-            for gpu, cap in zip(self._gpus, caps):
+            for gpu, cap in zip(gpus, caps, strict=True):
                 gpu.set_power_limit_mw(cap)
             log.info("power: node %d starts at the planned caps %s W (%s)",
                      self.info.node_index, [round(c / 1000) for c in caps], self._plan.source)
             return
         leaders = self._leaders.size if self._leaders is not None else 1
-        counts = (self._leaders.allgather(len(self._gpus)) if self._leaders is not None
-                  else [len(self._gpus)])
-        others = node.other_power_w(0.0) * leaders + p.switch_w
+        counts = (self._leaders.allgather(len(gpus)) if self._leaders is not None
+                  else [len(gpus)])
+        others = node.other_power_w(0.0) * leaders + p.switch_w + _start_wall_excess_w(p, leaders)
         share_mw = 1000.0 * (p.budget_w - p.headroom_w - others) / max(sum(counts), 1)
-        for gpu in self._gpus:
+        for gpu in gpus:
             lo, hi = gpu.get_power_limit_constraints_mw()
             target = int(min(max(share_mw, lo), hi, gpu.get_power_limit_mw()))
             gpu.set_power_limit_mw(target)
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
         self._open = False
+        if self._ledger is not None:
+            self._ledger.flush()
         if not self.leader or self._gov is None:
             return None
+        sampler = self._sampler
+        assert sampler is not None  # __enter__ opens the sampler before the governor
         getattr(self, "_forget_stall", lambda: None)()
         try:
             self._gov.stop()
@@ -217,26 +282,46 @@ class PowerSession(NullPowerSession):
             try:
                 self._gov.__exit__(exc_type, exc, tb)
             finally:
-                self._sampler.__exit__(exc_type, exc, tb)
+                sampler.__exit__(exc_type, exc, tb)
+                pdu = getattr(self, "_pdu", None)
+                if pdu is not None:
+                    pdu.close()
         return None
 
-    def add_images(self, n: int) -> None:
+    def add_images(self, n: int, *, job_total: int | None = None) -> None:
+        """Count ``n`` more images processed (and the job's total for the ledger)."""
         self._images += n
+        if self._ledger is not None and job_total is not None:
+            self._ledger.images(job_total)
+
+    def announce(self, phase: str) -> None:
+        """The workload enters ``phase`` (:mod:`power.phases`).
+
+        Simulated GPUs follow it; the governor holds its caps through validation, checkpoints
+        and evaluation.
+        """
+        self.phases.announce(phase)
 
     def live(self) -> dict[str, float] | None:
+        """Return the governor's last cluster power and the budget, or None."""
         decision = getattr(self._gov, "last_decision", None)
         if decision is None or decision.cluster_power_w is None:
             return None
-        return {"cluster_w": decision.cluster_power_w, "budget_w": self.settings.budget_w}
+        return {"cluster_w": decision.cluster_power_w, "budget_w": self.settings.budget_w,
+                "caps_w": float(sum(decision.limits_w))}
 
     def summary(self, images: int) -> dict[str, Any]:
-        """Cluster power figures of this session (collective over all ranks).
+        """Cluster power figures of the run, every attempt (collective over all ranks).
 
-        Call it after the ``with`` block: the figures cover the governed window, from the
-        governor's start to its restore, and come from the samples every node wrote
-        (:func:`power.cluster_series.cluster_series`, the computation the report draws), so
-        the peak, energy and crossings (one still open at the restore included) are those of
-        the chart. Images/s, images/s/W and J/image use the same window.
+        Call it after the ``with`` block: the figures cover the governed windows of every
+        attempt of the run (a resumed run's earlier ones too, however they ended), from each
+        governor's start to its restore or, for a killed attempt, to its last sample, and come
+        from the samples every node wrote (:func:`power.cluster_series.cluster_series`, the
+        computation the report draws), so the peak, energy and crossings (one still open at
+        the restore included) are those of the chart. Images are every attempt's too
+        (``power/attempts.jsonl``, :mod:`power.attempts`); images/s, images/s/W and J/image
+        use the same windows. Per-image figures are None when an earlier attempt's images
+        are unknown (samples recorded before the ledger existed).
 
         Raises:
             RuntimeError: Called while the session is still open.
@@ -249,34 +334,67 @@ class PowerSession(NullPowerSession):
         series = self.comm.gather(self._node_series(), root=0)
         mine = None
         if self.info.is_master and self._gov is not None:
+            assert self._gpus is not None  # opened with the governor
+            from power.attempts import measured_images
             from power.cluster_series import cluster_series
 
             g = self._gov.summary(images=total)
+            if self._ledger is not None:
+                self._ledger.end(total, g["crossings"], g["fail_safe_steps"])
             p = self.settings
-            s = cluster_series(series or []).stats(p.budget_w)
+            cs = cluster_series(series or [])
+            s = cs.stats(p.budget_w)
             seconds, energy = s["window_s"], s["energy_j"]
+            counted = measured_images(self.out_dir, [seg.start_unix_s for seg in cs.segments],
+                                      this_attempt=total)
+            images_all = counted.images
+            earlier = counted.attempts[:-1]
+            killed = [a for a in earlier if not a.ended]
             mine = {
                 "enabled": True, "backend": p.backend, "simulated": p.backend == "simulated",
                 "gpus_per_node": len(self._gpus), "budget_w": p.budget_w,
                 "headroom_w": p.headroom_w, **s,
-                "governor_crossings": g["crossings"],
-                "fail_safe_steps": g["fail_safe_steps"], "images": total,
-                "images_per_s": total / seconds if seconds > 0 else 0.0,
-                "images_per_s_per_w": total / energy if energy > 0 else 0.0,
-                "j_per_image": energy / total if total > 0 else 0.0,
+                "scope": "every attempt of the run",
+                "attempts": len(earlier) + 1, "attempts_killed": len(killed),
+                "governor_crossings": g["crossings"] + sum(a.governor_crossings or 0
+                                                           for a in earlier),
+                "fail_safe_steps": g["fail_safe_steps"] + sum(a.fail_safe_steps or 0
+                                                              for a in earlier),
+                "images": images_all, "images_this_attempt": total,
+                "attempts_without_samples": counted.without_samples,
+                "segments_without_images": counted.unknown_segments,
+                "images_per_s": images_all / seconds if images_all and seconds > 0 else None,
+                "images_per_s_per_w": images_all / energy if images_all and energy > 0
+                else None,
+                "j_per_image": energy / images_all if images_all else None,
                 "cpu_power_estimated": self._cpu_estimated(), "dir": str(self.out_dir),
                 "power_sensors": [entry for node in sensors or [] if node for entry in node],
                 "plan": self._plan.source if self._plan is not None else "",
             }
+            pdu_csv = self.out_dir / "pdu.csv"
+            if (p.sim_pdu or p.pdu_command) and pdu_csv.exists():
+                from power.pdu import read_pdu_csv, wall_stats
+
+                mine["wall"] = wall_stats(read_pdu_csv(pdu_csv), p.budget_w,
+                                          source=("simulated PDU" if p.sim_pdu
+                                                  else f"meter: {p.pdu_command}"),
+                                          since_unix_s=self._started_unix_s or 0.0)
+                pdu = getattr(self, "_pdu", None)
+                mine["wall"]["meter_faults"] = pdu.tracker.faults if pdu is not None else 0
+                describe = getattr(getattr(pdu, "tracker", None), "describe", None)
+                if describe is not None and p.hold == "wall":
+                    mine["wall"]["model"] = {**describe(), "file": p.wall_model}
+            if killed:  # their governors wrote no counts: the samples' crossings still count
+                mine["governor_counts_missing_attempts"] = len(killed)
         return self.comm.bcast(mine, root=0) or {"enabled": True}
 
     def _node_series(self) -> Any:  # power.cluster_series.NodeSeries | None
-        """This node's samples of this session (read back from its files); None off a leader."""
+        """This node's samples of every attempt of the run (read back); None off a leader."""
         if self._sampler is None:
             return None
         from power.cluster_series import read_node_series
 
-        return read_node_series(self._sampler.run_dir, since_unix_s=self._started_unix_s)
+        return read_node_series(self._sampler.run_dir)
 
     def _node_sensors(self) -> list[dict[str, Any]] | None:
         """This node's GPUs' power readings, each tagged with the node; None off a leader."""
@@ -295,10 +413,77 @@ class PowerSession(NullPowerSession):
 NODE_INFO_NAME = "node.json"
 
 
+#: Said once (node 0's log) when no meter reads the wall.
+WALL_NOT_MEASURED = "wall not measured: PSU losses and fans not governed"
+
+
+def _wall_model(p: PowerConfig) -> Any:  # power.pdu.RackWallModel
+    """The rack's wall model from the ``power`` section (as :func:`_open_sim_pdu` builds it)."""
+    from power.pdu import FanModel, PsuCurve, RackWallModel
+
+    return RackWallModel(psu=PsuCurve(rating_w=p.psu_rating_w),
+                         fans=FanModel(idle_w=p.fan_idle_w, max_w=p.fan_max_w,
+                                       full_load_w=p.psu_rating_w),
+                         switch_w=p.pdu_switch_w)
+
+
+def _open_sim_pdu(p: PowerConfig, csv_path: Path) -> Any:  # power.pdu.SimulatedRackPdu
+    """The rack's simulated PDU from the ``power`` section, logging to ``csv_path``."""
+    from power.pdu import FanModel, PsuCurve, RackWallModel, SimulatedPdu, SimulatedRackPdu
+
+    model = RackWallModel(psu=PsuCurve(rating_w=p.psu_rating_w),
+                          fans=FanModel(idle_w=p.fan_idle_w, max_w=p.fan_max_w,
+                                        full_load_w=p.psu_rating_w),
+                          switch_w=p.pdu_switch_w)
+    from power.wall_hold import open_estimator
+
+    if p.pdu_command:
+        from power.pdu import CommandWallMeter, MeteredRack
+
+        cmd = CommandWallMeter(p.pdu_command, scale=p.pdu_scale)
+        return MeteredRack(model, cmd, csv_path, budget_w=p.budget_w,
+                           tracker=open_estimator(p, window_s=cmd.period_s,
+                                                  silent_after_s=cmd.period_s + 4.0,
+                                                  name=repr(p.pdu_command)))
+    meter = SimulatedPdu(latency_s=p.pdu_latency_s, noise_w=p.pdu_noise_w, seed=p.pdu_seed)
+    # The governor knows the meter's readings (and a calibrated model), never this truth model.
+    return SimulatedRackPdu(model, meter, csv_path, budget_w=p.budget_w,
+                            tracker=open_estimator(
+                                p, window_s=meter.window_s,
+                                silent_after_s=meter.window_s + meter.latency_s + 3.0,
+                                name="simulated PDU"))
+
+
+def _start_wall_excess_w(p: PowerConfig, nodes: int) -> float:
+    """What the start caps leave for the wall's excess over the components (W).
+
+    Holding the wall with a meter, the GPUs start at an even share of the budget less the
+    model's excess (PSU losses, fans, switch) at the whole target, so that the first second,
+    before the meter has reported, stays under the wall; the governor ramps from there. 0 when
+    the components are held.
+    """
+    if p.hold != "wall" or not (p.sim_pdu or p.pdu_command):
+        return 0.0
+    from power.phases import wall_excess_w
+
+    return wall_excess_w(_wall_model(p), p.budget_w - p.headroom_w, nodes)
+
+
+def _phase_board(p: PowerConfig) -> Any:  # power.phases.PhaseBoard
+    """The board of announced phases; simulated phases last at least ``power.sim_phase_s``."""
+    from power.phases import PhaseBoard
+
+    sim = p.sim_phases and p.backend == "simulated"
+    return PhaseBoard(min_s=p.sim_phase_s if sim else 0.0)
+
+
 def write_node_info(node_dir: Path, index: int) -> None:
-    """Record in ``node_dir`` which node it belongs to: ``{"index": i, "host": name}``, the
+    """Record in ``node_dir`` which node it belongs to.
+
+    Record in ``node_dir`` which node it belongs to: ``{"index": i, "host": name}``, the
     name as Slurm says it (``SLURMD_NODENAME``), else the host name. Folders stay
-    ``node<index>`` (a stable order the reports read); the name is what people know."""
+    ``node<index>`` (a stable order the reports read); the name is what people know.
+    """
     import os
     import socket
 
@@ -323,38 +508,3 @@ def power_session(settings: PowerConfig, info: RankInfo, comm: RankComm, out_dir
     if not settings.enabled:
         return NullPowerSession()
     return PowerSession(settings, info, comm, out_dir, on_stall=on_stall)
-
-
-def combine_segments(earlier: dict[str, Any] | None, latest: dict[str, Any]) -> dict[str, Any]:
-    """Whole-run power figures of a resumed run: ``earlier`` (the previous segments' summary)
-    followed by ``latest`` (this segment's). Energy, images, crossings and their time add up;
-    the peak is the larger; averages and per-image figures are recomputed from the sums.
-    """
-    if not earlier or not earlier.get("enabled") or not latest.get("enabled") \
-            or "energy_j" not in latest:
-        return latest
-
-    def duration(s: dict[str, Any]) -> float:
-        avg = float(s.get("avg_cluster_w") or 0.0)
-        return float(s.get("energy_j") or 0.0) / avg if avg > 0 else 0.0
-
-    out = dict(latest)
-    energy = float(earlier.get("energy_j", 0.0)) + float(latest["energy_j"])
-    images = int(earlier.get("images", 0)) + int(latest.get("images", 0))
-    seconds = duration(earlier) + duration(latest)
-    out.update(
-        energy_j=energy, images=images,
-        avg_cluster_w=energy / seconds if seconds > 0 else latest.get("avg_cluster_w", 0.0),
-        peak_cluster_w=max(float(earlier.get("peak_cluster_w") or 0.0),
-                           float(latest.get("peak_cluster_w") or 0.0)),
-        crossings=int(earlier.get("crossings", 0)) + int(latest.get("crossings", 0)),
-        crossing_time_s=float(earlier.get("crossing_time_s", 0.0))
-        + float(latest.get("crossing_time_s", 0.0)),
-        fail_safe_steps=int(earlier.get("fail_safe_steps", 0))
-        + int(latest.get("fail_safe_steps", 0)),
-        images_per_s=images / seconds if seconds > 0 else 0.0,
-        images_per_s_per_w=images / energy if energy > 0 else 0.0,
-        j_per_image=energy / images if images > 0 else 0.0,
-        segments=int(earlier.get("segments", 1)) + 1,
-    )
-    return out

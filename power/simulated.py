@@ -128,7 +128,8 @@ class GpuProfile:
         span = max(self.max_clock_mhz - self.min_clock_mhz, 1)
         v = self.v_min_ratio + (1.0 - self.v_min_ratio) * (f - self.min_clock_mhz) / span
         x = f / self.max_clock_mhz
-        return self.static_w + np.asarray(activity) * (self.peak_power_w - self.static_w) * x * v * v
+        dynamic_w = self.peak_power_w - self.static_w
+        return self.static_w + np.asarray(activity) * dynamic_w * x * v * v
 
     def settled_clock_mhz(self, limit_w: np.ndarray | float, activity: np.ndarray | float,
                           max_clock_mhz: np.ndarray | float | None = None) -> np.ndarray:
@@ -301,6 +302,7 @@ class ArrayLoad:
         return min(max(i, 0), len(self.activity) - 1)
 
     def __call__(self, t: float) -> LoadPoint:
+        """Return the load at time ``t``."""
         i = self.index(t)
         a = float(self.activity[i])
         return LoadPoint(a, float(self.memory_bound[i]), 100 if a > 0.05 else 0)
@@ -345,8 +347,11 @@ class SimStateFile:
             self._check_ours()
 
     def _check_ours(self) -> None:
-        """An existing file is rewritten only if it is a state file like this one writes: a
-        user's file given here by mistake is never replaced."""
+        """Check that an existing file is a state file before rewriting it.
+
+        An existing file is rewritten only if it is a state file like this one writes: a
+        user's file given here by mistake is never replaced.
+        """
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             ours = isinstance(data, dict) and set(data) == {"gpus"} and isinstance(
@@ -455,8 +460,11 @@ class SimulatedGPU(GPU):
                 del self._history[:max(0, min(cut, len(self._history) - 2))]
 
     def _energy_at_mj(self, t: float) -> float:
-        """Energy counter at past time ``t`` (linear between updates; extrapolated at the
-        start with the first power)."""
+        """Return the energy counter at past time ``t``.
+
+        Energy counter at past time ``t`` (linear between updates; extrapolated at the
+        start with the first power).
+        """
         h = self._history
         if t <= h[0][0]:
             return h[0][1] - h[0][2] * (h[0][0] - t) * 1000.0

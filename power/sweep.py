@@ -24,13 +24,17 @@ average over the node's GPUs; ``peak_gpu_w`` is the highest single-GPU reading);
 energy only. ``avg_node_w`` is the whole node: all its GPUs plus CPU/DRAM/overhead (as
 :class:`~power.node.NodePower` reports it). ``is`` is the identity similarity of a fixed image
 set produced at that setting (inference sweeps; null for training). ``pareto`` marks points no
-other point beats on both lower ``avg_gpu_w`` and higher ``images_per_s``, among the warmed-up
-points. ``warmed_up`` is false, with ``warmup_reason`` saying why, for a point measured without
-a warm-up (``warmup_steps=0`` and ``warmup_s=0``) or after a warm-up shorter than the GPUs'
-power sensor window (e.g. NVML's 1-s averaged power, :meth:`~power.gpu.GPU.get_power_sensor`):
-its readings still average the previous setting in. Such points are left out of the Pareto
-front and of plans (:func:`power.planner.curve_from_points`) unless no point is warmed up (then
-the front is over every point and planning is refused). Points are sorted by setting. ``sweep_meta.json`` holds what resuming needs (the settings fingerprint, ranges).
+other point beats on both higher ``images_per_s`` and lower node energy per image
+(``avg_node_w / images_per_s``, :func:`pareto_flags`), among the warmed-up points.
+``warmed_up`` is false, with ``warmup_reason`` saying why, for a point measured without a
+warm-up (``warmup_steps=0`` and ``warmup_s=0``), after a warm-up shorter than the GPUs' power
+sensor window (e.g. NVML's 1-s averaged power, :meth:`~power.gpu.GPU.get_power_sensor`): its
+readings still average the previous setting in, or with readings that had not settled
+(:func:`readings_settled`; the warm-up waits up to :data:`SETTLE_MAX_S` for them). Such points
+are left out of the Pareto front and of plans (:func:`power.planner.curve_from_points`) unless
+no point is warmed up (then the front is over every point and planning is refused). Points are
+sorted by setting. ``sweep_meta.json`` holds what resuming needs (the settings fingerprint,
+ranges).
 
 Throughput: every workload step reports the images it processed per GPU and the time the GPUs
 were busy with it. On real GPUs that is the measured (synchronised) step time. On simulated
@@ -324,22 +328,34 @@ class ModelPacedWorkload:
 
 
 def pareto_flags(points: Sequence[dict[str, Any]]) -> list[bool]:
-    """True for points no other point beats (<= avg_gpu_w and >= images_per_s, one strictly).
+    """True for the points on the front.
 
-    Points with ``warmed_up`` false neither join nor shape the front, unless no point is
-    warmed up (then every point counts).
+    On the front: no other point has at least their images/s for at most their node energy per
+    image (``avg_node_w / images_per_s``), one of both strictly.
+
+    Counted on GPU power alone, every point of a rising curve is on the front (a higher cap
+    always buys images/s for watts) and the flag says nothing. The node's fixed power (CPU,
+    fans, idle draw) is paid at every setting, so a cap below the node's most efficient one is
+    beaten on both: more images/s and fewer joules per image. Points without node power fall
+    back to GPU power. Points with ``warmed_up`` false neither join nor shape the front, unless
+    no point is warmed up (then every point counts).
     """
     warm = [p for p in points if p.get("warmed_up", True) is not False]
     pool = warm or list(points)
+
+    def j_per_image(p: dict[str, Any]) -> float:
+        watts = p.get("avg_node_w") or p["avg_gpu_w"]
+        return watts / p["images_per_s"] if p["images_per_s"] > 0 else math.inf
+
     out = []
     for p in points:
         if not any(p is q for q in pool):
             out.append(False)
             continue
         dominated = any(
-            q is not p and q["avg_gpu_w"] <= p["avg_gpu_w"]
-            and q["images_per_s"] >= p["images_per_s"]
-            and (q["avg_gpu_w"] < p["avg_gpu_w"] or q["images_per_s"] > p["images_per_s"])
+            q is not p and q["images_per_s"] >= p["images_per_s"]
+            and j_per_image(q) <= j_per_image(p)
+            and (q["images_per_s"] > p["images_per_s"] or j_per_image(q) < j_per_image(p))
             for q in pool)
         out.append(not dominated)
     return out
@@ -389,6 +405,47 @@ def warmup_problem(warmup_steps: int, warmup_s: float, warmed_s: float,
     return ""
 
 
+#: Readings are settled when, for every GPU, the mean of the last span and of the span before it
+#: differ by at most this many W ...
+SETTLE_W = 10.0
+#: ... or this fraction of the latest mean, whichever is larger.
+SETTLE_FRACTION = 0.03
+#: Shortest span compared (the sensor's window when longer). Units: s.
+SETTLE_SPAN_S = 0.5
+#: How long a warm-up may go on past what was asked, waiting for the readings to settle. Units: s.
+SETTLE_MAX_S = 10.0
+#: Between two readings of a simulated workload's warm-up (it has no steps to wait on). Units: s.
+SETTLE_POLL_S = 0.1
+
+
+def readings_settled(readings: Sequence[tuple[float, Sequence[float]]], now: float,
+                     span_s: float) -> str:
+    """Whether the GPUs' power readings have settled after a change (``""``), else why not.
+
+    Settled: for every GPU, the mean reading of the last ``span_s`` and the mean of the
+    ``span_s`` before it (two readings at least in each) differ by at most :data:`SETTLE_W`
+    or :data:`SETTLE_FRACTION` of the latest mean. A warm-up as long as the sensor's window
+    can still hold a transient (the cap just lowered, the clocks still coming down); its
+    length alone does not say.
+
+    Args:
+        readings: ``(time, [W per GPU])`` in time order, taken since the setting was applied.
+        now: The present time on the same clock.
+        span_s: The span compared.
+    """
+    last = [r for t, r in readings if now - span_s < t <= now]
+    before = [r for t, r in readings if now - 2 * span_s < t <= now - span_s]
+    if len(last) < 2 or len(before) < 2:
+        return f"fewer than two power readings in each of the last two {span_s:g}-s spans"
+    for gpu in range(len(last[0])):
+        recent = sum(r[gpu] for r in last) / len(last)
+        earlier = sum(r[gpu] for r in before) / len(before)
+        if abs(recent - earlier) > max(SETTLE_W, SETTLE_FRACTION * recent):
+            return (f"GPU {gpu}'s power readings still moving ({earlier:.0f} W then "
+                    f"{recent:.0f} W over the last two {span_s:g}-s spans)")
+    return ""
+
+
 def _label(setting: float, unit: str) -> str:
     return f"{setting:g}{unit}".replace(".", "p")
 
@@ -400,9 +457,11 @@ def measure_point(gpus: Sequence[GPU], workload: Workload, guard: SettingsGuard,
     """Apply one setting, warm up, measure; return the point (``pareto`` not yet set).
 
     Warm-up lasts ``warmup_steps`` steps and at least ``warmup_s`` seconds of ``clock`` (with a
-    ``simulated`` workload the rest of that time just passes, as the GPUs' load is modelled).
-    The point has ``warmed_up`` false, and ``warmup_reason`` why, when there was no warm-up
-    or it was shorter than the GPUs' power sensor window (:func:`warmup_problem`).
+    ``simulated`` workload the rest of that time just passes, as the GPUs' load is modelled),
+    and then goes on, for at most :data:`SETTLE_MAX_S` more, until the GPUs' power readings
+    have settled (:func:`readings_settled`). The point has ``warmed_up`` false, and
+    ``warmup_reason`` why, when there was no warm-up, it was shorter than the GPUs' power
+    sensor window (:func:`warmup_problem`), or the readings had not settled.
 
     With a :class:`~power.clock.SimClock` power is sampled after every step; otherwise a
     background sampler runs at ``sample_hz``. Average power comes from the GPUs' energy
@@ -412,14 +471,27 @@ def measure_point(gpus: Sequence[GPU], workload: Workload, guard: SettingsGuard,
     guard.apply(setting)
     start = clock.now()
     done = 0
-    while done < warmup_steps or clock.now() - start < warmup_s:
+    window = sensor_window_s(gpus)
+    span = max(window or 0.0, SETTLE_SPAN_S)
+    readings: list[tuple[float, list[float]]] = []
+    unsettled = ""
+    while warmup_steps > 0 or warmup_s > 0:
+        asked = done >= warmup_steps and clock.now() - start >= warmup_s - 1e-9
+        if asked:
+            unsettled = readings_settled(readings, clock.now(), span)
+            if not unsettled or clock.now() - start >= warmup_s + SETTLE_MAX_S:
+                break
         if done >= warmup_steps and getattr(workload, "simulated", False):
             # Simulated GPUs settle with time whether or not steps run: skip slow real steps.
-            clock.sleep(warmup_s - (clock.now() - start))
-            break
-        _run_step(workload, clock)
-        done += 1
-    reason = warmup_problem(warmup_steps, warmup_s, clock.now() - start, sensor_window_s(gpus))
+            clock.sleep(SETTLE_POLL_S if asked else max(1e-6, min(
+                SETTLE_POLL_S, warmup_s - (clock.now() - start))))
+        else:
+            _run_step(workload, clock)
+            done += 1
+        readings.append((clock.now(), [g.get_power_usage_mw() / 1000.0 for g in gpus]))
+    reason = warmup_problem(warmup_steps, warmup_s, clock.now() - start, window)
+    if not reason and unsettled:
+        reason = f"not settled after a {clock.now() - start:.2g}-s warm-up: {unsettled}"
     sampler = PowerSampler(gpus, sample_dir, node=node, rate_hz=sample_hz, clock=clock)
     in_loop = isinstance(clock, SimClock)
     images, busy_s = 0, 0.0
@@ -519,7 +591,7 @@ def sweep_document(spec: SweepSpec, points: Sequence[dict[str, Any]],
         if "warmed_up" not in p:  # measured before the warm-up was checked: judge the spec
             reason = warmup_problem(spec.warmup_steps, spec.warmup_s, spec.warmup_s, None)
             p["warmed_up"], p["warmup_reason"] = not reason, reason
-    for p, flag in zip(pts, pareto_flags(pts)):
+    for p, flag in zip(pts, pareto_flags(pts), strict=True):
         p["pareto"] = flag
     return {"job": spec.job, "workload": spec.workload, "mode": spec.mode, "gpu": spec.gpu,
             "simulated": spec.simulated, "points": [{k: p[k] for k in POINT_KEYS} for p in pts],

@@ -5,13 +5,15 @@ import base64
 import glob
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["Sample", "bicubic_upscale", "find_image", "pick_samples", "png_data_uri"]
+__all__ = ["Sample", "bicubic_upscale", "find_image", "image_size", "pick_samples",
+           "png_data_uri"]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -57,15 +59,38 @@ def png_data_uri(source: Path | Image.Image) -> str:
 MAX_PIXELS = 4096 * 4096
 
 
-def _check_size(data: bytes, source: Path) -> None:
-    """Refuse a decompression bomb (a small file that decodes to gigapixels) before decoding."""
+def _check_size(data: bytes, source: Path) -> tuple[int, int]:
+    """Refuse a decompression bomb (a small file that decodes to gigapixels) before decoding.
+
+    The limit is :data:`MAX_PIXELS`, this module's own, whatever PIL's global one is set to.
+
+    Returns:
+        The image's (width, height).
+    """
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            w, h = im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours decides
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                w, h = im.size
     except (UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
         raise OSError(f"{source.name}: not a usable image ({exc.__class__.__name__})") from exc
+    _check_pixels(w, h, source)
+    return w, h
+
+
+def _check_pixels(w: int, h: int, source: Path) -> None:
     if w * h > MAX_PIXELS:
-        raise OSError(f"{source.name}: {w}x{h} is too large for a report face")
+        raise OSError(f"{source.name}: {w}x{h} is too large for a report face (at most "
+                      f"{MAX_PIXELS:,} pixels)")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header, within :data:`MAX_PIXELS`.
+
+    Raises:
+        OSError: Unreadable, not an image, or larger than :data:`MAX_PIXELS`.
+    """
+    return _check_size(Path(path).read_bytes(), Path(path))
 
 
 def find_image(folder: Path | None, name: str) -> Path | None:
@@ -96,12 +121,13 @@ def bicubic_upscale(lr_path: Path, size: tuple[int, int] | None = None) -> Image
         lr_path: LR image.
         size: Output (width, height); default 4x the LR size (96x112 for ASC19's 24x28).
     """
-    _check_size(Path(lr_path).read_bytes(), Path(lr_path))
+    w, h = _check_size(Path(lr_path).read_bytes(), Path(lr_path))
+    if size is None:
+        size = (w * 4, h * 4)
+    _check_pixels(size[0], size[1], Path(lr_path))  # the enlarged face, before allocating it
     with Image.open(lr_path) as im:
         rgb = im.convert("RGB")
-    if size is None:
-        size = (rgb.width * 4, rgb.height * 4)
-    return rgb.resize(size, Image.BICUBIC)
+    return rgb.resize(size, Image.Resampling.BICUBIC)
 
 
 def pick_samples(records: list[dict[str, Any]], key: str, per_group: int) -> list[Sample]:

@@ -96,3 +96,9 @@ def fmt_num(value: Any, digits: int = 3, *, signed: bool = False) -> str:
     if not math.isfinite(v):
         return "—"
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``12th``, ``13th``, ``21st``, ``22nd``..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -63,7 +63,8 @@ def import_meter(run_dir: str | Path, meter_csv: str | Path, *, utc_offset_h: fl
     run = load_run(run_dir)
     if not overwrite:
         for pd in (run.train_power, run.infer_power):
-            earlier = [pd.path / n for n in METER_FILES if pd is not None and (pd.path / n).exists()]
+            earlier = [pd.path / n for n in METER_FILES
+                       if pd is not None and (pd.path / n).exists()]
             if earlier:
                 raise UserError(f"{earlier[0]}: a meter log was imported into {run_dir} "
                                 "before; pass --overwrite to replace it")
@@ -107,3 +108,4 @@ def _shift(line: str, offset_s: float) -> str:
     t, _utc, w = line.split(",")
     shifted = float(t) + offset_s
     return f"{shifted:.3f},{utc_iso(shifted)},{w}"
+

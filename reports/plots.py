@@ -11,12 +11,15 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import matplotlib
 from matplotlib.figure import Figure
 
-from reports.markup import Markup
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # matplotlib >= 3.9; annotations only
+
+from reports.markup import Markup, ordinal
 from reports.rundata import PowerData, SweepData, interp_at
 
 __all__ = [
@@ -32,7 +35,7 @@ __all__ = [
     "training_curves",
 ]
 
-_RC = {
+_RC: dict[RcKeyType, Any] = {
     "svg.fonttype": "none",
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
@@ -93,7 +96,7 @@ def _with_rc(fn):
     return wrapper
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -151,7 +154,7 @@ def training_curves(metrics: Sequence[dict[str, Any]], key: str) -> Markup | Non
                if isinstance(m.get("loss"), dict) and _finite(m["loss"].get(term))]
         if not pts:
             continue
-        xs, ys = thin(*zip(*pts))
+        xs, ys = thin([x for x, _ in pts], [y for _, y in pts])
         positive = positive and all(y > 0 for y in ys)
         total = term == "total"
         ax_loss.plot(xs, ys, lw=1.4 if total else 1.2, color="#222222" if total else
@@ -177,7 +180,7 @@ def training_curves(metrics: Sequence[dict[str, Any]], key: str) -> Markup | Non
         pts = [(m["step"], m[k]) for m in val if _finite(m.get(k))]
         if not pts:
             continue
-        xs, ys = zip(*pts)
+        xs, ys = [x for x, _ in pts], [y for _, y in pts]
         (h,) = ax.plot(xs, ys, color=color, marker="o", ms=4, lw=1.5, label=label)
         ax.set_ylabel(label, color=color)
         handles.append(h)
@@ -207,8 +210,11 @@ KEPT_EVENTS = frozenset({"start", "restore", "crossing", "fail_safe_cleared", "s
 
 
 def is_kept_event(ev: dict[str, Any]) -> bool:
-    """True for an event never dropped by downsampling (start, restore, crossing, fail-safe,
-    signal, error)."""
+    """Return True for an event never dropped by downsampling.
+
+    True for an event never dropped by downsampling (start, restore, crossing, fail-safe,
+    signal, error).
+    """
     return ev.get("event") in KEPT_EVENTS or ev.get("reason") == "fail_safe"
 
 
@@ -221,8 +227,11 @@ def every_nth(items: Sequence[Any], limit: int) -> tuple[list[Any], int]:
 
 
 def _event_time(ev: dict[str, Any], origin_unix_s: float | None) -> float | None:
-    """Where an event goes on the chart's time axis (UTC seconds after ``origin_unix_s``;
-    without UTC, its own ``t_s``)."""
+    """Return where an event goes on the chart's time axis.
+
+    Where an event goes on the chart's time axis (UTC seconds after ``origin_unix_s``;
+    without UTC, its own ``t_s``).
+    """
     if origin_unix_s is not None and _finite(ev.get("wall_time")):
         return float(ev["wall_time"]) - origin_unix_s
     t = ev.get("t_s")
@@ -262,13 +271,26 @@ def _event_marks(ax: Any, power: PowerData, origin_unix_s: float | None) -> str:
         ax.axvline(t, color=color, lw=lw, ls=ls, label=None if kind in seen else label)
         seen.add(kind)
     if step > 1:
-        return f"governor cap changes: every {step}th of {len(caps)} shown"
+        return f"governor cap changes: every {ordinal(step)} of {len(caps)} shown"
     return ""
 
 
 @_with_rc
+def _draw_pdu(ax: Any, power: PowerData, t0: float, utc: bool) -> float:
+    """The PDU's readings at the wall, each held over the second it averaged; its top W."""
+    if power.pdu_series is None or not utc:
+        return 0.0
+    ts, ws = power.pdu_series
+    x = [t - t0 for t in ts]
+    ax.step(*thin(x, ws), where="pre", lw=1.4, color="#9467bd",
+            label="at the wall (PDU, 1-s readings)")
+    return max(ws, default=0.0)
+
+
 def power_timeline(power: PowerData, key: str, title: str) -> Markup | None:
-    """Cluster and per-node power over the governed window, with the budget, target,
+    """Draw cluster and per-node power over the governed window.
+
+    Cluster and per-node power over the governed window, with the budget, target,
     crossings and governor events, on one UTC time base (:mod:`power.cluster_series`).
 
     Returns:
@@ -294,6 +316,7 @@ def power_timeline(power: PowerData, key: str, title: str) -> Markup | None:
         ax.plot(*thin(x, seg.watts), lw=1.8, color="#222222", label=None if k else (
             "cluster" if len(cs.nodes) > 1 else
             f"cluster ({mpl_text(labels.get(cs.nodes[0], cs.nodes[0]))})"))
+    top = max(top, _draw_pdu(ax, power, t0, cs.utc))
     budget, headroom = power.budget_w, power.headroom_w
     if budget is not None:
         ax.axhline(budget, color=_BUDGET, lw=1.5, ls="--", label=f"budget {budget:.0f} W")
@@ -347,7 +370,7 @@ def meter_chart(power: PowerData, key: str, title: str) -> Markup | None:
     top.set_title(mpl_text(title, 90))
     top.legend(loc="lower right", ncol=3)
     ours_at = [interp_at(t, ot, ow) for t in mt]
-    diff = [m - o for m, o in zip(mw, ours_at)]
+    diff = [m - o for m, o in zip(mw, ours_at, strict=True)]
     dx, dy = thin([t - t0 for t in mt], diff)
     bottom.plot(dx, dy, lw=1.0, color=_COLORS[3], drawstyle="steps-post")
     bottom.axhline(0, color="#555555", lw=0.8)
@@ -370,7 +393,7 @@ def gpu_timelines(power: PowerData, key: str, max_nodes: int = 8) -> Markup | No
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(nodes):]:
         ax.set_visible(False)
-    for ax, node in zip(axes.flat, nodes):
+    for ax, node in zip(axes.flat, nodes, strict=False):
         for gpu in sorted(node.gpu_t_s):
             color = _COLORS[gpu % 10]
             ax.plot(*thin(node.gpu_t_s[gpu], node.gpu_power_w[gpu]), lw=0.9, color=color,
@@ -434,7 +457,7 @@ def power_bars(rows: Sequence[tuple[str, float | None, float | None]], budget_w:
     avgs = [r[1] if _finite(r[1]) else 0.0 for r in rows]
     ax.barh(ys, peaks, height=0.6, color="#f5b7b1", label="peak")
     ax.barh(ys, avgs, height=0.35, color=_COLORS[0], label="average")
-    for y, a, p in zip(ys, avgs, peaks):
+    for y, a, p in zip(ys, avgs, peaks, strict=True):
         ax.text(p, y, f" {p:.0f} W peak", va="center", fontsize=7)
         if a:
             ax.text(a / 2, y, f"{a:.0f} W", va="center", ha="center", fontsize=7, color="white")
@@ -465,7 +488,7 @@ def sweep_chart(sweep: SweepData, key: str) -> Markup | None:
     ax_tp, ax_eff = fig.subplots(1, 2)
     xs = [p["avg_gpu_w"] for p in pts]
     ys = [p["images_per_s"] for p in pts]
-    flags = [p.get("pareto") for p in pts]
+    flags: Sequence[Any] = [p.get("pareto") for p in pts]
     if not all(isinstance(f, bool) for f in flags):
         from power.sweep import pareto_flags
 
@@ -475,7 +498,7 @@ def sweep_chart(sweep: SweepData, key: str) -> Markup | None:
     if front:
         ax_tp.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color=_COLORS[0],
                    ms=5, lw=1.5, zorder=3, label="Pareto front")
-    for p, x, y in zip(pts, xs, ys):
+    for p, x, y in zip(pts, xs, ys, strict=True):
         ax_tp.annotate(f"{p['setting']:.0f}", (x, y), textcoords="offset points", xytext=(3, 4),
                        fontsize=6.5, color="#555555")
     unit = pts[0].get("unit", "W")
@@ -501,13 +524,15 @@ def sweep_chart(sweep: SweepData, key: str) -> Markup | None:
     eff = [p.get("images_per_s_per_w") for p in pts]
     sx = [p["setting"] for p in pts]
     if any(_finite(e) for e in eff):
-        ax_eff.plot([s for s, e in zip(sx, eff) if _finite(e)], [e for e in eff if _finite(e)],
+        ax_eff.plot([s for s, e in zip(sx, eff, strict=True) if _finite(e)],
+                    [e for e in eff if _finite(e)],
                     "-o", color=_COLORS[1], ms=4, label="images/s/W")
         ax_eff.set_ylabel("images/s/W")
     jpi = [p.get("j_per_image") for p in pts]
     if any(_finite(j) for j in jpi):
         ax_j = ax_eff.twinx()
-        ax_j.plot([s for s, j in zip(sx, jpi) if _finite(j)], [j for j in jpi if _finite(j)],
+        ax_j.plot([s for s, j in zip(sx, jpi, strict=True) if _finite(j)],
+                  [j for j in jpi if _finite(j)],
                   "-s", color=_COLORS[4], ms=3, lw=1, label="J/image")
         ax_j.set_ylabel("J/image", color=_COLORS[4])
         ax_j.grid(False)

@@ -16,11 +16,17 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import yaml
 
-from fileio.run_files import read_csv_rows, read_metrics
+from fileio.run_files import (
+    continued_branch,
+    infer_power_dir,
+    node_label,
+    read_csv_rows,
+    read_metrics,
+)
 from fileio.user_error import UserError
 
 if TYPE_CHECKING:
@@ -69,13 +75,13 @@ class NodePower:
     @property
     def label(self) -> str:
         """How reports name the node: ``node000 (gpu-a17)``, or the folder name alone."""
-        return f"{self.name} ({self.host})" if self.host and self.host != self.name else self.name
+        return node_label(self.name, self.host)
 
     def total_series(self) -> tuple[list[float], list[float]]:
         """The node's total power (all GPUs + non-GPU) at each GPU sample time."""
         by_t: dict[float, float] = defaultdict(float)
         for gpu, ts in self.gpu_t_s.items():
-            for t, w in zip(ts, self.gpu_power_w[gpu]):
+            for t, w in zip(ts, self.gpu_power_w[gpu], strict=True):
                 by_t[t] += w
         times = sorted(by_t)
         totals = [by_t[t] + interp_at(t, self.node_t_s, self.node_other_w) for t in times]
@@ -84,7 +90,7 @@ class NodePower:
 
 @dataclass(slots=True)
 class PowerData:
-    """A run phase's power folder (``power/`` or ``infer/power/``)."""
+    """A run phase's power folder (``power/``, ``infer.power/`` or an older ``infer/power/``)."""
 
     path: Path
     nodes: list[NodePower]
@@ -109,6 +115,10 @@ class PowerData:
         for src in [self.summary or {}] + [n.summary or {} for n in self.nodes]:
             if _finite(src.get("headroom_w")):
                 return float(src["headroom_w"])
+        for n in self.nodes:
+            for ev in n.events:
+                if ev.get("event") == "start" and _finite(ev.get("headroom_w")):
+                    return float(ev["headroom_w"])
         return None
 
     meter: dict[str, Any] | None = None
@@ -116,13 +126,19 @@ class PowerData:
     meter_series: tuple[list[float], list[float]] | None = None
     """The meter's ``(unix_s, watts)`` within this phase (``meter_log.csv``)."""
 
+    pdu_series: tuple[list[float], list[float]] | None = None
+    """The rack PDU's readings at the wall, ``(window end unix_s, W)`` (``pdu.csv``)."""
+
     series: ClusterSeries | None = None
     """The cluster power over the governed windows (:mod:`power.cluster_series`): what the
     chart draws and what :attr:`figures` come from."""
 
     def cluster_series(self) -> tuple[list[float], list[float]]:
-        """Cluster power against seconds since the first window's start (UTC time base;
-        windows of a resumed run follow each other with their real gaps)."""
+        """Return cluster power against seconds since the first window's start.
+
+        Cluster power against seconds since the first window's start (UTC time base;
+        windows of a resumed run follow each other with their real gaps).
+        """
         cs = self.series
         if cs is None or not cs.segments:
             return [], []
@@ -144,17 +160,31 @@ class PowerData:
 
     @property
     def figures(self) -> dict[str, Any]:
-        """The phase's power figures: the summary block, with peak, average, energy,
+        """Return the phase's power figures.
+
+        The phase's power figures: the summary block, with peak, average, energy,
         crossings and the window recomputed from :attr:`series` (the samples the chart
         draws) when the samples carry UTC, and images/s, images/s/W and J/image over that
-        same window."""
+        same window.
+        """
         out = dict(self.summary or {})
+        # a run in progress has no summary yet: the budget is the governor's (start event)
+        for key, value in (("budget_w", self.budget_w), ("headroom_w", self.headroom_w)):
+            if not _finite(out.get(key)) and value is not None:
+                out[key] = value
         cs = self.series
         if cs is None or not cs.utc or not cs.segments:
             return out
         stats = cs.stats(self.budget_w)
+        counted = out.get("segments", 1)  # windows the summary's images cover
         out.update({k: v for k, v in stats.items() if v is not None})
         images, seconds, energy = out.get("images"), stats["window_s"], stats["energy_j"]
+        if _finite(counted) and stats["segments"] > counted:
+            # more windows drawn than the summary's images cover (an attempt stopped or
+            # running since, or a summary written before every attempt was counted): a
+            # per-image figure would divide every window's energy by some windows' images
+            out.update(images_per_s=None, images_per_s_per_w=None, j_per_image=None)
+            return out
         if _finite(images) and images > 0:
             out["images_per_s"] = images / seconds if seconds > 0 else 0.0
             out["images_per_s_per_w"] = images / energy if energy > 0 else 0.0
@@ -228,9 +258,12 @@ class RunData:
         return v if isinstance(v, dict) else {}
 
     def metric_info(self, name: str) -> dict[str, Any]:
-        """How to show metric ``name`` (``label``, ``digits``, ``higher_is_better``), as the
+        """Return how to show metric ``name``.
+
+        How to show metric ``name`` (``label``, ``digits``, ``higher_is_better``), as the
         scorer wrote it into ``scores.json``; for files written before it did, the name and 4
-        digits."""
+        digits.
+        """
         info = self.infer_meta.get("metric_info")
         v = info.get(name) if isinstance(info, dict) else None
         out = {"label": name.upper(), "digits": 4, "higher_is_better": True}
@@ -273,7 +306,7 @@ class SweepData:
         return plan if isinstance(plan, dict) else None
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -393,11 +426,27 @@ def _read_meter(path: Path, pd: PowerData, problems: list[str]) -> None:
     pd.meter_series = (ts, ws) if ts else None
 
 
+def _read_pdu(path: Path, pd: PowerData, problems: list[str]) -> None:
+    """The wall series of ``path/pdu.csv`` (the simulated or real rack PDU), if there is one."""
+    csv_path = path / "pdu.csv"
+    if not csv_path.is_file():
+        return
+    from power.pdu import read_pdu_csv
+
+    try:
+        rows = read_pdu_csv(csv_path)
+    except (OSError, ValueError) as exc:
+        problems.append(f"PDU log not drawn: {exc}")
+        return
+    if rows:
+        pd.pdu_series = ([r.unix_s for r in rows], [r.wall_w for r in rows])
+
+
 def read_power_dir(path: Path, summary: dict[str, Any] | None = None) -> PowerData | None:
     """Read ``path/node*/`` (one folder per node); None when there is no such folder.
 
     Args:
-        path: A run's ``power/`` or ``infer/power/`` folder.
+        path: A run's ``power/``, ``infer.power/`` or older ``infer/power/`` folder.
         summary: The matching power summary block, kept alongside.
     """
     if not path.is_dir():
@@ -411,6 +460,7 @@ def read_power_dir(path: Path, summary: dict[str, Any] | None = None) -> PowerDa
 
     pd = PowerData(path=path, nodes=nodes, summary=summary, series=read_cluster_series(path))
     _read_meter(path, pd, problems)
+    _read_pdu(path, pd, problems)
     for p in problems:
         log.warning("%s: %s", path, p)
     return pd
@@ -448,7 +498,7 @@ def load_run(path: str | Path) -> RunData:
             run.problems.append(f"job.yaml: unreadable ({exc})")
         except yaml.YAMLError as exc:
             run.problems.append(f"job.yaml: not valid YAML ({str(exc).splitlines()[0]})")
-    run.metrics = _read_jsonl(p / "metrics.jsonl", run.problems)
+    run.metrics = continued_branch(_read_jsonl(p / "metrics.jsonl", run.problems))
     infer = p / "infer"
     if infer.is_dir():
         run.infer_dir = infer
@@ -464,13 +514,16 @@ def load_run(path: str | Path) -> RunData:
     infer_power = run.inference.get("power")
     infer_power = infer_power if isinstance(infer_power, dict) else None
     if run.infer_dir is not None:
-        run.infer_power = read_power_dir(infer / "power", infer_power)
+        beside = infer_power_dir(infer)  # older infer runs kept it inside: infer/power
+        run.infer_power = read_power_dir(beside if beside.is_dir() else infer / "power",
+                                         infer_power)
     return run
 
 
 #: Keys of ``summary.json`` that hold numbers (or null) when present.
-_SUMMARY_NUMBERS = ("steps", "planned_steps", "target_steps", "world_size", "images", "train_time_s", "images_per_s",
-                    "best_val_is", "best_step", "final_val_is", "final_val_psnr", "final_val_n")
+_SUMMARY_NUMBERS = ("steps", "planned_steps", "target_steps", "world_size", "images",
+                    "train_time_s", "images_per_s", "best_val_is", "best_step", "final_val_is",
+                    "final_val_psnr", "final_val_n")
 
 
 def _typed(path: Path, doc: Any, numbers: tuple[str, ...], prefix: str = "") -> dict | None:
@@ -517,3 +570,22 @@ def load_sweep(path: str | Path) -> SweepData:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return SweepData(path=p if p.is_dir() else p.parent, data=data)
+
+
+#: Below this share of the run's span a meter comparison says it covers part of the run.
+FULL_COVER = 0.99
+
+
+def coverage_note(figures: dict[str, Any]) -> str | None:
+    """``the meter log covers 48% of the run …``, or None when it covers all of it.
+
+    Said when the lined-up readings span less of the run's power window than
+    :data:`FULL_COVER`; None also for an import written before coverage was recorded.
+    """
+    frac = figures.get("covers_fraction")
+    if not isinstance(frac, (int, float)) or frac >= FULL_COVER:
+        return None
+    return (f"the meter log covers {100 * frac:.0f}% of the run's power window "
+            f"({figures.get('start_utc', '?')} .. {figures.get('end_utc', '?')} of "
+            f"{figures.get('run_start_utc', '?')} .. {figures.get('run_end_utc', '?')}): its "
+            "figures are over that part only")

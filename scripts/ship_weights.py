@@ -3,7 +3,8 @@
 Usage::
 
     python scripts/ship_weights.py runs/asc19-cpu-latest/checkpoints/best.pt \\
-        --name asc19-cpu-srresnet64x8 --recipe jobs/asc19-cpu.yaml --recipe jobs/asc19-cpu-ft.yaml --note "..."
+        --name asc19-cpu-srresnet64x8 --recipe jobs/asc19-cpu.yaml \\
+        --recipe jobs/asc19-cpu-ft.yaml --note "..."
 
 Only the model's weights are kept (no optimizer state), with the model name and keyword
 arguments, so ``harness infer`` finds them by model and loads them with

@@ -1,6 +1,7 @@
 """Shared fixtures: paths, and a real ``mpirun`` for the tests marked ``mpi``."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def mpi_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def mpirun() -> str:
     """Path of a working mpirun (with mpi4py importable), or skip the test saying why."""
-    from harness.cluster.machine_checks import find_mpirun
+    from harness.commands.machine_checks import find_mpirun
 
     path = find_mpirun("mpirun")
     if path is None:
@@ -43,12 +44,37 @@ def mpirun() -> str:
     return path
 
 
+@functools.cache
+def mpi_family(mpirun: str) -> str:
+    """``openmpi``, ``mpich``, ``intelmpi`` (or ``unknown``): the MPI of ``mpirun``."""
+    from harness.cluster.mpi_impl import launcher_mpi
+
+    return launcher_mpi(mpirun)[0].family
+
+
+@pytest.fixture(scope="session")
+def openmpi_library() -> None:
+    """Skip unless mpi4py loads Open MPI (tests of Open MPI's own options and transports; under
+    MPICH and Intel MPI ``tests/cluster/test_testbed_mpi.py`` covers the same ground)."""
+    from harness.cluster.mpi_impl import library_mpi
+
+    found = library_mpi()[0]
+    if found.family != "openmpi":
+        pytest.skip(f"Open MPI's own test; mpi4py loads {found} here")
+
+
 def run_mpi(mpirun: str, n: int, args: list[str], timeout: float = 300,
             cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Run ``mpirun -np n python ARGS`` and return the completed process (text output)."""
-    cmd = [mpirun, "-np", str(n), "--bind-to", "none", sys.executable, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env(),
-                          cwd=cwd)
+    """Run ``python ARGS`` on ``n`` ranks of ``mpirun`` (Open MPI's ``-np N --bind-to none``,
+    Hydra's ``-n N`` for MPICH and Intel MPI, unbound) and return the completed process."""
+    from harness.cluster.mpi_impl import launcher_env
+
+    if mpi_family(mpirun) in ("mpich", "intelmpi"):
+        cmd = [mpirun, "-n", str(n), "-bind-to", "none", sys.executable, *args]
+    else:
+        cmd = [mpirun, "-np", str(n), "--bind-to", "none", sys.executable, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=launcher_env(mpirun, mpi_env()), cwd=cwd)
 
 
 def run_harness(*args: str, timeout: float = 300, cwd: Path = ROOT,

@@ -54,19 +54,25 @@ def test_defaults_are_valid() -> None:
 BAD_JOBS = [
     ("unknown key", "train:\n  bacth_size: 4\n",
      "bad.yaml: train.bacth_size: unknown key (did you mean batch_size?)"),
-    ("unknown section", "trian:\n  steps: 4\n", "bad.yaml: trian: unknown key (did you mean train?)"),
-    ("wrong type", "train:\n  steps: lots\n", "bad.yaml: train.steps: expected an integer, got 'lots'"),
-    ("bool for int", "train:\n  steps: true\n", "bad.yaml: train.steps: expected an integer, got True"),
+    ("unknown section", "trian:\n  steps: 4\n",
+     "bad.yaml: trian: unknown key (did you mean train?)"),
+    ("wrong type", "train:\n  steps: lots\n",
+     "bad.yaml: train.steps: expected an integer, got 'lots'"),
+    ("bool for int", "train:\n  steps: true\n",
+     "bad.yaml: train.steps: expected an integer, got True"),
     ("negative batch", "train:\n  batch_size: -8\n", "bad.yaml: train.batch_size: must be >= 1"),
     ("bad literal", "train:\n  backend: mpi\n",
      "bad.yaml: train.backend: expected one of 'ddp', 'horovod', got 'mpi'"),
     ("section not mapping", "train: 5\n", "bad.yaml: train: expected a mapping, got 5"),
-    ("list item type", "eval:\n  metrics: [is, 3]\n", "bad.yaml: eval.metrics[1]: expected a string, got 3"),
-    ("unknown metric", "eval:\n  metrics: [is, lpips]\n", "bad.yaml: eval.metrics: unknown metric 'lpips'"),
+    ("list item type", "eval:\n  metrics: [is, 3]\n",
+     "bad.yaml: eval.metrics[1]: expected a string, got 3"),
+    ("unknown metric", "eval:\n  metrics: [is, lpips]\n",
+     "bad.yaml: eval.metrics: unknown metric 'lpips'"),
     ("hosts mismatch", "launch:\n  nodes: 2\n  hosts: [a]\n",
      "bad.yaml: launch.hosts: lists 1 hosts but launch.nodes is 2"),
     ("yaml syntax", "train:\n  steps: [1, 2\n", "bad.yaml: line 3, column 1: invalid YAML"),
-    ("top-level list", "- a\n- b\n", "bad.yaml: top level: expected a mapping of sections, got list"),
+    ("top-level list", "- a\n- b\n",
+     "bad.yaml: top level: expected a mapping of sections, got list"),
 ]
 
 
@@ -114,7 +120,7 @@ def test_bad_override_cli(tmp_path: Path) -> None:
 def _laughs(levels: int = 9) -> str:
     """A "billion laughs" value: 9 levels of 9 aliases each expand to 9**9 strings."""
     items = ["&a [" + ",".join(["lol"] * 9) + "]"]
-    for prev, cur in zip("abcdefgh", "bcdefghi"[: levels - 1]):
+    for prev, cur in zip("abcdefgh", "bcdefghi"[: levels - 1], strict=False):
         items.append(f"&{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
     return "[" + ", ".join(items) + "]"
 
@@ -127,10 +133,12 @@ HOSTILE_JOBS = [
      "refused: more than 20000 YAML values"),
     ("laughs as top-level anchors", "".join(
         f"{c}: &{c} [" + ",".join([f"*{p}" if p else "lol"] * 9) + "]\n"
-        for p, c in zip(["", *"abcdefgh"], "abcdefghi")), "refused: more than 20000 YAML values"),
+        for p, c in zip(["", *"abcdefgh"], "abcdefghi", strict=True)),
+     "refused: more than 20000 YAML values"),
     ("mapping bomb", "a: &a {x: 1, y: 2}\n" + "".join(
         f"{c}: &{c} {{" + ", ".join(f"k{i}: *{p}" for i in range(9)) + "}\n"
-        for p, c in zip("abcdefg", "bcdefgh")), "refused: more than 20000 YAML values"),
+        for p, c in zip("abcdefg", "bcdefgh", strict=True)),
+     "refused: more than 20000 YAML values"),
     ("deep nesting", "train: " + "[" * 5000 + "]" * 5000 + "\n", "refused: nested deeper than 32"),
     ("long list", "eval:\n  metrics: [" + ",".join(["is"] * 30000) + "]\n",
      "refused: more than 20000 YAML values"),

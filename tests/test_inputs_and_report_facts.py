@@ -120,3 +120,19 @@ def test_launch_line_names_the_launcher_from_its_environment() -> None:
     assert line["argv"][1:3] == ["-m", "pytest"] or line["argv"]
     assert launch_line({"HARNESS_LAUNCH_LINE": "mpirun -np 2 x"})["launcher_line"] == \
         "mpirun -np 2 x"
+
+
+@pytest.mark.mpi_impl
+def test_report_names_the_mpi_library_the_ranks_loaded(tmp_path: Path) -> None:
+    from reports.render import render_report
+    from reports.rundata import load_run
+
+    run = _run(tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest.update(launcher="mpich", mpi="MPICH Version: 5.0.2")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    html = render_report([load_run(run)])
+    assert "<th>MPI library</th><td>MPICH Version: 5.0.2</td>" in html
+    manifest.pop("mpi")  # a run folder from before: the row says it is not known
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert "<th>MPI library</th><td>—</td>" in render_report([load_run(run)])

@@ -6,8 +6,10 @@ Rank, local rank and world size come from the launcher's environment variables:
   ``TORCHELASTIC_RUN_ID`` marks a torchrun worker, since torchrun started by srun leaves the
   agent's own ``SLURM_*`` variables behind;
 * Open MPI: ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``;
-* MPICH and Intel MPI (Hydra): ``PMI_RANK``/``PMI_SIZE`` and ``MPI_LOCALRANKID``/
-  ``MPI_LOCALNRANKS`` (or ``PMI_LOCAL_RANK``/``PMI_LOCAL_SIZE``);
+* MPICH and Intel MPI (Hydra; Intel's also sets ``I_MPI_HYDRA_UUID``): ``PMI_RANK``/
+  ``PMI_SIZE`` with ``MPI_LOCALRANKID``/``MPI_LOCALNRANKS`` (or ``PMI_LOCAL_RANK``/
+  ``PMI_LOCAL_SIZE``); srun's ``pmi2`` plugin sets ``PMI_RANK``/``PMI_SIZE`` alone, and then
+  Slurm's variables below give the local rank;
 * Slurm's srun: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``),
   ``SLURM_LOCALID`` and this node's entry of ``SLURM_STEP_TASKS_PER_NODE`` such as ``4(x2),3``;
 * bare ``RANK``/``WORLD_SIZE`` (torch.distributed's env:// convention) last.
@@ -37,11 +39,13 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from fileio.user_error import UserError
+from harness.lists import shard, unshard  # noqa: F401  (kept importable from here)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +65,9 @@ class _LauncherEnv:
     local_size: tuple[str, ...]
     marker: str = ""
     """A variable that must be set too (empty: none)."""
+    needs_local: bool = False
+    """Only when the local rank and size are set too: srun's ``pmi2`` plugin sets
+    ``PMI_RANK``/``PMI_SIZE`` without them, and Slurm's own variables say where the rank is."""
 
 
 _TORCHRUN = _LauncherEnv("torchrun", ("RANK",), ("WORLD_SIZE",), ("LOCAL_RANK",),
@@ -68,15 +75,19 @@ _TORCHRUN = _LauncherEnv("torchrun", ("RANK",), ("WORLD_SIZE",), ("LOCAL_RANK",)
 _SLURM = _LauncherEnv("slurm", ("SLURM_PROCID",), ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
                                                    "SLURM_NPROCS"),
                       ("SLURM_LOCALID",), ("SLURM_NTASKS_PER_NODE",))
+_HYDRA = (("PMI_RANK",), ("PMI_SIZE",), ("MPI_LOCALRANKID", "PMI_LOCAL_RANK"),
+          ("MPI_LOCALNRANKS", "PMI_LOCAL_SIZE"))
 # Checked in this order: the innermost launcher first (torchrun under srun; mpirun in a batch
 # shell that has SLURM_PROCID=0 of SLURM_NTASKS).
 _LAUNCHER_ENV: tuple[_LauncherEnv, ...] = (
     _TORCHRUN,
     _LauncherEnv("openmpi", ("OMPI_COMM_WORLD_RANK",), ("OMPI_COMM_WORLD_SIZE",),
                  ("OMPI_COMM_WORLD_LOCAL_RANK",), ("OMPI_COMM_WORLD_LOCAL_SIZE",)),
-    _LauncherEnv("mpich", ("PMI_RANK",), ("PMI_SIZE",), ("MPI_LOCALRANKID", "PMI_LOCAL_RANK"),
-                 ("MPI_LOCALNRANKS", "PMI_LOCAL_SIZE")),
+    # Intel MPI's Hydra sets what MPICH's does, and its own I_MPI_* variables.
+    _LauncherEnv("intelmpi", *_HYDRA, marker="I_MPI_HYDRA_UUID", needs_local=True),
+    _LauncherEnv("mpich", *_HYDRA, needs_local=True),
     _SLURM,
+    _LauncherEnv("mpich", *_HYDRA),  # PMI_RANK/PMI_SIZE alone, outside Slurm
     _LauncherEnv("torchrun", ("RANK",), ("WORLD_SIZE",), ("LOCAL_RANK",),
                  ("LOCAL_WORLD_SIZE",)),
 )
@@ -95,7 +106,7 @@ class DistInfo:
     local_world_size: int
     """Number of ranks on this node."""
     launcher: str
-    """``openmpi``, ``mpich`` (also Intel MPI), ``slurm``, ``torchrun``, ``mpi`` (mpi4py
+    """``openmpi``, ``mpich``, ``intelmpi``, ``slurm``, ``torchrun``, ``mpi`` (mpi4py
     disagreed with the environment) or ``none``."""
 
     @property
@@ -180,6 +191,8 @@ def dist_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
             continue
         lrk, local_rank = _first(env, spec.local_rank)
         _, local_size = _first(env, spec.local_size)
+        if spec.needs_local and (local_rank is None or local_size is None):
+            continue
         if spec is _SLURM:
             local_size = _slurm_local_size(env)
         if local_size is None:
@@ -201,12 +214,23 @@ class Comm(Protocol):
     rank: int
     size: int
 
-    def bcast(self, obj: T, root: int = 0) -> T: ...
-    def allgather(self, obj: T) -> list[T]: ...
-    def gather(self, obj: T, root: int = 0) -> list[T] | None: ...
-    def allreduce_sum(self, value: float) -> float: ...
-    def allgather_ints(self, values: Sequence[int]) -> list[list[int]]: ...
-    def barrier(self) -> None: ...
+    def bcast(self, obj: T, root: int = 0) -> T:
+        """Broadcast ``obj`` from rank ``root`` to every rank."""
+
+    def allgather(self, obj: T) -> list[T]:
+        """Gather ``obj`` from every rank onto every rank, in rank order."""
+
+    def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        """Gather ``obj`` from every rank onto ``root`` (None on the other ranks)."""
+
+    def allreduce_sum(self, value: float) -> float:
+        """Sum ``value`` over all ranks; every rank gets the same float."""
+
+    def allgather_ints(self, values: Sequence[int]) -> list[list[int]]:
+        """Gather every rank's small integers (the same count on every rank), in rank order."""
+
+    def barrier(self) -> None:
+        """Wait until every rank reaches this call."""
 
 
 class SingleComm:
@@ -216,21 +240,27 @@ class SingleComm:
     size = 1
 
     def bcast(self, obj: T, root: int = 0) -> T:
+        """Return ``obj`` (the only rank is the root)."""
         return obj
 
     def allgather(self, obj: T) -> list[T]:
+        """Return ``[obj]``."""
         return [obj]
 
     def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        """Return ``[obj]``."""
         return [obj]
 
     def allreduce_sum(self, value: float) -> float:
+        """Return ``value``."""
         return value
 
     def allgather_ints(self, values: Sequence[int]) -> list[list[int]]:
+        """Return ``[list(values)]``."""
         return [list(values)]
 
     def barrier(self) -> None:
+        """Return at once (there is no other rank to wait for)."""
         return None
 
 
@@ -248,23 +278,31 @@ class MPIComm:
         return self._comm
 
     def bcast(self, obj: T, root: int = 0) -> T:
+        """Broadcast ``obj`` from rank ``root`` (mpi4py ``bcast``)."""
         return self._comm.bcast(obj, root=root)
 
     def allgather(self, obj: T) -> list[T]:
+        """Gather ``obj`` from every rank onto every rank (mpi4py ``allgather``)."""
         return self._comm.allgather(obj)
 
     def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        """Gather ``obj`` onto ``root`` (mpi4py ``gather``; None on the other ranks)."""
         return self._comm.gather(obj, root=root)
 
     def allreduce_sum(self, value: float) -> float:
+        """Sum ``value`` over all ranks in rank order, so every rank gets the same float."""
         return float(sum(self._comm.allgather(value)))
 
     def allgather_ints(self, values: Sequence[int]) -> list[list[int]]:
-        """Every rank's ``values`` (small integers, the same count on every rank), in rank
-        order (the per-step flags; :class:`TorchComm` sends them as one tensor)."""
+        """Gather every rank's small integers, in rank order.
+
+        Every rank's ``values`` (small integers, the same count on every rank), in rank
+        order (the per-step flags; :class:`TorchComm` sends them as one tensor).
+        """
         return [list(v) for v in self._comm.allgather(list(values))]
 
     def barrier(self) -> None:
+        """Wait until every rank reaches this call (``MPI_Barrier``)."""
         self._comm.Barrier()
 
 
@@ -320,27 +358,34 @@ class TorchComm:
         return cls(group)
 
     def bcast(self, obj: T, root: int = 0) -> T:
+        """Broadcast ``obj`` from rank ``root`` (pickled, over gloo)."""
         box = [obj if self.rank == root else None]
         self._dist.broadcast_object_list(box, src=root, group=self._group)
-        return box[0]
+        return cast(T, box[0])  # every rank now holds the root's object
 
     def allgather(self, obj: T) -> list[T]:
+        """Gather ``obj`` from every rank onto every rank (pickled, over gloo)."""
         out: list[Any] = [None] * self.size
         self._dist.all_gather_object(out, obj, group=self._group)
         return out
 
     def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        """Gather ``obj`` onto ``root`` (pickled, over gloo; None on the other ranks)."""
         out: list[Any] | None = [None] * self.size if self.rank == root else None
         self._dist.gather_object(obj, out, dst=root, group=self._group)
         return out
 
     def allreduce_sum(self, value: float) -> float:
+        """Sum ``value`` over all ranks in rank order, so every rank gets the same float."""
         # Summed in rank order on every rank, so every rank gets the same float (as MPIComm).
         return float(sum(self.allgather(value)))
 
     def allgather_ints(self, values: Sequence[int]) -> list[list[int]]:
-        """Every rank's ``values`` (the same count everywhere) in one tensor all-gather: no
-        pickling, one collective instead of :meth:`allgather`'s two (the per-step flags)."""
+        """Gather every rank's small integers in one tensor all-gather.
+
+        Every rank's ``values`` (the same count everywhere) in one tensor all-gather: no
+        pickling, one collective instead of :meth:`allgather`'s two (the per-step flags).
+        """
         import torch
 
         mine = torch.tensor(list(values), dtype=torch.int64)
@@ -349,6 +394,7 @@ class TorchComm:
         return out.view(self.size, -1).tolist()
 
     def barrier(self) -> None:
+        """Wait until every rank of the group reaches this call."""
         self._dist.barrier(group=self._group)
 
     def node_leaders(self, local_rank: int) -> TorchGroupComm | None:
@@ -398,26 +444,32 @@ class WatchedComm:
         return getattr(self.inner, name)
 
     def bcast(self, obj: T, root: int = 0) -> T:
+        """Broadcast ``obj`` from rank ``root`` under the watchdog."""
         with self._wd.waiting("bcast"):
             return self.inner.bcast(obj, root=root)
 
     def allgather(self, obj: T) -> list[T]:
+        """Gather ``obj`` from every rank under the watchdog."""
         with self._wd.waiting("allgather"):
             return self.inner.allgather(obj)
 
     def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        """Gather ``obj`` onto ``root`` under the watchdog."""
         with self._wd.waiting("gather"):
             return self.inner.gather(obj, root=root)
 
     def allreduce_sum(self, value: float) -> float:
+        """Sum ``value`` over all ranks under the watchdog."""
         with self._wd.waiting("allreduce"):
             return self.inner.allreduce_sum(value)
 
     def allgather_ints(self, values: Sequence[int]) -> list[list[int]]:
+        """Gather every rank's small integers under the watchdog."""
         with self._wd.waiting("allgather"):
             return self.inner.allgather_ints(values)
 
     def barrier(self) -> None:
+        """Wait for every rank under the watchdog."""
         with self._wd.waiting("barrier"):
             self.inner.barrier()
 
@@ -436,8 +488,9 @@ def get_dist_info() -> DistInfo:
     trusted over the environment.
     """
     info = dist_info_from_env()
-    if isinstance(_inner(_COMM), MPIComm) and _COMM.size != info.world_size:
-        return DistInfo(_COMM.rank, info.local_rank, _COMM.size, info.local_world_size, "mpi")
+    comm = _COMM
+    if comm is not None and isinstance(_inner(comm), MPIComm) and comm.size != info.world_size:
+        return DistInfo(comm.rank, info.local_rank, comm.size, info.local_world_size, "mpi")
     return info
 
 
@@ -507,18 +560,29 @@ def _open_comm(info: DistInfo) -> Comm:
             log.warning("mpi4py sees 1 rank but %s says %d: using torch.distributed (gloo)",
                         info.launcher, info.world_size)
             return TorchComm.from_env(info)
-        raise UserError(mpi_world_mismatch(info, comm.size), every_rank=True)
+        from harness.cluster.mpi_impl import running_library_version
+
+        raise UserError(mpi_world_mismatch(info, comm.size, running_library_version()),
+                        every_rank=True)
     return comm
 
 
-def mpi_world_mismatch(info: DistInfo, mpi_size: int) -> str:
+def mpi_world_mismatch(info: DistInfo, mpi_size: int, library: str = "") -> str:
     """What to say when MPI's world (``mpi_size`` ranks) is not the launcher's.
 
-    srun with the wrong ``--mpi`` plugin (``none``, or ``pmi2`` for a PMIx-only Open MPI)
-    starts every task as its own world of one; any other mismatch is an mpi4py built against
-    another MPI than the launcher's.
+    srun with the wrong ``--mpi`` plugin (``none``, or ``pmi2`` for a PMIx-only Open MPI,
+    ``pmix`` for MPICH or Intel MPI, named by ``library``: ``MPI_Get_library_version``'s
+    words) starts every task as its own world of one; any other mismatch is an mpi4py that
+    loads another MPI than the launcher's.
     """
     if info.launcher == "slurm" and mpi_size == 1:
+        from harness.cluster.mpi_impl import FAMILY_NAMES, parse_library_version
+
+        family = parse_library_version(library).family
+        if family in ("mpich", "intelmpi"):
+            return (f"srun started {info.world_size} tasks but each is its own MPI world: use "
+                    f"srun --mpi=pmi2 ({FAMILY_NAMES[family]} starts under Slurm's PMI-2; "
+                    "launch.srun_mpi)")
         return (f"srun started {info.world_size} tasks but each is its own MPI world: use "
                 "srun --mpi=pmix (the PyPI Open MPI speaks PMIx only; launch.srun_mpi)")
     return (f"mpi4py sees {mpi_size} ranks but the launcher says {info.world_size}: mpi4py "
@@ -546,10 +610,11 @@ def rendezvous(comm: Comm) -> tuple[str, int]:
     env_addr, env_port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
     if env_addr and env_port:
         return env_addr, int(env_port)
-    pair = None
+    pair: tuple[str, int] | None = None
     if comm.rank == 0:
         pair = (socket.gethostname() if comm.size > 1 else "127.0.0.1", free_port())
-    return comm.bcast(pair, root=0)
+    # Rank 0 always sets the pair: every rank receives it, never None.
+    return cast("tuple[str, int]", comm.bcast(pair, root=0))
 
 
 def init_torch_distributed(info: DistInfo, comm: Comm, backend: str = "gloo",
@@ -579,7 +644,9 @@ def init_torch_distributed(info: DistInfo, comm: Comm, backend: str = "gloo",
 
 
 def steps_comm(comm: Comm, timeout_s: float = TORCH_COMM_TIMEOUT_S) -> Comm:
-    """The communicator for training's own collectives once ``torch.distributed`` is up (the
+    """Return the communicator for training's own collectives.
+
+    The communicator for training's own collectives once ``torch.distributed`` is up (the
     stop flags of every step, validation, checkpoints, the power session and its governor's
     node leaders): a gloo group of all ranks, watched by
     the same stall watchdog as ``comm``; ``comm`` itself when torch.distributed is not
@@ -613,33 +680,22 @@ def _resolvable(host: str) -> str:
 
 
 def shutdown_torch_distributed() -> None:
-    """Tear down ``torch.distributed`` if it was initialised (and forget a :class:`TorchComm`,
-    whose groups go with it)."""
+    """Tear down ``torch.distributed`` if it was initialised.
+
+    Tear down ``torch.distributed`` if it was initialised (and forget a :class:`TorchComm`,
+    whose groups go with it).
+    """
     global _COMM
     if isinstance(_inner(_COMM), TorchComm):
         _COMM = None
+    if "torch.distributed" not in sys.modules:
+        return  # never imported, so never initialised: importing it now would load torch
     try:
         import torch.distributed as dist
     except ImportError:
         return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
-    """Every ``world_size``-th item starting at ``rank`` (round-robin, order-preserving)."""
-    return list(items[rank::world_size])
-
-
-def unshard(parts: Sequence[Sequence[T]]) -> list[T]:
-    """Inverse of :func:`shard`: interleave the per-rank lists back into the original order."""
-    out: list[T] = []
-    longest = max((len(p) for p in parts), default=0)
-    for i in range(longest):
-        for part in parts:
-            if i < len(part):
-                out.append(part[i])
-    return out
 
 
 def print0(info: DistInfo, *args: Any, **kwargs: Any) -> None:
@@ -717,12 +773,20 @@ def _host_of(address: str, timeout_s: float = 2.0) -> str | None:
     return found[0] if found else None
 
 
+#: What to do after a lost node ends training (the end of :func:`describe_peer_loss`'s line).
+RESUME_HINT = "continue with --resume auto once the nodes are back, or on the nodes left"
+
+
 def describe_peer_loss(exc: BaseException,
-                       resolve: Callable[[str], str | None] | None = None) -> str | None:
-    """One line for an exception that says a collective lost the rank at its other end (a node
+                       resolve: Callable[[str], str | None] | None = None,
+                       then: str = RESUME_HINT) -> str | None:
+    """Describe a collective's lost peer in one line, or return None.
+
+    One line for an exception that says a collective lost the rank at its other end (a node
     lost, a rank killed): which node (named from the address in the library's message, by
-    ``resolve``: the host table by default), on which host this rank noticed it, and the
-    library's own words; None for anything else."""
+    ``resolve``: the host table by default), on which host this rank noticed it, the
+    library's own words, and ``then`` (what to do); None for anything else.
+    """
     resolve = resolve or _host_of
     text = str(exc).strip()
     if not text or not _PEER_LOST.search(text):
@@ -737,5 +801,4 @@ def describe_peer_loss(exc: BaseException,
     first = first if len(first) <= 160 else first[:159] + "…"
     return (f"lost contact with {', '.join(where) or 'another rank'}: a collective failed "
             f"on {socket.gethostname()} ({type(exc).__name__}: {first}); the node or its ranks "
-            "are gone: the job ends here (continue with --resume auto once the nodes are back, "
-            "or on the nodes left)")
+            f"are gone: the job ends here ({then})")

@@ -5,7 +5,10 @@ job's ``launch.launcher``:
 
 * ``openmpi`` — ``mpirun -np N --map-by ppr:R:node --bind-to B -x VAR=VALUE ...``
 * ``mpich`` / ``intelmpi`` — Hydra: ``mpiexec -n N -ppn R -hosts a,b -bind-to B -genv VAR VALUE``
-  (Intel MPI pins through ``I_MPI_PIN_DOMAIN`` instead of ``-bind-to``)
+  (Intel MPI pins through ``I_MPI_PIN_DOMAIN`` instead of ``-bind-to``); inside a Slurm
+  allocation prefixed with ``env SLURM_MPI_TYPE=none`` (see :func:`hydra_command`)
+* ``auto`` — resolved by ``harness launch`` from the MPI it finds
+  (:mod:`harness.cluster.mpi_impl`); left unresolved here it means ``openmpi``
 * ``srun`` — ``env VAR=VALUE srun --nodes --ntasks --ntasks-per-node --cpu-bind ...`` inside a
   Slurm allocation
 * ``torchrun`` — ``env VAR=VALUE python -m torch.distributed.run --nnodes --nproc-per-node
@@ -24,6 +27,8 @@ import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from fileio.user_error import UserError
 from harness.config import JobConfig, LaunchConfig
@@ -36,7 +41,13 @@ SRUN_CPU_BIND = {"core": "cores", "socket": "sockets", "numa": "ldoms", "none": 
 INTEL_PIN_DOMAIN = {"core": "core", "socket": "socket", "numa": "numa"}
 
 #: srun ``--mpi`` plugin when ``launch.srun_mpi`` is empty.
-DEFAULT_SRUN_MPI = {"openmpi": "pmix", "srun": "pmix", "mpich": "pmi2", "intelmpi": "pmi2"}
+DEFAULT_SRUN_MPI = {"openmpi": "pmix", "auto": "pmix", "srun": "pmix", "mpich": "pmi2",
+                    "intelmpi": "pmi2"}
+
+#: Hydra starts its proxies with srun inside an allocation; on a Slurm whose ``MpiDefault`` is
+#: pmix they then carry ``PMIX_NAMESPACE`` beside Hydra's ``PMI_SIZE``, and MPICH aborts
+#: ("Auto-detection of PMI version failed"). No srun MPI plugin for the proxies, then.
+HYDRA_IN_SLURM_ENV: dict[str, str] = {"SLURM_MPI_TYPE": "none"}
 
 #: Exported to pmix-plugin ranks: the PyPI Open MPI's PMIx has no munge security and only some
 #: gds modules, and without these prints help-file noise on every rank.
@@ -50,12 +61,50 @@ SLURM_LOG_NAME = "slurm-%j.out"
 _SBATCH_UNSAFE = re.compile(r"[\\%\x00-\x1f\x7f]")
 
 
-def rank_env(job: JobConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """What the launchers read of a job: its ``launch`` section and name, and more.
+
+    The three values of other sections that size a rank or a node: threads per rank, and
+    whole nodes when the power governor runs.
+
+    Attributes:
+        launch: The job's ``launch`` section.
+        name: The job's name (Slurm job name, torchrun rendezvous id).
+        train_threads: ``train.threads_per_rank``.
+        infer_threads: ``infer.threads_per_rank``.
+        power_enabled: ``power.enabled`` (whole nodes by default when the governor runs).
+    """
+
+    launch: LaunchConfig
+    name: str
+    train_threads: int = 0
+    infer_threads: int = 0
+    power_enabled: bool = False
+
+    @classmethod
+    def of(cls, job: JobConfig) -> LaunchSpec:
+        """The launch view of a validated job."""
+        return cls(launch=job.launch, name=job.name,
+                   train_threads=job.train.threads_per_rank,
+                   infer_threads=job.infer.threads_per_rank, power_enabled=job.power.enabled)
+
+
+def rank_env(launch: LaunchConfig, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment variables every rank gets: the base set, ``extra``, then ``launch.env``."""
     env = dict(BASE_ENV)
     env.update(extra or {})
-    env.update(job.launch.env)
+    env.update(launch.env)
     return env
+
+
+def launcher_kind(launch: LaunchConfig) -> str:
+    """``launch.launcher``, with an unresolved ``auto`` read as ``openmpi``.
+
+    ``openmpi`` was the default before ``auto``; ``harness launch`` resolves ``auto`` from the
+    MPI it finds (:mod:`harness.cluster.mpi_impl`).
+    """
+    return "openmpi" if launch.launcher == "auto" else launch.launcher
 
 
 def _binding(launch: LaunchConfig) -> str:
@@ -68,47 +117,54 @@ def _entry(python: str, module: str, job_path: str, args: Sequence[str]) -> list
 
 
 def _env_prefix(env: Mapping[str, str]) -> list[str]:
-    """``env VAR=VALUE ...``: sets the variables for a launcher that has no option for them
-    (and, unlike ``srun --export=ALL,VAR=VALUE``, wins over the caller's own value)."""
+    """Return the ``env VAR=VALUE ...`` prefix that sets ``env`` for a launcher.
+
+    ``env VAR=VALUE ...``: sets the variables for a launcher that has no option for them
+    (and, unlike ``srun --export=ALL,VAR=VALUE``, wins over the caller's own value).
+    """
     return ["env", *(f"{name}={value}" for name, value in env.items())] if env else []
 
 
-def launch_command(job: JobConfig, job_path: str, *, python: str = "python",
+def launch_command(job: LaunchSpec, job_path: str, *, python: str = "python",
                    module: str = "harness.train", args: Sequence[str] = (),
-                   executable: str | None = None, allow_root: bool = False) -> list[str]:
+                   executable: str | None = None, allow_root: bool = False,
+                   in_slurm: bool = False) -> list[str]:
     """The command that starts ``python -m MODULE --job JOB_PATH`` on every rank.
 
     Args:
-        job: The validated job; ``job.launch.launcher`` picks the launcher.
+        job: The launch view of a validated job (:meth:`LaunchSpec.of`);
+            ``job.launch.launcher`` picks the launcher.
         job_path: Job file path as the ranks should see it.
         python: Python interpreter on the compute nodes.
         module: Entry module (``harness.train`` or ``harness.infer``).
         args: Extra arguments for the module (e.g. ``--set`` overrides).
         executable: The launcher executable (mpirun, mpiexec, srun); default from the job.
         allow_root: Open MPI only: add ``--allow-run-as-root``.
+        in_slurm: Hydra only: the line runs inside a Slurm allocation (``SLURM_JOB_ID`` set).
 
     Returns:
         The command as a list of tokens.
     """
-    kind = job.launch.launcher
-    common = {"python": python, "module": module, "args": args}
+    kind = launcher_kind(job.launch)
+    common: dict[str, Any] = {"python": python, "module": module, "args": args}
     if kind == "openmpi":
         return mpirun_command(job, job_path, mpirun=executable, allow_root=allow_root, **common)
     if kind in ("mpich", "intelmpi"):
         return hydra_command(job, job_path, mpiexec=executable, intel=kind == "intelmpi",
-                             **common)
+                             in_slurm=in_slurm, **common)
     if kind == "srun":
         return srun_command(job, job_path, srun=executable or "srun", **common)
     return torchrun_command(job, job_path, **common)
 
 
-def mpirun_command(job: JobConfig, job_path: str, *, python: str = "python",
+def mpirun_command(job: LaunchSpec, job_path: str, *, python: str = "python",
                    module: str = "harness.train", args: Sequence[str] = (),
                    mpirun: str | None = None, allow_root: bool = False) -> list[str]:
     """The Open MPI ``mpirun`` line (``--map-by ppr:R:node``, ``--bind-to``, ``-x VAR=VALUE``).
 
     Args:
-        job: The validated job; ``job.launch`` gives nodes, ranks per node, hosts, binding,
+        job: The launch view of a validated job (:meth:`LaunchSpec.of`); ``job.launch``
+            gives nodes, ranks per node, hosts, binding,
             extra MPI arguments and exported environment.
         job_path: Job file path as the ranks should see it.
         python: Python interpreter on the compute nodes.
@@ -130,32 +186,42 @@ def mpirun_command(job: JobConfig, job_path: str, *, python: str = "python",
     if launch.oversubscribe:
         mapping += ":OVERSUBSCRIBE"
     cmd += ["--map-by", mapping, "--bind-to", _binding(launch)]
-    for name, value in rank_env(job).items():
+    for name, value in rank_env(job.launch).items():
         cmd += ["-x", f"{name}={value}"]
     cmd += list(launch.mpi_args)
     return cmd + _entry(python, module, job_path, args)
 
 
-def hydra_command(job: JobConfig, job_path: str, *, python: str = "python",
+def hydra_command(job: LaunchSpec, job_path: str, *, python: str = "python",
                   module: str = "harness.train", args: Sequence[str] = (),
-                  mpiexec: str | None = None, intel: bool = False) -> list[str]:
+                  mpiexec: str | None = None, intel: bool = False,
+                  in_slurm: bool = False) -> list[str]:
     """The MPICH / Intel MPI (Hydra) ``mpiexec`` line.
 
     ``-n`` ranks, ``-ppn`` per node, ``-hosts``, ``-genv VAR VALUE`` for each variable. MPICH
     binds with ``-bind-to core|socket|numa|none``; Intel MPI with ``I_MPI_PIN_DOMAIN`` (or
     ``I_MPI_PIN=0`` for none), which a ``launch.env`` entry of the same name overrides.
+    Hydra has no oversubscription check: more ranks than cores only needs no binding. Inside
+    a Slurm allocation the line starts with ``env SLURM_MPI_TYPE=none``
+    (:data:`HYDRA_IN_SLURM_ENV`).
 
     Args:
-        job: The validated job.
+        job: The launch view of a validated job (:meth:`LaunchSpec.of`).
         job_path: Job file path as the ranks should see it.
         python: Python interpreter on the compute nodes.
         module: Entry module.
         args: Extra arguments for the module.
         mpiexec: The Hydra executable; defaults to ``job.launch.mpirun``.
         intel: Intel MPI instead of MPICH.
+        in_slurm: The line runs inside a Slurm allocation.
     """
     launch = job.launch
-    cmd = [mpiexec or launch.mpirun, "-n", str(launch.world_size),
+    if any(arg in ("--mca", "-mca", "--map-by", "-x") for arg in launch.mpi_args):
+        raise UserError(f"launch.mpi_args: {shlex.join(launch.mpi_args)[:80]} holds Open MPI "
+                        "options, which Hydra's mpiexec refuses: give Open MPI's MCA settings "
+                        "as launch.env (OMPI_MCA_btl: self,sm) or drop them")
+    cmd = [*_env_prefix(HYDRA_IN_SLURM_ENV if in_slurm else {}),
+           mpiexec or launch.mpirun, "-n", str(launch.world_size),
            "-ppn", str(launch.ranks_per_node)]
     if launch.hosts:
         cmd += ["-hosts", ",".join(launch.hosts)]
@@ -167,7 +233,7 @@ def hydra_command(job: JobConfig, job_path: str, *, python: str = "python",
         pin = {"I_MPI_PIN": "0"}
     else:
         pin = {"I_MPI_PIN_DOMAIN": INTEL_PIN_DOMAIN[binding]}
-    for name, value in rank_env(job, pin).items():
+    for name, value in rank_env(job.launch, pin).items():
         cmd += ["-genv", name, value]
     cmd += list(launch.mpi_args)
     return cmd + _entry(python, module, job_path, args)
@@ -177,27 +243,42 @@ def _srun_mpi(launch: LaunchConfig) -> str:
     return launch.srun_mpi or DEFAULT_SRUN_MPI.get(launch.launcher, "pmix")
 
 
-def srun_env(job: JobConfig) -> dict[str, str]:
-    """What every srun-started rank gets: :func:`rank_env`, with :data:`PMIX_ENV` first when
-    the step uses the pmix plugin (``launch.env`` still has the last word)."""
-    return rank_env(job, PMIX_ENV if _srun_mpi(job.launch) == "pmix" else None)
+def srun_mpi_plugin(launch: LaunchConfig) -> str:
+    """The ``srun --mpi`` plugin for the job.
+
+    ``launch.srun_mpi``, else ``pmix`` for Open MPI (and ``srun``, ``auto``), ``pmi2`` for MPICH
+    and Intel MPI.
+    """
+    return _srun_mpi(launch)
 
 
-def threads_per_task(job: JobConfig, module: str) -> int:
-    """CPU threads of one rank of ``module``: ``train``/``infer.threads_per_rank``, else the
+def srun_env(launch: LaunchConfig) -> dict[str, str]:
+    """Return the environment every srun-started rank gets.
+
+    What every srun-started rank gets: :func:`rank_env`, with :data:`PMIX_ENV` first when
+    the step uses the pmix plugin (``launch.env`` still has the last word).
+    """
+    return rank_env(launch, PMIX_ENV if _srun_mpi(launch) == "pmix" else None)
+
+
+def threads_per_task(job: LaunchSpec, module: str) -> int:
+    """Return the CPU threads of one rank of ``module`` (0: not set).
+
+    CPU threads of one rank of ``module``: ``train``/``infer.threads_per_rank``, else the
     ``OMP_NUM_THREADS`` of ``launch.env``; 0 when neither says (the rank then takes the node's
-    cores / local ranks)."""
-    threads = (job.infer if module == "harness.infer" else job.train).threads_per_rank
+    cores / local ranks).
+    """
+    threads = job.infer_threads if module == "harness.infer" else job.train_threads
     omp = job.launch.env.get("OMP_NUM_THREADS", "")
     return threads or (int(omp) if omp.isdigit() else 0)
 
 
-def exclusive(job: JobConfig) -> bool:
+def exclusive(job: LaunchSpec) -> bool:
     """Whole nodes for the job: ``launch.exclusive``, by default when ``power`` is enabled."""
-    return job.launch.exclusive if job.launch.exclusive is not None else job.power.enabled
+    return job.launch.exclusive if job.launch.exclusive is not None else job.power_enabled
 
 
-def _srun_task_args(job: JobConfig, module: str) -> list[str]:
+def _srun_task_args(job: LaunchSpec, module: str) -> list[str]:
     # Slurm 22.05's srun no longer takes --cpus-per-task from the batch job: say it again.
     # --cpu-bind=none is left out: it is Slurm's default, and it warns where the cluster has
     # no task affinity plugin.
@@ -211,7 +292,7 @@ def _srun_task_args(job: JobConfig, module: str) -> list[str]:
     return out
 
 
-def srun_command(job: JobConfig, job_path: str, *, python: str = "python",
+def srun_command(job: LaunchSpec, job_path: str, *, python: str = "python",
                  module: str = "harness.train", args: Sequence[str] = (),
                  srun: str = "srun") -> list[str]:
     """The ``srun`` line that starts every rank as a task of the current Slurm allocation.
@@ -221,7 +302,7 @@ def srun_command(job: JobConfig, job_path: str, *, python: str = "python",
     value holding a comma. A failing rank ends the step (``--kill-on-bad-exit=1``).
     """
     launch = job.launch
-    cmd = [*_env_prefix(srun_env(job)), srun, f"--nodes={launch.nodes}",
+    cmd = [*_env_prefix(srun_env(job.launch)), srun, f"--nodes={launch.nodes}",
            f"--ntasks={launch.world_size}", f"--ntasks-per-node={launch.ranks_per_node}"]
     if launch.hosts:
         cmd.append(f"--nodelist={','.join(launch.hosts)}")
@@ -232,7 +313,7 @@ def srun_command(job: JobConfig, job_path: str, *, python: str = "python",
     return cmd + _entry(python, module, job_path, args)
 
 
-def torchrun_command(job: JobConfig, job_path: str, *, python: str = "python",
+def torchrun_command(job: LaunchSpec, job_path: str, *, python: str = "python",
                      module: str = "harness.train", args: Sequence[str] = (),
                      rdzv_host: str | None = None) -> list[str]:
     """The torchrun (``python -m torch.distributed.run``) line, the same on every node.
@@ -255,22 +336,24 @@ def torchrun_command(job: JobConfig, job_path: str, *, python: str = "python",
             raise UserError(f"launch.hosts: torchrun on {launch.nodes} nodes needs the host "
                             "names (the first one hosts the rendezvous), or use --scheduler "
                             "slurm")
-    return [*_env_prefix(rank_env(job)), *_torchrun_head(job, python),
+    return [*_env_prefix(rank_env(job.launch)), *_torchrun_head(job.launch, python),
             "--rdzv-endpoint", f"{rdzv_host}:{launch.rdzv_port}", "--rdzv-id", job.name,
             "-m", module, "--job", job_path, *args]
 
 
-def _torchrun_head(job: JobConfig, python: str) -> list[str]:
-    launch = job.launch
+def _torchrun_head(launch: LaunchConfig, python: str) -> list[str]:
     return [python, "-m", "torch.distributed.run", "--nnodes", str(launch.nodes),
             "--nproc-per-node", str(launch.ranks_per_node), "--rdzv-backend", "c10d"]
 
 
-def slurm_log_dir(job: JobConfig, workdir: str | None = None) -> str:
-    """The folder of Slurm's ``slurm-<jobid>.out``: ``launch.run_dir``, absolute under
+def slurm_log_dir(launch: LaunchConfig, workdir: str | None = None) -> str:
+    """Return the folder of Slurm's ``slurm-<jobid>.out``.
+
+    The folder of Slurm's ``slurm-<jobid>.out``: ``launch.run_dir``, absolute under
     ``workdir`` when given. It must exist before ``sbatch``: Slurm opens the file before the
-    script runs (``harness launch`` creates it when it writes the script)."""
-    run_dir = job.launch.run_dir
+    script runs (``harness launch`` creates it when it writes the script).
+    """
+    run_dir = launch.run_dir
     if workdir and not os.path.isabs(run_dir):
         run_dir = os.path.join(workdir, run_dir)
     return os.path.normpath(run_dir)
@@ -283,7 +366,7 @@ def _sbatch_value(value: str, what: str) -> str:
     return shlex.quote(value)
 
 
-def _sbatch_header(job: JobConfig, threads: int, workdir: str | None) -> list[str]:
+def _sbatch_header(job: LaunchSpec, threads: int, workdir: str | None) -> list[str]:
     """The ``#SBATCH`` lines of :func:`sbatch_script`: size, time, log, requeue, signal."""
     launch = job.launch
     lines = [
@@ -309,7 +392,7 @@ def _sbatch_header(job: JobConfig, threads: int, workdir: str | None) -> list[st
         lines.append(f"#SBATCH --account={_sbatch_value(launch.account, 'launch.account')}")
     if workdir:
         lines.append(f"#SBATCH --chdir={_sbatch_value(workdir, 'working directory')}")
-    log_dir = _sbatch_value(slurm_log_dir(job, workdir), "launch.run_dir")
+    log_dir = _sbatch_value(slurm_log_dir(job.launch, workdir), "launch.run_dir")
     lines.append(f"#SBATCH --output={log_dir}/{SLURM_LOG_NAME}")
     lines += ["#SBATCH --open-mode=append", "#SBATCH --requeue"]
     if launch.signal_lead_s:
@@ -317,7 +400,7 @@ def _sbatch_header(job: JobConfig, threads: int, workdir: str | None) -> list[st
     return lines
 
 
-def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
+def sbatch_script(job: LaunchSpec, job_path: str, *, python: str = "python",
                   module: str = "harness.train", args: Sequence[str] = (),
                   workdir: str | None = None) -> str:
     """A Slurm batch script that starts one srun task per rank (one torchrun agent per node).
@@ -338,7 +421,8 @@ def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
       MPI's PMIx has no munge security, and prints help-file noise on every rank without them.
 
     Args:
-        job: The validated job (``launch.nodes``, ``ranks_per_node``, ``gpus_per_node``,
+        job: The launch view of a validated job (``launch.nodes``, ``ranks_per_node``,
+            ``gpus_per_node``,
             ``hosts``, ``time``, ``partition``, ``account``, ``exclusive``, ``env``,
             ``bind_to``, ``launcher``; ``train``/``infer.threads_per_rank``).
         job_path: Job file path as the compute nodes see it.
@@ -365,18 +449,18 @@ def sbatch_script(job: JobConfig, job_path: str, *, python: str = "python",
         args = ["--resume", "auto", *args]  # after a requeue: this job id's run continues
     srun = ["srun", "--kill-on-bad-exit=1"]
     if launch.launcher == "torchrun":
-        lines += _exports(rank_env(job))
+        lines += _exports(rank_env(job.launch))
         lines.append("")
         # One agent per node, with the CPUs of that node's ranks; the step gets the job's GPUs.
         # The first node of the allocation hosts the rendezvous.
         lines.append('head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
         srun += [f"--nodes={launch.nodes}", f"--ntasks={launch.nodes}", "--ntasks-per-node=1",
                  f"--cpus-per-task={launch.ranks_per_node * max(threads, 1)}"]
-        lines.append(f"{shlex.join(srun + _torchrun_head(job, python))} "
+        lines.append(f"{shlex.join(srun + _torchrun_head(job.launch, python))} "
                      f'--rdzv-endpoint "$head:{launch.rdzv_port}" --rdzv-id "$SLURM_JOB_ID" '
                      f"{shlex.join(['-m', module, '--job', job_path, *args])}")
     else:
-        lines += _exports(srun_env(job))
+        lines += _exports(srun_env(job.launch))
         lines.append("")
         srun += [*_srun_task_args(job, module), f"--mpi={_srun_mpi(launch)}"]
         lines.append(shlex.join(srun + _entry(python, module, job_path, args)))
@@ -391,7 +475,7 @@ ATTEMPT_LINE = ('echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) harness: Slurm job ${SLURM
                 '${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}"')
 
 
-def time_limit_warning(job: JobConfig) -> str | None:
+def time_limit_warning(launch: LaunchConfig) -> str | None:
     """What is wrong with ``launch.time`` for training under Slurm, or None.
 
     Training stops ``launch.signal_lead_s`` + 60 s before the limit; a limit that leaves less
@@ -399,13 +483,13 @@ def time_limit_warning(job: JobConfig) -> str | None:
     """
     from harness.cluster.slurm import MIN_TRAIN_S, parse_slurm_time
 
-    limit = parse_slurm_time(job.launch.time)
-    margin = job.launch.signal_lead_s + 60
+    limit = parse_slurm_time(launch.time)
+    margin = launch.signal_lead_s + 60
     if limit is None or limit - margin >= MIN_TRAIN_S:
         return None
     left = max(int(limit - margin), 0)
-    return (f"launch.time {job.launch.time} leaves {left} s to train (training stops "
-            f"launch.signal_lead_s {job.launch.signal_lead_s} + 60 s before the limit): raise "
+    return (f"launch.time {launch.time} leaves {left} s to train (training stops "
+            f"launch.signal_lead_s {launch.signal_lead_s} + 60 s before the limit): raise "
             "launch.time (or sbatch --time) or lower launch.signal_lead_s")
 
 

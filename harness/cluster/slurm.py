@@ -62,8 +62,14 @@ class SlurmJob:
 
 
 def node_name(env: Mapping[str, str] | None = None) -> str:
-    """This node's name as Slurm says it (``SLURMD_NODENAME``), else the host name."""
+    """This node's name as Slurm says it (``SLURMD_NODENAME``), else the host name.
+
+    Not under Intel MPI's Hydra (``I_MPI_HYDRA_UUID``): it hands every rank the environment
+    of the node ``mpiexec`` runs on, ``SLURMD_NODENAME`` included.
+    """
     env = os.environ if env is None else env
+    if env.get("I_MPI_HYDRA_UUID"):
+        return socket.gethostname()
     return env.get("SLURMD_NODENAME") or socket.gethostname()
 
 

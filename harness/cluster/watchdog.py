@@ -30,13 +30,16 @@ must be seen working), else a folder of this job under the system's temporary fo
 
 Fault injection for the tests: ``HARNESS_FAULT_STALL_AT=STAGE`` (``start-up``,
 ``infer batch 2``, ``evaluate batch 1``, ``step 6``; ``HARNESS_FAULT_STALL_STEP=N`` is
-``step N``) makes rank ``HARNESS_FAULT_STALL_RANK`` (default 1) SIGSTOP itself there.
+``step N``) makes rank ``HARNESS_FAULT_STALL_RANK`` (default 1) SIGSTOP itself there;
+``HARNESS_FAULT_KILL_AT=STAGE`` makes rank ``HARNESS_FAULT_KILL_RANK`` (default 1) SIGKILL itself
+there (a lost node, as its peers see it).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -49,14 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from fileio.atomic import write_json_atomic
+from harness.config import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, MIN_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
 #: Exit status of a job ended by the watchdog.
 STALL_EXIT = 4
-
-#: Seconds a wait on another rank may last (``train.collective_timeout_s``'s default).
-DEFAULT_TIMEOUT_S = 30.0
 
 #: Environment variable that overrides the budget everywhere.
 TIMEOUT_ENV = "HARNESS_COLLECTIVE_TIMEOUT_S"
@@ -89,30 +90,44 @@ def reset() -> None:
 
 
 def job_was_aborted() -> bool:
-    """True when a watchdog of this job has ended it: the error this rank sees next (a peer's
-    connection reset) is a consequence, not news, and is not printed."""
+    """Return True when a watchdog of this job has ended it.
+
+    True when a watchdog of this job has ended it: the error this rank sees next (a peer's
+    connection reset) is a consequence, not news, and is not printed.
+    """
     return any(w.fired or (w.dir / "stalled").exists() for w in _ACTIVE)
 
 
 def torch_timeout_s(collective_timeout_s: float) -> float:
-    """torch.distributed's own collective timeout: longer than the watchdog's first-step
-    budget, so that the watchdog ends the job with its one line before gloo/NCCL raise."""
+    """Return torch.distributed's own collective timeout in seconds.
+
+    torch.distributed's own collective timeout: longer than the watchdog's first-step
+    budget, so that the watchdog ends the job with its one line before gloo/NCCL raise.
+    """
     return 4 * collective_timeout_s + 30
 
 
 def timeout_from_env(default: float = DEFAULT_TIMEOUT_S) -> float:
-    """``$HARNESS_COLLECTIVE_TIMEOUT_S`` if set (a positive number), else ``default``."""
+    """``$HARNESS_COLLECTIVE_TIMEOUT_S`` if set, else ``default``.
+
+    Bounded as the job's ``train.collective_timeout_s`` is (1 to 3600 s): ``inf`` or ``1e309``
+    would overflow torch's timeout, and ``1e12`` end in a C++ timeout trace.
+
+    Raises:
+        UserError: the value is not a number of seconds within the bounds.
+    """
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
         return float(default)
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not value > 0:
+        value = math.nan
+    if not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S:  # NaN fails too
         from fileio.user_error import UserError
 
-        raise UserError(f"{TIMEOUT_ENV}={raw}: expected a number of seconds > 0")
+        raise UserError(f"{TIMEOUT_ENV}={raw}: expected a number of seconds between "
+                        f"{MIN_TIMEOUT_S:g} and {MAX_TIMEOUT_S:g} (as train.collective_timeout_s)")
     return value
 
 
@@ -128,10 +143,13 @@ def _job_id() -> str:
 
 
 def progress_dir(multi_node: bool = False) -> Path:
-    """``$HARNESS_PROGRESS_DIR``; else, on a job of several nodes, ``runs/.progress/<job id>``
+    """Return the folder of the ranks' heartbeat files.
+
+    ``$HARNESS_PROGRESS_DIR``; else, on a job of several nodes, ``runs/.progress/<job id>``
     below the working folder (the job's shared checkout: every node must see every rank's
     heartbeat, or a rank waiting while another node works would be taken for a stall); else
-    ``<tmp>/harness-progress-<uid>/<job id>``."""
+    ``<tmp>/harness-progress-<uid>/<job id>``.
+    """
     env = os.environ.get(PROGRESS_DIR_ENV, "").strip()
     if env:
         return Path(env)
@@ -200,8 +218,11 @@ class StallWatchdog:
         self.comm = comm
 
     def configure(self, timeout_s: float | None = None, hint: str | None = None) -> None:
-        """Set the budget (``$HARNESS_COLLECTIVE_TIMEOUT_S`` still wins) and the hint that ends
-        the stall line (e.g. how to resume)."""
+        """Set the budget and the hint that ends the stall line.
+
+        Set the budget (``$HARNESS_COLLECTIVE_TIMEOUT_S`` still wins) and the hint that ends
+        the stall line (e.g. how to resume).
+        """
         if timeout_s is not None:
             self.timeout_s = timeout_from_env(timeout_s)
             if self._bounded_at is None:
@@ -213,6 +234,9 @@ class StallWatchdog:
         """This rank made progress and is now in ``stage`` (work with a budget, not a wait)."""
         with self._lock:
             self.stage, self._since, self._unbounded = stage, time.time(), False
+        if stage == os.environ.get("HARNESS_FAULT_KILL_AT") and self.rank == int(
+                os.environ.get("HARNESS_FAULT_KILL_RANK", "1")):
+            os.kill(os.getpid(), signal.SIGKILL)
         if stage == self._fault and self.rank == int(
                 os.environ.get("HARNESS_FAULT_STALL_RANK", "1")):
             try:
@@ -227,8 +251,11 @@ class StallWatchdog:
             os.kill(os.getpid(), signal.SIGSTOP)
 
     def arm(self, step: int) -> None:
-        """Training step ``step`` begins: it must reach the next :meth:`arm` within the budget
-        (the first step of a start gets 4x: lazy initialisation)."""
+        """Mark the start of training step ``step``.
+
+        Training step ``step`` begins: it must reach the next :meth:`arm` within the budget
+        (the first step of a start gets 4x: lazy initialisation).
+        """
         self.progress(f"step {step}")
         with self._lock:
             self._budget = self.timeout_s * (4 if self._steps_armed == 0 else 1)
@@ -262,11 +289,14 @@ class StallWatchdog:
 
     @contextlib.contextmanager
     def blocking(self, what: str) -> Iterator[None]:
-        """A wait inside a call that holds the GIL while it waits (MPI's start-up and
+        """Watch a wait inside a call that holds the GIL.
+
+        A wait inside a call that holds the GIL while it waits (MPI's start-up and
         shutdown: mpi4py's ``MPI_Init``/``MPI_Finalize``), where the watchdog thread cannot
         run: a forked child keeps this rank's heartbeat and deadline until the call returns,
         and ends the job (SIGKILL of this rank, which mpirun turns into the end of the job)
-        when the wait will not end."""
+        when the wait will not end.
+        """
         if self.world_size <= 1 or not hasattr(os, "fork"):
             with self.waiting(what):
                 yield
@@ -301,7 +331,12 @@ class StallWatchdog:
         self._lock = threading.Lock()  # the parent's may have been held by its thread
         self._thread = None
         parent = self._pid
-        self._abort = lambda: (os.kill(parent, signal.SIGKILL), os._exit(STALL_EXIT))
+
+        def abort() -> None:
+            os.kill(parent, signal.SIGKILL)
+            os._exit(STALL_EXIT)
+
+        self._abort = abort
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -402,18 +437,24 @@ class StallWatchdog:
         return out
 
     def stalled_ranks(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Other ranks whose heartbeat is missing or older than 3 s (half the budget when
+        """Return the other ranks whose process is not running.
+
+        Other ranks whose heartbeat is missing or older than 3 s (half the budget when
         that is longer, so that a busy machine's late heartbeat is not a stall): their
-        process is not running."""
+        process is not running.
+        """
         now = time.time() if now is None else now
         stale_s = max(3.0, 3 * self._tick(), self.timeout_s / 2)
         return [rec for rec in self._records()
                 if rec.get("rank") != self.rank and now - float(rec.get("time", 0.0)) > stale_s]
 
     def culprits(self, now: float | None = None) -> list[dict[str, Any]] | None:
-        """Why this rank's wait will not end: the stopped ranks; else the live ranks stuck
+        """Return the ranks that keep this rank waiting, or None.
+
+        Why this rank's wait will not end: the stopped ranks; else the live ranks stuck
         outside a wait for :data:`BUSY_FACTOR` budgets; else ``[]`` when every rank waits (a
-        hung collective). None while a live rank is still working."""
+        hung collective). None while a live rank is still working.
+        """
         now = time.time() if now is None else now
         stalled = self.stalled_ranks(now)
         if stalled:
@@ -465,9 +506,13 @@ class StallWatchdog:
 
 
 def start(rank: int, world_size: int, multi_node: bool = False) -> StallWatchdog:
-    """Make this process's watchdog (once; its thread starts with :meth:`StallWatchdog.start`
-    once MPI is up, MPI's start-up being watched by :meth:`StallWatchdog.blocking`; the budget from ``$HARNESS_COLLECTIVE_TIMEOUT_S``
-    or :data:`DEFAULT_TIMEOUT_S` until a job :meth:`~StallWatchdog.configure`\\ s it)."""
+    """Make this process's watchdog (once) and return it.
+
+    Its thread starts with :meth:`StallWatchdog.start` once MPI is up, MPI's start-up being
+    watched by :meth:`StallWatchdog.blocking`. The budget comes from
+    ``$HARNESS_COLLECTIVE_TIMEOUT_S`` or :data:`DEFAULT_TIMEOUT_S` until a job sets it with
+    :meth:`~StallWatchdog.configure`.
+    """
     if _ACTIVE:
         return _ACTIVE[0]
     wd = StallWatchdog(timeout_from_env(), rank, world_size, multi_node=multi_node)
@@ -476,12 +521,12 @@ def start(rank: int, world_size: int, multi_node: bool = False) -> StallWatchdog
 
 
 def current() -> StallWatchdog:
-    """This process's watchdog (started with the job's communicator; idle with one rank)."""
-    if not _ACTIVE:
-        from harness.cluster.distributed import get_comm
+    """This process's watchdog.
 
-        get_comm()  # starts it
-    if not _ACTIVE:  # a communicator made before reset(): one that watches nothing
+    The job's communicator starts it, so call :func:`harness.cluster.distributed.get_comm`
+    first, as every workload does; without one, an idle watchdog that watches nothing.
+    """
+    if not _ACTIVE:  # no communicator yet, or one made before reset(): one that watches nothing
         _ACTIVE.append(StallWatchdog(timeout_from_env(), 0, 1))
     return _ACTIVE[0]
 

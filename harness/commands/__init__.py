@@ -1,0 +1,1 @@
+"""The ``harness`` subcommands: each module adds its arguments and runs one command."""

@@ -40,15 +40,22 @@ def run_guarded(fn: Callable[[], int], prog: str = "harness", quiet: bool = Fals
         prog: Name printed before the error.
         quiet: Do not print the error (ranks other than 0, whose rank 0 says the same).
     """
+    from power.errors import PowerError
+
     _skip_exit_collection()
     try:
         return fn()
-    except UserError as exc:
-        if not quiet or exc.every_rank:
+    except (UserError, PowerError) as exc:
+        # a PowerError is the hardware's or a trace's word (no permission, a NaN reading), said
+        # with its file and line by the backend that raised it: the user's to fix, one line
+        every_rank = getattr(exc, "every_rank", False)
+        if not quiet or every_rank:
+            if _debug() and isinstance(exc, PowerError):
+                traceback.print_exc()
             print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         else:
             _let_rank0_speak()
-        return exc.exit_code
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
@@ -77,18 +84,24 @@ QUIET_EXIT_DELAY_S = 2.0
 
 
 def _let_rank0_speak() -> None:
-    """A rank that fails quietly (rank 0 prints the same line) waits a moment first: mpirun and
+    """Let rank 0 print its error line before this rank exits.
+
+    A rank that fails quietly (rank 0 prints the same line) waits a moment first: mpirun and
     ``srun --kill-on-bad-exit`` end the whole job at the first rank's non-zero exit, which
-    could otherwise kill rank 0 before its line is out."""
+    could otherwise kill rank 0 before its line is out.
+    """
     import time
 
     time.sleep(QUIET_EXIT_DELAY_S)
 
 
 def _skip_exit_collection() -> None:
-    """Freeze the garbage collector when the interpreter exits, after the other exit handlers:
+    """Freeze the garbage collector at interpreter exit.
+
+    Freeze the garbage collector when the interpreter exits, after the other exit handlers:
     its final collections walk every object torch made at import (0.3-0.5 s per command) and
-    free nothing that a process about to end needs freed. Files are closed by their writers."""
+    free nothing that a process about to end needs freed. Files are closed by their writers.
+    """
     import atexit
     import gc
 
@@ -112,8 +125,11 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def job_or_default(job: str | None, default: str) -> str:
-    """``--job``, else ``$HARNESS_JOB``, else ``default`` (a path under ``jobs/``); rank 0 says
-    which job it chose when the user did not name one."""
+    """Return the job to run: ``--job``, ``$HARNESS_JOB`` or ``default``.
+
+    ``--job``, else ``$HARNESS_JOB``, else ``default`` (a path under ``jobs/``); rank 0 says
+    which job it chose when the user did not name one.
+    """
     if job:
         return job
     from harness.cluster.distributed import get_dist_info

@@ -11,15 +11,17 @@ from harness.outputs.logs import table_console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``harness doctor``'s arguments to ``parser``."""
     parser.add_argument("job", nargs="?", metavar="JOB",
                         help="also check what this job needs (exit code 0 only if it can run)")
     add_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the doctor's checks, print them as a table and return the exit code."""
     from rich.table import Table
 
-    from harness.cluster.machine_checks import job_can_run, run_checks
+    from harness.commands.machine_checks import job_can_run, run_checks
 
     job = load_job(args.job, args.overrides) if args.job else None
     checks = run_checks(job)
@@ -32,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
     console = table_console()
     console.print(table)
     ok = job_can_run(checks)
+    for c in checks:  # each blocker once more as one unwrapped line, for logs and scripts
+        if c.required and c.status == "missing":
+            print(f"harness doctor: {c.name}: {c.detail}" + (f" ({c.hint})" if c.hint else ""),
+                  file=sys.stderr, flush=True)
     if job is not None:
         console.print(f"job {job.name}: " + ("[green]can run[/]" if ok else
                                             "[red]cannot run here[/] (see hints)"))

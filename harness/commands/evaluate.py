@@ -1,4 +1,6 @@
-"""``harness evaluate``: score SR images against HR (IS, PSNR, SSIM, NIQE, RMSE), sharded over
+"""``harness evaluate``: score SR images against HR.
+
+``harness evaluate``: score SR images against HR (IS, PSNR, SSIM, NIQE, RMSE), sharded over
 MPI ranks when started under mpirun (results gathered on rank 0, identical to one process).
 
 PI (PIRM's perceptual index) needs the Ma et al. model, which ships nowhere offline: it is not
@@ -17,6 +19,7 @@ from harness.scoring import ALL_METRICS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``harness evaluate``'s arguments to ``parser``."""
     parser.add_argument("--hr", required=True, metavar="DIR", help="reference HR images")
     parser.add_argument("--sr", required=True, metavar="DIR",
                         help="super-resolved images, matched to HR by file name")
@@ -24,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="LR inputs: adds the bicubic baseline and the normalised gain "
                              "(IS - IS_bicubic) / (1 - IS_bicubic)")
     parser.add_argument("--recognizer", default="facenet",
-                        help="facenet (embedded, default), sphere20a:PATH (official ASC19 "
-                             "SphereFace weights) or onnx:PATH (ArcFace-style model)")
+                        help="facenet (embedded, default), dlib (extra 'quality'), "
+                             "sphere20a:PATH (official ASC19 SphereFace weights) or onnx:PATH "
+                             "(ArcFace-style model); a comma list (facenet,dlib) scores with "
+                             "each in one pass: the first gives 'is', the others 'is_<name>', "
+                             "each with impostor mean, normalised IS, rank-1 and gain")
     parser.add_argument("--metrics", default="is,psnr,ssim",
                         help=f"comma list of {', '.join(ALL_METRICS)} (default: "
                              "is,psnr,ssim). "
@@ -55,14 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Score the SR folder against HR and return the exit code."""
     from fileio.user_error import UserError
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if "pi" in metrics:
         raise UserError("--metrics pi: the perceptual index needs the Ma et al. model, which "
                         "is not shipped with the harness; use niqe, or supply the model")
-    from harness.cluster.distributed import get_dist_info, shard
+    from harness.cluster.distributed import get_dist_info
     from harness.data.imageio import pair_by_name
+    from harness.lists import shard
     from harness.model.generators import rank_threads, resolve_device
     from harness.outputs.logs import CountProgress, choose_log_format
     from harness.outputs.write_checks import agree, claim_output
@@ -77,18 +85,31 @@ def run(args: argparse.Namespace) -> int:
             args.out, [args.hr, args.sr, args.lr], overwrite=args.overwrite)))
     info = get_dist_info()
     device = resolve_device(args.device, info, key="--device")
-    mine = len(shard(pair_by_name(args.hr, args.sr, args.lr), info.rank, info.world_size))
+    pairs = pair_by_name(args.hr, args.sr, args.lr)
+    mine = len(shard(pairs, info.rank, info.world_size))
     mode = choose_log_format(args.log_format, info.launcher) if info.is_master else "off"
-    with CountProgress("evaluate", mine, mode) as bar:
-        result = evaluate_dirs(args.hr, args.sr, args.out, lr_dir=args.lr,
-                               recognizer=args.recognizer, metrics=metrics,
-                               batch_size=args.batch_size, shave=args.shave, device=device,
-                               progress=bar.advance, precision=args.precision,
-                               threads=rank_threads(0, info))
-    print_scores(result, args.sr)
-    if result is not None and not args.out:
-        print("scores not saved (pass --out DIR to write scores.json and per_image.csv)")
-    get_comm().barrier()
+    from harness.cluster.command_comm import collectives_comm, raise_if_peer_lost
+    from harness.cluster.distributed import shutdown_torch_distributed
+    from harness.cluster.watchdog import DEFAULT_TIMEOUT_S
+
+    # A lost node is named (gloo), not Open MPI's silent exit 14.
+    comm = collectives_comm(info, get_comm(), DEFAULT_TIMEOUT_S)
+    try:
+        with CountProgress("evaluate", mine, mode, of_all=len(pairs)) as bar:
+            result = evaluate_dirs(args.hr, args.sr, args.out, lr_dir=args.lr,
+                                   recognizer=args.recognizer, metrics=metrics,
+                                   batch_size=args.batch_size, shave=args.shave, device=device,
+                                   progress=bar.advance, precision=args.precision,
+                                   threads=rank_threads(0, info), comm=comm)
+        print_scores(result, args.sr)
+        if result is not None and not args.out:
+            print("scores not saved (pass --out DIR to write scores.json and per_image.csv)")
+        comm.barrier()
+    except Exception as exc:  # noqa: BLE001 - only a lost peer is translated
+        raise_if_peer_lost(exc, "no scores written; run the command again once the nodes are "
+                                "back, or on the nodes left")
+        raise
+    shutdown_torch_distributed()
     return 0
 
 
@@ -100,6 +121,14 @@ def print_scores(result: dict[str, Any] | None, sr_dir: str) -> None:
 
     console = table_console()
     console.print(render_table(result["summary"], title=f"Scores of {sr_dir}"))
+    from harness.scoring.panel import render_panel
+
+    panel = render_panel(result["summary"])
+    if panel is not None:
+        console.print(panel)
+    lr_kernel = result["summary"].get("lr_kernel")
+    if lr_kernel:
+        console.print(lr_kernel["line"])
     precision = (result.get("meta") or {}).get("precision", "fp32")
     if precision != "fp32":
         console.print(f"[yellow]note:[/] IS computed in {precision}: approximate (within "

@@ -1,11 +1,11 @@
-"""``harness power-sweep``: throughput and power at a series of GPU caps, and a cluster plan.
+r"""``harness power-sweep``: throughput and power at a series of GPU caps, and a cluster plan.
 
 Examples::
 
     harness power-sweep --job jobs/asc19-final.yaml --limits 150:400:25
     harness power-sweep --job jobs/demo.yaml --workload infer --checkpoint runs/x/best.pt
     harness power-sweep --job jobs/demo.yaml --clocks 600:1400:100 --no-plan
-    harness power-sweep --job jobs/asc19-final.yaml --plan-from runs/a-sweep --plan-from \\
+    harness power-sweep --job jobs/asc19-final.yaml --plan-from runs/a-sweep --plan-from \
         runs/b-sweep --plan-nodes 2 --plan-nodes 2 --budget-w 3000   # plan only
 
 For each setting every GPU of the node is capped (``power.backend`` of the job: NVML or
@@ -54,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=10, metavar="N",
                         help="unmeasured steps after each change (default: 10)")
     parser.add_argument("--warmup-s", type=float, default=1.0, metavar="S",
-                        help="and warm up for at least S seconds (default: 1)")
+                        help="and warm up for at least S seconds (default: 1), then until "
+                             "the GPUs' power readings settle (at most 10 s more; a point "
+                             "whose readings do not is flagged and left out of the plan)")
     parser.add_argument("--steps", type=int, default=50, metavar="N",
                         help="measured steps per setting (default: 50)")
     parser.add_argument("--batch-size", type=int, metavar="N",
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         docs = []
         for d in args.plan_from:
             docs.append(load_sweep_dir(d))
-        plan = make_plan(docs, job, planning)
+        plan = make_plan(docs, job.power if job else None,
+                         job.launch if job else None, planning)
         _print_plan(plan, quiet=args.quiet)
         return 0
     doc, out = sweep(job, options, on_point=None if args.quiet else _print_point)  # type: ignore[arg-type]
@@ -131,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plan:
         from power.sweep import write_sweep
 
-        plan = make_plan([(doc, read_meta(out))], job, planning)
+        plan = make_plan([(doc, read_meta(out))], job.power if job else None,
+                         job.launch if job else None, planning)
         doc["plan"] = plan.to_json()
         write_sweep(out, doc)
         _print_plan(plan, quiet=args.quiet)
@@ -146,18 +150,31 @@ def _print_point(point: dict[str, Any], done: int, total: int) -> None:
 
 
 def _print_table(doc: dict[str, Any], out: Path) -> None:
+    """The sweep's points, readable at 80 columns.
+
+    Short headers whose units the caption gives (no two columns cut to the same "image…"),
+    and IS only for a sweep that scored it.
+    """
+    from rich import box
     from rich.table import Table
 
+    with_is = any(p["is"] is not None for p in doc["points"])
     t = Table(title=f"power sweep: {doc['job']} ({doc['workload']}) on {doc['gpu']}"
-              + (" [simulated]" if doc["simulated"] else ""))
-    for col in ("setting", "images/s/GPU", "avg W/GPU", "peak W/GPU", "node W", "J/image",
-                "images/s/W", "IS", "Pareto"):
-        t.add_column(col, justify="right")
+              + (" [simulated]" if doc["simulated"] else ""), box=box.SIMPLE_HEAD,
+              caption="per GPU: img/s (images/s), avg W, peak W, J/img, img/s/W; node W: "
+                      "the whole node; front *: no other point has more images/s for fewer "
+                      "node joules per image", caption_justify="left", pad_edge=False,
+              collapse_padding=True)
+    cols = ["setting", "img/s", "avg W", "peak W", "node W", "J/img", "img/s/W"] \
+        + (["IS"] if with_is else []) + ["front"]
+    for col in cols:
+        t.add_column(col, justify="right", no_wrap=True)
     for p in doc["points"]:
         t.add_row(f"{p['setting']:g} {p['unit']}", f"{p['images_per_s']:.1f}",
                   f"{p['avg_gpu_w']:.1f}", f"{p['peak_gpu_w']:.1f}", f"{p['avg_node_w']:.0f}",
                   f"{p['j_per_image']:.4f}", f"{p['images_per_s_per_w']:.3f}",
-                  "-" if p["is"] is None else f"{p['is']:.4f}", "*" if p["pareto"] else "")
+                  *([] if not with_is else ["-" if p["is"] is None else f"{p['is']:.4f}"]),
+                  "*" if p["pareto"] else "")
     c = table_console()
     c.print(t)
     c.print(f"results: {out / 'sweep.json'}, {out / 'sweep.csv'}")

@@ -1,13 +1,18 @@
-"""``harness prepare``: pack a folder tree of face images into training shards (sharded over
-MPI ranks), or ``--fingerprint`` an HR/LR set to find the kernel that made its LR images."""
+"""``harness prepare``: pack face images into shards, or fingerprint an HR/LR set.
+
+``harness prepare``: pack a folder tree of face images into training shards (sharded over
+MPI ranks), or ``--fingerprint`` an HR/LR set to find the kernel that made its LR images.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``harness prepare``'s arguments to ``parser``."""
     from harness.data.degradation import DEFAULT_DEGRADATION, DEGRADATIONS
     from harness.data.shards import CROPS
 
@@ -22,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how square aligned faces become 96x112 crops (default: asc19 "
                              "framing)")
     parser.add_argument("--shard-size", type=int, default=8192, help="pairs per shard file")
+    parser.add_argument("--heldout-out", metavar="DIR",
+                        help="also split SRC: every 5th image (in name order) is packed into "
+                             "DIR instead of --out, a validation set with no face in common "
+                             "with the training set (data.val: DIR)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing packed set in --out")
     parser.add_argument("--fingerprint", action="store_true",
@@ -32,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Pack shards or fingerprint an HR/LR set, and return the exit code."""
     from fileio.user_error import UserError
     from harness.cluster.distributed import get_comm, get_dist_info
     from harness.data import degradation, shards
@@ -58,19 +68,39 @@ def run(args: argparse.Namespace) -> int:
     from harness.outputs.write_checks import agree, check_not_input
 
     agree(comm, lambda: check_not_input(args.out, [args.src]))  # never into or over SRC
-    result = shards.prepare(args.src, args.out, kernel=args.kernel, crop=args.crop,
-                             rank=info.rank, world_size=info.world_size,
-                             shard_size=args.shard_size, progress=info.is_master,
-                             overwrite=args.overwrite)
-    comm.barrier()
-    if info.world_size > 1 and info.is_master:
-        result = shards.merge_index(args.out)
+    parts: list[tuple[str, Callable[[int], bool] | None]] = [(args.out, None)]
+    if args.heldout_out:
+        from harness.data.pairs import HELDOUT_EVERY
+
+        every = HELDOUT_EVERY
+        if os.path.abspath(args.heldout_out) == os.path.abspath(args.out):
+            raise UserError(f"--heldout-out {args.heldout_out}: the same folder as --out; "
+                            "give the held-out split a folder of its own")
+        agree(comm, lambda: check_not_input(args.heldout_out, [args.src]))
+        parts = [(args.out, lambda i: i % every != every - 1),
+                 (args.heldout_out, lambda i: i % every == every - 1)]
+    results = []
+    for out, keep in parts:
+        result = shards.prepare(args.src, out, kernel=args.kernel, crop=args.crop,
+                                 rank=info.rank, world_size=info.world_size,
+                                 shard_size=args.shard_size, progress=info.is_master,
+                                 overwrite=args.overwrite, keep=keep)
+        comm.barrier()
+        if info.world_size > 1 and info.is_master:
+            result = shards.merge_index(out)
+        results.append(result)
+    result = results[0]
     if info.is_master:
         n = result.get("count", result.get("written", "?"))
         skipped = result.get("skipped") or []
         console.print(f"packed {n} pairs into {args.out} (kernel {args.kernel}"
                       + (f", {len(skipped)} unreadable files skipped" if skipped else "")
                       + f"); train on it with --set data.train={args.out}")
+    if info.is_master and args.heldout_out:
+        held = results[1]
+        console.print(f"held out {held.get('count', held.get('written', '?'))} pairs "
+                      f"(every {HELDOUT_EVERY}th image) into {args.heldout_out}; validate on "
+                      f"them with --set data.val={args.heldout_out}")
     return 0
 
 

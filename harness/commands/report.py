@@ -58,9 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_out(out: str, args: argparse.Namespace) -> None:
-    """Never write the report over an input; replace an existing file only if it is an earlier
+    """Check the report's output path.
+
+    Never write the report over an input; replace an existing file only if it is an earlier
     harness report or the user passed --overwrite. (A new file inside a run folder is fine:
-    ``RUN/report.html`` is where the demo keeps it.)"""
+    ``RUN/report.html`` is where the demo keeps it.)
+    """
     from pathlib import Path
 
     from reports.render import GENERATOR
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 def _import_meter(args: argparse.Namespace) -> None:
     """Import ``--meter`` into every run it overlaps (an error if it overlaps none)."""
     from reports.meter import import_meter
+    from reports.rundata import coverage_note
 
     failures = []
     imported = 0
@@ -130,6 +134,8 @@ def _import_meter(args: argparse.Namespace) -> None:
                 print(f"meter: {run_dir} {done.phase}: {done.figures['samples']} samples, "
                       f"meter - ours {done.figures['diff_mean_w']:+.0f} W on average, "
                       f"{c.get('count', 0)} budget crossing(s) as the meter saw them")
+                for note in filter(None, [coverage_note(done.figures)]):
+                    log.warning("meter: %s %s: %s", run_dir, done.phase, note)
         except UserError as exc:
             failures.append(str(exc))
     if not imported:

@@ -5,7 +5,8 @@ budget crossing, read from the files the run writes (see :mod:`harness.outputs.w
 works from a login node on the shared file system. A live table on a terminal, plain
 timestamped lines otherwise; it ends with exit 0 when the run ends (``summary.json`` written,
 the last line of ``train.log`` saying why the run ended with an error, e.g. a lost node, or the
-training process gone).
+training process gone), and with exit 1 when the run's files have been silent beyond a bound
+while its writer is on another host (that host died with rank 0: ``--silent-after``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from fileio.user_error import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``harness watch``'s arguments to ``parser``."""
     parser.add_argument("run", metavar="RUN", help="a run folder (or its <name>-latest link)")
     parser.add_argument("--interval", type=float, default=2.0, metavar="S",
                         help="seconds between looks at the files (default: 2)")
@@ -26,9 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default): rich on a terminal, else plain")
     parser.add_argument("--once", action="store_true",
                         help="print the current state once and exit")
+    parser.add_argument("--silent-after", type=float, default=300.0, metavar="S",
+                        help="give up (exit 1, one line) when no file of the run has changed "
+                             "for S seconds, or 10 times the run's longest quiet spell if "
+                             "longer, and its writer runs on another host (whose death "
+                             "leaves no summary and no last log line); default: 300")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Follow a run folder's progress and return the exit code."""
     from harness.outputs.logs import choose_log_format
     from harness.outputs.watch import (
         RunWatcher,
@@ -41,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0.05 <= args.interval <= 3600:
         raise UserError(f"--interval: must be between 0.05 and 3600 seconds, got "
                         f"{args.interval:g}")
-    watcher = RunWatcher(args.run)
+    if not 1 <= args.silent_after <= 7 * 86400:
+        raise UserError(f"--silent-after: must be between 1 s and 7 days, got "
+                        f"{args.silent_after:g}")
+    watcher = RunWatcher(args.run, silent_after_s=args.silent_after)
     mode = choose_log_format(args.log_format, None)
     if mode == "rich" and not args.once:
         from rich.live import Live
@@ -51,13 +62,13 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(args.interval)
                 live.update(render_table(watcher.poll()))
         print(f"{utc_now()} {end_line(watcher.view)}", flush=True)
-        return 0
+        return 1 if watcher.view.silent_s is not None else 0
     while True:
         view = watcher.poll()
         print(f"{utc_now()} {status_line(view)}", flush=True)
         if view.ended:
             print(f"{utc_now()} {end_line(view)}", flush=True)
-            return 0
+            return 1 if view.silent_s is not None else 0
         if args.once:
             return 0
         time.sleep(args.interval)

@@ -1,0 +1,1 @@
+"""Training data: image pairs, degradations, shards and the batch loader."""

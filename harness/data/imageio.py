@@ -261,8 +261,12 @@ def pair_by_name(
                 f"({_name_list(missing)})"
             )
     extra = sorted((n for n in sr if n not in hr), key=_natural_key)
-    if extra:
-        log.warning(
+    if extra:  # once per folder and job, on rank 0 (callers pair the same folders twice)
+        from harness.cluster.rank_log import warn_once
+
+        warn_once(
+            log,
+            f"sr without hr {sr_dir}",
             "%s: ignoring %d SR images with no HR counterpart (%s)",
             sr_dir,
             len(extra),

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.config import JobConfig
+from harness.config import DataConfig, TrainConfig
 from harness.data.pairs import PairSet, batch_indices, make_batch
 
 
@@ -21,31 +21,33 @@ class BatchLoader:
 
     Args:
         pairs: The training pairs.
-        job: Batch size, seed, augmentation, degradation and ``data.workers``.
+        train: Batch size, seed and steps (``train``).
+        data: Augmentation, degradation and ``data.workers`` (``data``).
         rank: This rank.
         world: Number of ranks.
     """
 
-    def __init__(self, pairs: PairSet, job: JobConfig, rank: int, world: int) -> None:
-        self.pairs, self.job, self.rank, self.world = pairs, job, rank, world
-        self.workers = job.data.workers
+    def __init__(self, pairs: PairSet, train: TrainConfig, data: DataConfig, rank: int,
+                 world: int) -> None:
+        self.pairs, self.train, self.data, self.rank, self.world = pairs, train, data, rank, world
+        self.workers = data.workers
         self._pool = ThreadPoolExecutor(self.workers, "batches") if self.workers else None
         self._pending: dict[int, Future] = {}
 
     def make(self, step: int) -> tuple[list[int], Any, Any, list[bool]]:
         """The batch of ``step`` (in the calling thread)."""
-        t = self.job.train
+        t = self.train
         idx = batch_indices(len(self.pairs), t.batch_size, step, self.rank, self.world, t.seed)
-        lr, hr, flips = make_batch(self.pairs, idx, self.job.data.augment,
+        lr, hr, flips = make_batch(self.pairs, idx, self.data.augment,
                                    np.random.default_rng([t.seed, step, self.rank]),
-                                   return_flips=True, lr_kernel=self.job.data.lr_kernel)
+                                   return_flips=True, lr_kernel=self.data.lr_kernel)
         return idx, lr, hr, flips
 
     def get(self, step: int) -> tuple[list[int], Any, Any, list[bool]]:
         """The batch of ``step``, and the next ``workers`` steps' batches set in motion."""
         if self._pool is None:
             return self.make(step)
-        for ahead in range(step, min(step + self.workers + 1, self.job.train.steps)):
+        for ahead in range(step, min(step + self.workers + 1, self.train.steps)):
             if ahead not in self._pending:
                 self._pending[ahead] = self._pool.submit(self.make, ahead)
         future = self._pending.pop(step, None)

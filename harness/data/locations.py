@@ -5,8 +5,11 @@ from pathlib import Path
 
 
 def project_root() -> Path:
-    """The checkout's root folder: the parent of the ``harness`` package (this file is
-    ``harness/data/locations.py``)."""
+    """Return the checkout's root folder.
+
+    The checkout's root folder: the parent of the ``harness`` package (this file is
+    ``harness/data/locations.py``).
+    """
     return Path(__file__).resolve().parents[2]
 
 

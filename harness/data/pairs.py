@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from fileio.user_error import UserError
-from harness.cluster.distributed import shard
 from harness.config import AugmentConfig
 from harness.data.degradation import downscale
 from harness.data.locations import embedded_asc19_dir
+from harness.lists import shard
 
 HELDOUT_EVERY = 5
 """Every fifth embedded pair (positions 4, 9, …) is held out."""
@@ -45,7 +45,7 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.names)
 
-    def subset(self, indices: Sequence[int], label: str) -> "PairSet":
+    def subset(self, indices: Sequence[int], label: str) -> PairSet:
         """The pairs at ``indices``, in that order."""
         return PairSet(tuple(self.names[i] for i in indices), [self.lr[i] for i in indices],
                        [self.hr[i] for i in indices], label)
@@ -186,9 +186,10 @@ def augment_pair(lr: np.ndarray, hr: np.ndarray, cfg: AugmentConfig,
     [0, 1] and whether the pair was mirrored.
     """
     if cfg.rotate_deg or cfg.zoom:
-        hr = warp_hr(hr, angle_deg=float(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg)),
-                     zoom=1.0 + float(rng.uniform(-cfg.zoom, cfg.zoom)),
-                     offset_px=tuple(float(v) for v in rng.uniform(-scale / 2, scale / 2, 2)))
+        angle_deg = float(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
+        zoom = 1.0 + float(rng.uniform(-cfg.zoom, cfg.zoom))
+        dx, dy = (float(v) for v in rng.uniform(-scale / 2, scale / 2, 2))
+        hr = warp_hr(hr, angle_deg=angle_deg, zoom=zoom, offset_px=(dx, dy))
         lr = downscale(hr, lr_kernel, scale)
     lr_f = lr.astype(np.float32) / 255.0
     hr_f = hr.astype(np.float32) / 255.0
@@ -213,13 +214,16 @@ def only_flips(cfg: AugmentConfig) -> bool:
 
 def warp_hr(hr: np.ndarray, angle_deg: float, zoom: float,
             offset_px: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """Rotate (counter-clockwise) and zoom a uint8 HxWx3 image about its centre, then move it
-    by ``offset_px`` (dx, dy); bicubic, borders reflected; returns uint8 of the same size."""
+    """Rotate, zoom and shift a uint8 HxWx3 image.
+
+    Rotate (counter-clockwise) and zoom a uint8 HxWx3 image about its centre, then move it
+    by ``offset_px`` (dx, dy); bicubic, borders reflected; returns uint8 of the same size.
+    """
     import cv2
 
     h, w = hr.shape[:2]
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle_deg, zoom)
-    matrix[:, 2] += offset_px
+    matrix[:, 2] += np.asarray(offset_px, dtype=np.float64)
     return cv2.warpAffine(np.ascontiguousarray(hr), matrix, (w, h), flags=cv2.INTER_CUBIC,
                           borderMode=cv2.BORDER_REFLECT_101)
 

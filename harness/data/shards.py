@@ -4,10 +4,11 @@
 their 128x128 thumbnails, or ASC19-style 96x112 crops — and for each image:
 
 1. makes the 96x112 (W x H) HR crop with the ASC19 framing (see :func:`crop_box`);
-2. makes the 24x28 LR image with a selectable kernel (:data:`harness.data.degradation.DEGRADATIONS`). The default,
-   ``matlab_bicubic`` (MATLAB ``imresize(hr, 1/4)``, antialiased bicubic), reproduces the
-   organiser's ASC19 LR images bit for bit (:func:`harness.data.degradation.fingerprint` on the 300 validation pairs:
-   MAE 0.000; PIL's antialiased BICUBIC comes next with MAE 0.29 grey levels);
+2. makes the 24x28 LR image with a selectable kernel
+   (:data:`harness.data.degradation.DEGRADATIONS`). The default, ``matlab_bicubic`` (MATLAB
+   ``imresize(hr, 1/4)``, antialiased bicubic), reproduces the organiser's ASC19 LR images bit for
+   bit (:func:`harness.data.degradation.fingerprint` on the 300 validation pairs: MAE 0.000; PIL's
+   antialiased BICUBIC comes next with MAE 0.29 grey levels);
 3. appends both to packed shards ``hr-00000.npy`` (N, 112, 96, 3) uint8 and ``lr-00000.npy``
    (N, 28, 24, 3) uint8, described by ``index.json`` (names, shard and offset of each item,
    kernel, crop, source). Training reads them with :class:`PackedPairs`, memory-mapped.
@@ -35,7 +36,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,9 @@ from PIL import Image
 
 from fileio.atomic import atomic_write, write_json_atomic
 from fileio.user_error import UserError
-from harness.cluster.distributed import shard
 from harness.data.degradation import DEFAULT_DEGRADATION, check_degradation, downscale
 from harness.data.imageio import IMAGE_SUFFIXES, read_rgb
+from harness.lists import shard
 
 __all__ = [
     "ASC19_TEMPLATE",
@@ -241,6 +242,7 @@ def prepare(
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
     overwrite: bool = False,
+    keep: Callable[[int], bool] | None = None,
 ) -> dict[str, Any]:
     """Makes packed HR/LR shards from a folder tree of face images (this rank's share).
 
@@ -255,6 +257,8 @@ def prepare(
         shard_size: Images per shard file.
         progress: Show a rich progress bar (rank 0 only).
         overwrite: Replace an earlier result in ``out_dir`` instead of refusing.
+        keep: Pack only the files whose position ``i`` in the sorted walk has ``keep(i)``
+            (a split of one tree into training and held-out sets); default: every file.
 
     Returns:
         ``{"rank", "files", "written", "skipped", "reframed", "shards", "index"}``: files seen
@@ -279,7 +283,8 @@ def prepare(
     prefix = _prefix(rank, world_size)
     index_path = out / ("index.json" if world_size == 1 else f"index-r{rank}.json")
     _clear_earlier(out, prefix, index_path, overwrite)
-    mine = shard(list(enumerate(files)), rank, world_size)
+    mine = shard([(i, f) for i, f in enumerate(files) if keep is None or keep(i)], rank,
+                 world_size)
     writer = _ShardWriter(out, prefix, shard_size)
     packed = _pack(src, mine, writer, kernel, crop, progress and rank == 0)
     partial = {

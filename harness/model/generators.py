@@ -1,23 +1,24 @@
 """Generators (the SR networks in ``kernels/``) as a job uses them: build, load, place, run.
 
-Every command that touches a generator comes here: training builds one from the job and may
-start it from ``model.init_from``; inference, the power sweep and ``harness doctor`` load a
-checkpoint or the weights shipped in ``kernels/weights``. One place also decides the device and
-the CPU threads of a rank, so training and inference agree.
+Every command that touches a generator comes here, and builds it with one function,
+:func:`make_generator`, from the ``model`` section: training builds one (fresh, or started from
+``model.init_from``) and checks it before its run folder exists; inference and the power sweep
+load a checkpoint or the weights shipped in ``kernels/weights``. One place also decides the
+device and the CPU threads of a rank, so training and inference agree.
 
 Example::
 
-    model, source = load_generator(job, checkpoint=None, device="cpu")   # shipped weights
-    sr = super_resolve(model, lr_batch, tta_flip=True)                   # (N, 3, 4H, 4W)
+    model, source = make_generator(job.model, "infer", device="cpu")  # shipped weights
+    sr = super_resolve(model, lr_batch, tta_flip=True)                 # (N, 3, 4H, 4W)
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fileio.user_error import UserError
-from harness.config import JobConfig
+from harness.config import ModelConfig
 from harness.outputs import checkpoints as ckpt
 
 if TYPE_CHECKING:
@@ -26,14 +27,20 @@ if TYPE_CHECKING:
     from harness.cluster.distributed import DistInfo
 
 
+#: What :func:`make_generator` builds a generator for.
+GeneratorUse = Literal["train", "check", "infer"]
+
 #: Device nodes without which no CUDA device can exist: NVIDIA, WSL2's GPU, AMD ROCm.
 _GPU_NODES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 
 
 def resolve_device(choice: str, info: DistInfo, key: str = "train.device") -> str:
-    """``cpu`` or ``cuda:N`` for this rank (``auto`` picks CUDA when present); ``key`` names
+    """Return the torch device for this rank: ``cpu`` or ``cuda:N``.
+
+    ``cpu`` or ``cuda:N`` for this rank (``auto`` picks CUDA when present); ``key`` names
     the setting in the error when CUDA is asked for but absent. ``auto`` on a machine without
-    a GPU device node is ``cpu`` without importing torch (~1 s)."""
+    a GPU device node is ``cpu`` without importing torch (~1 s).
+    """
     if choice == "cpu" or (choice == "auto" and not any(Path(n).exists() for n in _GPU_NODES)):
         return "cpu"
     import torch
@@ -46,8 +53,11 @@ def resolve_device(choice: str, info: DistInfo, key: str = "train.device") -> st
 
 
 def rank_threads(requested: int, info: DistInfo) -> int:
-    """CPU threads for this rank: ``requested``, or 0: the cores this rank owns (cores / local
-    ranks)."""
+    """Return the CPU threads for this rank.
+
+    CPU threads for this rank: ``requested``, or 0: the cores this rank owns (cores / local
+    ranks).
+    """
     return requested or max(1, (os.cpu_count() or 1) // info.local_world_size)
 
 
@@ -60,10 +70,10 @@ def set_threads(requested: int, info: DistInfo) -> int:
     return n
 
 
-def model_kwargs(job: JobConfig) -> dict[str, Any]:
-    """Generator keyword arguments: integral numbers become ints."""
-    out: dict[str, Any] = {"scale": job.model.scale}
-    for k, v in job.model.args.items():
+def model_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """Generator keyword arguments of the ``model`` section: integral numbers become ints."""
+    out: dict[str, Any] = {"scale": model.scale}
+    for k, v in model.args.items():
         out[k] = int(v) if float(v).is_integer() else float(v)
     return out
 
@@ -86,23 +96,23 @@ def _load_weights(model: torch.nn.Module, state: dict[str, Any], where: str) -> 
         raise UserError(f"{where}: weights do not fit ({str(exc).splitlines()[0]})") from None
 
 
-def resolve_init_from(job: JobConfig) -> Path:
+def resolve_init_from(cfg: ModelConfig) -> Path:
     """The checkpoint file named by ``model.init_from`` (see :class:`ModelConfig`).
 
     Raises:
         UserError: ``shipped`` without (intact) shipped weights for this model, or no such file.
     """
-    spec = job.model.init_from
+    spec = cfg.init_from
     if spec == "shipped":
         from kernels.shipped import shipped_checkpoint
 
         try:
-            found = shipped_checkpoint(job.model.name, model_kwargs(job))
+            found = shipped_checkpoint(cfg.name, model_kwargs(cfg))
         except ValueError as exc:  # checksum mismatch
             raise UserError(f"model.init_from: {exc}") from None
         if found is None:
-            raise UserError(f"model.init_from: no shipped weights for {job.model.name} with "
-                            f"{dict(job.model.args)}")
+            raise UserError(f"model.init_from: no shipped weights for {cfg.name} with "
+                            f"{dict(cfg.args)}")
         return Path(found)
     path = Path(spec).expanduser()
     if not path.is_file() and not path.is_absolute():
@@ -114,42 +124,34 @@ def resolve_init_from(job: JobConfig) -> Path:
     return path
 
 
-def preflight_model(job: JobConfig, init_path: Path | None) -> None:
-    """Build the job's generator on the ``meta`` device (no memory) and check
-    ``model.init_from``: the errors a start can have are raised before its run folder exists."""
-    import torch
+def check_init_from(cfg: ModelConfig, path: Path) -> None:
+    """Check ``model.init_from`` without building the model.
 
-    with torch.device("meta"):
-        build_generator(job.model.name, model_kwargs(job))
-    if init_path is not None:
-        check_init_from(job, init_path)
+    Everything :func:`load_initial_weights` checks, without building the model: called
+    before a run folder exists, so a bad ``model.init_from`` leaves nothing behind.
+    """
+    _check_init_state(cfg, path, ckpt.load(path))
 
 
-def check_init_from(job: JobConfig, path: Path) -> None:
-    """Everything :func:`load_initial_weights` checks, without building the model: called
-    before a run folder exists, so a bad ``model.init_from`` leaves nothing behind."""
-    _check_init_state(job, path, ckpt.load(path))
-
-
-def _check_init_state(job: JobConfig, path: Path, state: dict[str, Any]) -> None:
+def _check_init_state(cfg: ModelConfig, path: Path, state: dict[str, Any]) -> None:
     check_checkpoint_model(state, f"model.init_from: {path}",
-                           default=(job.model.name, model_kwargs(job)))
+                           default=(cfg.name, model_kwargs(cfg)))
     kwargs = state.get("model_kwargs")
-    if state.get("model_name", job.model.name) != job.model.name or (
-            kwargs is not None and dict(kwargs) != model_kwargs(job)):
+    if state.get("model_name", cfg.name) != cfg.name or (
+            kwargs is not None and dict(kwargs) != model_kwargs(cfg)):
         raise UserError(f"model.init_from: {path} holds {state.get('model_name')} "
-                        f"{dict(kwargs or {})}, the job builds {job.model.name} "
-                        f"{model_kwargs(job)}")
+                        f"{dict(kwargs or {})}, the job builds {cfg.name} "
+                        f"{model_kwargs(cfg)}")
 
 
-def load_initial_weights(model: torch.nn.Module, job: JobConfig, path: Path) -> None:
+def load_initial_weights(model: torch.nn.Module, cfg: ModelConfig, path: Path) -> None:
     """Load the generator weights in ``path`` (see :func:`resolve_init_from`) into ``model``.
 
     Raises:
         UserError: not a checkpoint, or weights of another architecture than the job's.
     """
     state = ckpt.load(path)
-    _check_init_state(job, path, state)
+    _check_init_state(cfg, path, state)
     _load_weights(model, state, f"model.init_from: {path}")
 
 
@@ -203,9 +205,16 @@ def check_checkpoint_model(state: dict[str, Any], where: str, *,
     return name, dict(kwargs)
 
 
-def load_generator(job: JobConfig, checkpoint: str | None,
-                   device: str) -> tuple[torch.nn.Module, str]:
+def _load_generator(cfg: ModelConfig, checkpoint: str | None,
+                    device: str) -> tuple[torch.nn.Module, str]:
     """The generator with its weights: from a checkpoint (its own model spec wins) or shipped.
+
+    Args:
+        cfg: The job's ``model`` section (what to build without a checkpoint, and the
+            shipped weights to look for).
+        checkpoint: A checkpoint file (``--checkpoint`` or ``infer.checkpoint``), or None for
+            the shipped weights.
+        device: Where the model goes.
 
     Returns:
         The model in eval mode on ``device``, and where its weights came from.
@@ -213,17 +222,17 @@ def load_generator(job: JobConfig, checkpoint: str | None,
     Raises:
         UserError: no weights available for a trainable model, or a bad checkpoint.
     """
-    path = checkpoint or job.infer.checkpoint or None
+    path = checkpoint or None
     shipped = path is None
     if path is None:
         from kernels.shipped import shipped_checkpoint
 
-        path = shipped_checkpoint(job.model.name, model_kwargs(job))
+        path = shipped_checkpoint(cfg.name, model_kwargs(cfg))
     if path is None:
-        model = build_generator(job.model.name, model_kwargs(job))
+        model = build_generator(cfg.name, model_kwargs(cfg))
         if any(p.requires_grad for p in model.parameters()):
             raise UserError(f"no --checkpoint given and no shipped weights for model "
-                            f"{job.model.name} with {dict(job.model.args)}: train one first "
+                            f"{cfg.name} with {dict(cfg.args)}: train one first "
                             "(harness train) or pass --checkpoint")
         return model.to(device).eval(), "untrained (no parameters)"
     state = ckpt.load(path)
@@ -231,15 +240,71 @@ def load_generator(job: JobConfig, checkpoint: str | None,
         name, kwargs = state["model_name"], dict(state["model_kwargs"])
     else:
         name, kwargs = check_checkpoint_model(state, str(path),
-                                              default=(job.model.name, model_kwargs(job)))
+                                              default=(cfg.name, model_kwargs(cfg)))
     model = build_generator(name, kwargs)
     _load_weights(model, state, f"{path} (model {name})")
     return model.to(device).eval(), str(path)
 
 
+def make_generator(cfg: ModelConfig, use: GeneratorUse = "train", *, device: str = "cpu",
+                   init_from: Path | None = None, checkpoint: str | None = None,
+                   untrainable_hint: str = " (use `harness infer` for the bicubic baseline)"
+                   ) -> tuple[torch.nn.Module, str]:
+    """Build the generator of the ``model`` section: the one path every command takes.
+
+    Args:
+        cfg: The ``model`` section.
+        use: ``train``: the section's network with fresh weights (drawn from torch's global
+            generator, which the caller seeds) or those of ``init_from``, in train mode; it
+            must have trainable parameters. ``check``: the same checks as ``train``, on the
+            ``meta`` device (no memory, no weights read into a model): what a start runs
+            before its run folder exists. ``infer``: the weights of ``checkpoint`` (whose own
+            model spec wins) or the shipped ones, in eval mode (a network without parameters
+            needs none).
+        device: Where the model goes (``train`` and ``infer``).
+        init_from: ``train``/``check``: the resolved ``model.init_from`` checkpoint (see
+            :func:`resolve_init_from`), or None for fresh weights.
+        checkpoint: ``infer``: a checkpoint file, or None for the shipped weights.
+        untrainable_hint: ``train``/``check``: what the error for a network without
+            trainable parameters ends with (what to do instead).
+
+    Returns:
+        The model, and where its weights came from (a path, ``fresh``, ``meta``, or
+        ``untrained (no parameters)``).
+
+    Raises:
+        UserError: a bad name or arguments, no trainable parameters (``train``/``check``),
+            weights that are missing, not a checkpoint, or of another architecture.
+    """
+    if use == "infer":
+        return _load_generator(cfg, checkpoint, device)
+    if use == "check":
+        import torch
+
+        with torch.device("meta"):
+            skeleton = build_generator(cfg.name, model_kwargs(cfg))
+        _check_trainable(cfg, skeleton, untrainable_hint)
+        if init_from is not None:
+            check_init_from(cfg, init_from)
+        return skeleton, "meta"
+    model = build_generator(cfg.name, model_kwargs(cfg)).to(device)
+    _check_trainable(cfg, model, untrainable_hint)
+    if init_from is None:
+        return model, "fresh"
+    load_initial_weights(model, cfg, init_from)
+    return model, str(init_from)
+
+
+def _check_trainable(cfg: ModelConfig, model: torch.nn.Module, hint: str) -> None:
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"model.name: {cfg.name} has no trainable parameters{hint}")
+
+
 def super_resolve(model: torch.nn.Module, lr: torch.Tensor, tta_flip: bool = False,
                   precision: str = "fp32") -> torch.Tensor:
-    """SR of a batch, clamped to [0, 1]; with ``tta_flip`` the mirror's output is averaged in.
+    """Super-resolve a batch, clamped to [0, 1].
+
+    SR of a batch, clamped to [0, 1]; with ``tta_flip`` the mirror's output is averaged in.
     ``precision`` ``bf16`` runs the network under bf16 autocast (see
     :mod:`harness.model.precision`).
     """

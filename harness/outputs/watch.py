@@ -22,12 +22,13 @@ import json
 import logging
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fileio.locks import holder_alive
+from fileio.run_files import RESUME_KIND, node_label
 from fileio.user_error import UserError
 from harness.outputs.logs import RUN_ENDED
 
@@ -54,6 +55,7 @@ class _Tail:
                 fresh = self._offset is None or size < self._offset  # first time, rewritten
                 if fresh and not self._enter(f, size):
                     return []
+                assert self._offset is not None  # set before, or just now by _enter
                 f.seek(self._offset)
                 data = f.read()
         except OSError:
@@ -64,8 +66,11 @@ class _Tail:
         return [line.decode("utf-8", "replace") for line in lines if line.strip()]
 
     def _enter(self, f: Any, size: int) -> bool:
-        """Read the header (CSV) and move to the first whole line of the last
-        :data:`TAIL_BYTES`; False while the header is not completely written yet."""
+        """Read the header and move to the first whole line of the tail.
+
+        Read the header (CSV) and move to the first whole line of the last
+        :data:`TAIL_BYTES`; False while the header is not completely written yet.
+        """
         f.seek(0)
         if self.header:
             line = f.readline()
@@ -85,7 +90,9 @@ class _Tail:
         lines = self.new_lines()
         if not lines or not self.columns:
             return []
-        return [dict(zip(self.columns, r)) for r in csv.reader(io.StringIO("\n".join(lines)))]
+        # A short or long row (a torn or foreign line) keeps the columns it has, as before.
+        return [dict(zip(self.columns, r, strict=False))
+                for r in csv.reader(io.StringIO("\n".join(lines)))]
 
     def records(self) -> list[dict[str, Any]]:
         """New JSON-lines records (bad lines skipped)."""
@@ -127,8 +134,8 @@ class NodeView:
 
     @property
     def label(self) -> str:
-        """``node000 (gpu-a17)``, or the folder name."""
-        return f"{self.name} ({self.host})" if self.host and self.host != self.name else self.name
+        """``node000 (gpu-a17)``, or the folder name (:func:`fileio.run_files.node_label`)."""
+        return node_label(self.name, self.host)
 
     @property
     def total_w(self) -> float:
@@ -152,6 +159,11 @@ class WatchView:
     ended: bool = False
     summary: dict[str, Any] | None = None
     end_reason: str | None = None  # the log's last line when the run ended with an error
+    silent_s: float | None = None
+    """Set when the watch gave up: seconds with no file of the run changing, beyond the bound
+    (see :meth:`RunWatcher.poll`), while the writer is on a host this one cannot check."""
+    silent_bound_s: float | None = None
+    """The bound ``silent_s`` passed."""
 
     @property
     def cluster_w(self) -> float | None:
@@ -161,8 +173,11 @@ class WatchView:
 
 
 def is_run_dir(path: Path) -> bool:
-    """True for a folder a training or inference run made (it has a manifest, a job copy or a
-    summary)."""
+    """Return True for a folder a training or inference run made.
+
+    True for a folder a training or inference run made (it has a manifest, a job copy or a
+    summary).
+    """
     return path.is_dir() and any((path / n).is_file() for n in ("manifest.json", "job.yaml",
                                                                    "summary.json"))
 
@@ -174,7 +189,11 @@ class RunWatcher:
         UserError: ``run_dir`` is missing or not a run folder.
     """
 
-    def __init__(self, run_dir: str | Path) -> None:
+    #: How many of the run's longest quiet spell seen so far a silence must last to end the
+    #: watch: a slow run that writes every minute gets ten minutes, not the minimum.
+    SILENCE_FACTOR = 10.0
+
+    def __init__(self, run_dir: str | Path, silent_after_s: float = 300.0) -> None:
         path = Path(run_dir)
         if not path.is_dir():
             raise UserError(f"{run_dir}: no such run folder")
@@ -188,6 +207,10 @@ class RunWatcher:
         self._nodes: dict[str, tuple[NodeView, _Tail, _Tail, _Tail]] = {}
         self._recent: list[tuple[int, float]] = []  # (step, time_s) of train records
         self._summary_mtime = self._mtime(path / "summary.json")
+        self.silent_after_s = silent_after_s
+        self._newest: float | None = None  # newest mtime of the run's files
+        self._changed_at = time.time()  # when (here) a file of the run last changed
+        self._longest_gap = 0.0
         self._read_job()
 
     @staticmethod
@@ -218,12 +241,18 @@ class RunWatcher:
         if v.total_steps is None:
             self._read_job()  # job.yaml is written just after the folder
         for rec in self._metrics.records():
+            if rec.get("kind") == RESUME_KIND:  # a new attempt: its time_s restarts at 0
+                self._recent = []
+                continue
             if rec.get("kind") != "train" or not isinstance(rec.get("step"), int):
                 continue
             v.step = rec["step"]
             v.images_per_s = _float(rec.get("images_per_s"))
             t = _float(rec.get("time_s"))
             if t is not None:
+                # the run's own cadence, for the silence bound (time_s restarts on a resume)
+                last_t = self._recent[-1][1] if self._recent else 0.0
+                self._longest_gap = max(self._longest_gap, t - last_t if t >= last_t else t)
                 self._recent = [*self._recent[-19:], (v.step, t)]
         if v.total_steps and len(self._recent) >= 2:
             (s0, t0), (s1, t1) = self._recent[0], self._recent[-1]
@@ -237,7 +266,37 @@ class RunWatcher:
         v.ended = v.end_reason is not None or self._ended()
         if v.ended and v.end_reason is None:
             v.summary = self._read_summary()
+        if not v.ended:
+            self._check_silence()
         return v
+
+    def _check_silence(self) -> None:
+        """End the watch when no file of the run has changed for longer than the bound.
+
+        Only a writer on another host gets here (one on this host is checked by its pid): when
+        that host dies with rank 0, nothing writes a summary or a last log line, and the watch
+        would wait forever. The bound is ``silent_after_s``, or ``SILENCE_FACTOR`` times the
+        longest quiet spell of the run seen so far, whichever is longer, so a slow run that
+        writes rarely is not taken for a dead one.
+        """
+        run = self.view.run_dir
+        files = [run / "metrics.jsonl", run / "train.log", run / "summary.json"]
+        files += [f for d in self._nodes.values() for f in (d[1].path, d[2].path, d[3].path)]
+        found = [m for m in (self._mtime(f) for f in files) if m is not None]
+        newest = max(found, default=None)
+        now = time.time()
+        if newest is not None and newest != self._newest:
+            if self._newest is None:  # the first look: the files' own age
+                self._changed_at = min(now, newest)
+            else:
+                self._longest_gap = max(self._longest_gap, now - self._changed_at)
+                self._changed_at = now
+            self._newest = newest
+        bound = max(self.silent_after_s, self.SILENCE_FACTOR * self._longest_gap)
+        silent = now - self._changed_at
+        if silent > bound:
+            self.view.ended = True
+            self.view.silent_s, self.view.silent_bound_s = silent, bound
 
     def _poll_power(self) -> None:
         power = self.view.run_dir / "power"
@@ -282,12 +341,15 @@ class RunWatcher:
                     self.view.budget_w = _float(ev.get("budget_w"))
 
     def _ended(self) -> bool:
-        """The run has ended: a new ``summary.json``, or no process holds the run's lock (the
-        log's last line saying so is read in :meth:`poll`: it also comes from other hosts)."""
+        """Return True when the run has ended.
+
+        The run has ended: a new ``summary.json``, or no process holds the run's lock (the
+        log's last line saying so is read in :meth:`poll`: it also comes from other hosts).
+        """
         mtime = self._mtime(self.view.run_dir / "summary.json")
         if mtime is not None and mtime != self._summary_mtime:
             return True
-        return not writer_alive(self.view.run_dir)
+        return not holder_alive(self.view.run_dir)
 
     def _read_summary(self) -> dict[str, Any] | None:
         try:
@@ -295,30 +357,6 @@ class RunWatcher:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
-
-
-def writer_alive(run_dir: Path) -> bool:
-    """Whether the process named in the run's ``.lock`` (``pid N on HOST``) still runs.
-
-    Only a process on this host can be checked; one elsewhere counts as alive (its end shows
-    as a new ``summary.json``). The lock itself is not touched: taking it, even for a moment,
-    could make a ``--resume`` starting at that moment fail.
-    """
-    from fileio.locks import holder
-
-    found = holder(run_dir)
-    if found is None:
-        return False
-    pid, host = found
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fmt_w(w: float | None) -> str:
@@ -374,10 +412,20 @@ def end_line(v: WatchView) -> str:
     """The last line: how the run ended, from its summary when it wrote one."""
     if v.end_reason:  # the run's log says why (a lost node, a user error)
         return f"run ended at step {v.step}: {v.end_reason}"
+    if v.silent_s is not None:
+        from fileio.locks import holder
+
+        who = holder(v.run_dir)
+        writer = f"pid {who[0]} on {who[1]}" if who else "its writer"
+        return (f"no file of the run has changed for {v.silent_s:.0f} s (bound "
+                f"{v.silent_bound_s:.0f} s) at step {v.step}, no summary.json and no last line "
+                f"in train.log: rank 0 ({writer}, not checkable from here) or its host is "
+                f"probably gone; check that node, then continue with --resume {v.run_dir}")
     s = v.summary
     if not s:
         return f"run ended at step {v.step} without a summary.json (stopped or failed)"
-    text = f"run ended: {s.get('steps', v.step)} steps, {_float(s.get('images_per_s')) or 0:.1f} images/s"
+    text = (f"run ended: {s.get('steps', v.step)} steps, "
+            f"{_float(s.get('images_per_s')) or 0:.1f} images/s")
     p = s.get("power") or {}
     if isinstance(p, dict) and p.get("enabled") and "avg_cluster_w" in p:
         text += (f", average {_fmt_w(_float(p.get('avg_cluster_w')))}, peak "

@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-T = TypeVar("T")
-
 from fileio.locks import LOCK_NAME, lock_folder, unlock_folder
 from fileio.user_error import UserError, describe_os_error
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,9 @@ def agree(comm: Any, check: Callable[[], Any]) -> Any:
 
 
 def claim_output(out: str | Path, check: Callable[[], T]) -> T:
-    """Make this process the one writer of the folder ``out``: ``check()`` (which writes
+    """Make this process the one writer of the folder ``out``.
+
+    Make this process the one writer of the folder ``out``: ``check()`` (which writes
     nothing), take the folder's lock, ``check()`` again (a writer may have finished in
     between). A folder created for the lock is removed again when the check fails.
 
@@ -207,8 +209,11 @@ def _old_prefix(out: Path) -> str:
 
 
 def recover_staged(out: Path) -> None:
-    """Undo what an interrupted :meth:`StagedFolder.commit` without an atomic swap left: the
-    whole old set is renamed back when ``out`` itself is missing."""
+    """Undo what an interrupted :meth:`StagedFolder.commit` left.
+
+    Undo what an interrupted :meth:`StagedFolder.commit` without an atomic swap left: the
+    whole old set is renamed back when ``out`` itself is missing.
+    """
     if out.exists() or not out.parent.is_dir():
         return
     for old in sorted(out.parent.glob(_old_prefix(out) + "*")):

@@ -1,4 +1,6 @@
-"""Scoring super-resolved faces: identity similarity (:mod:`.identity`), image metrics
+"""Scoring super-resolved faces.
+
+Scoring super-resolved faces: identity similarity (:mod:`.identity`), image metrics
 (:mod:`.metrics`), recognizers (:mod:`.recognizers`) and whole folders (:mod:`.score_folders`).
 
 This package file holds the one registry of metrics, :data:`METRICS`: adding a metric is one

@@ -221,7 +221,7 @@ def _load_niqe_params(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def niqe_params_path(data_root: str | Path | None = None) -> Path:
-    """Path of ``niqe_pris_params.npz`` under the project's ``data/`` (``data_root`` overrides it)."""
+    """Return the path of ``niqe_pris_params.npz`` under ``data/`` (``data_root`` overrides it)."""
     root = Path(data_root) if data_root is not None else data_dir()
     return root / "niqe" / "niqe_pris_params.npz"
 

@@ -39,15 +39,13 @@ import numpy as np
 from fileio.atomic import write_text_atomic
 from fileio.user_error import UserError
 from harness.cluster import watchdog
-from harness.cluster.distributed import Comm, get_comm, shard, unshard
+from harness.cluster.distributed import Comm, get_comm
 from harness.data.imageio import Pair, pair_by_name, pil_bicubic_upscale, read_rgb
+from harness.lists import shard, unshard
 from harness.scoring import ALL_METRICS, METRICS
 from harness.scoring import metrics as _m
-from harness.scoring.identity import (
-    ImpostorStats,
-    identity_similarity_arrays,
-    judge_scores,
-)
+from harness.scoring.identity import Separation, identity_similarity_arrays, judge_scores
+from harness.scoring.panel import is_key, labels_of, load_panel, panel_summary
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -127,30 +125,32 @@ def _quality(
 def score_pairs(
     pairs: Sequence[Pair],
     *,
-    recognizer: Recognizer | None,
+    recognizer: Recognizer | Sequence[Recognizer] | None,
     metrics: Iterable[str] = DEFAULT_METRICS,
     batch_size: int = 64,
     shave: int = 0,
     progress: Callable[[int], None] | None = None,
     precision: str = "fp32",
-    impostors: ImpostorStats | None = None,
+    separations: dict[str, dict[str, Separation]] | None = None,
 ) -> list[dict[str, Any]]:
     """Scores each pair; records come back in the order of ``pairs``.
 
     Args:
         pairs: From :func:`harness.data.imageio.pair_by_name` (or any subset of it).
-        recognizer: Face recognizer for ``"is"`` (may be None when IS is not asked for).
+        recognizer: Face recognizer for ``"is"`` (may be None when IS is not asked for), or
+            a panel of them (:mod:`harness.scoring.panel`): every one embeds each batch read.
         metrics: Names from :data:`ALL_METRICS`.
         batch_size: Images read and embedded at a time.
         shave: Border pixels ignored by PSNR/SSIM/RMSE/NIQE (not by IS).
         progress: Called with the number of pairs just finished, after each batch.
         precision: Recognizer precision, ``fp32`` (the score) or ``bf16`` (approximate).
-        impostors: Collects the cosines between different HR faces, for
-            :func:`~harness.scoring.identity.judge_scores`.
+        separations: Filled per recognizer label with ``{"sr": Separation, "bicubic":
+            Separation}``, for :func:`~harness.scoring.identity.judge_scores`.
 
     Returns:
         One dict per pair: ``name``, then each metric (``is``, ``psnr``, ``ssim``, ``psnr_y``,
-        ``ssim_y``, ``rmse``, ``niqe`` as asked) and, for pairs with an LR image, the same
+        ``ssim_y``, ``rmse``, ``niqe`` as asked; ``is_<label>`` for each recognizer of a panel
+        after the first) and, for pairs with an LR image, the same
         metrics of the bicubic upscale of LR with the suffix ``_bicubic`` (``is_bicubic``, ...),
         and ``sr_resized`` (True when SR had to be resized to the HR size). PSNR is ``inf`` for
         identical images.
@@ -159,8 +159,10 @@ def score_pairs(
         UserError: Unreadable images or bad metric names.
     """
     names = validate_metrics(metrics)
-    if "is" in names and recognizer is None:
+    if "is" in names and not recognizer:
         raise ValueError("metric 'is' needs a recognizer")
+    panel = ([] if recognizer is None or "is" not in names
+             else list(recognizer) if isinstance(recognizer, Sequence) else [recognizer])
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     from concurrent.futures import ThreadPoolExecutor
@@ -169,9 +171,10 @@ def score_pairs(
     chunks = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     # Decoding the next chunk's PNGs overlaps the recognizer's work on this one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png") as io:
-        for k, (chunk, images) in enumerate(zip(chunks, io.map(_read_chunk, chunks)), 1):
-            records += _score_chunk(chunk, images, names, recognizer, batch_size, shave,
-                                    precision, impostors)
+        decoded = io.map(_read_chunk, chunks)
+        for k, (chunk, images) in enumerate(zip(chunks, decoded, strict=True), 1):
+            records += _score_chunk(chunk, images, names, panel, batch_size, shave,
+                                    precision, separations)
             watchdog.progress(f"evaluate batch {k}")
             if progress is not None:
                 progress(len(chunk))
@@ -226,34 +229,39 @@ def _read_chunk(chunk: Sequence[Pair]) -> _Images:
 
 
 def _score_chunk(chunk: Sequence[Pair], images: _Images, names: Sequence[str],
-                 recognizer: Recognizer | None, batch_size: int, shave: int,
-                 precision: str, impostors: ImpostorStats | None) -> list[dict[str, Any]]:
+                 panel: Sequence[Recognizer], batch_size: int, shave: int,
+                 precision: str, separations: dict[str, dict[str, Separation]] | None
+                 ) -> list[dict[str, Any]]:
     """The records of one chunk of pairs (see :func:`score_pairs`)."""
     hrs, srs, bics, resized = images
     with_lr = sorted(bics)
+    labels = labels_of(panel)
+    keys = [is_key(labels, i) for i in range(len(panel))]
     rows = _quality(names, srs, hrs, shave, "")
-    if "is" in names:
-        sims = identity_similarity_arrays(recognizer, srs, hrs, batch_size, precision,
-                                          impostors)
+    bic_rows = (_quality(names, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], shave,
+                         BICUBIC_SUFFIX) if with_lr else [])
+    for rec, label, key in zip(panel, labels, keys, strict=True):
+        seps = (separations.setdefault(label, {"sr": Separation(), "bicubic": Separation()})
+                if separations is not None else {})
+        sims = identity_similarity_arrays(rec, srs, hrs, batch_size, precision, seps.get("sr"))
         for row, value in zip(rows, sims, strict=True):
-            row["is"] = float(value)
-    if with_lr:
-        bic_rows = _quality(names, [bics[i] for i in with_lr], [hrs[i] for i in with_lr], shave,
-                            BICUBIC_SUFFIX)
-        if "is" in names:
-            sims = identity_similarity_arrays(recognizer, [bics[i] for i in with_lr],
-                                              [hrs[i] for i in with_lr], batch_size, precision)
+            row[key] = float(value)
+        if with_lr:
+            sims = identity_similarity_arrays(rec, [bics[i] for i in with_lr],
+                                              [hrs[i] for i in with_lr], batch_size, precision,
+                                              seps.get("bicubic"))
             for row, value in zip(bic_rows, sims, strict=True):
-                row["is" + BICUBIC_SUFFIX] = float(value)
-        for i, row in zip(with_lr, bic_rows, strict=True):
-            rows[i].update(row)
+                row[key + BICUBIC_SUFFIX] = float(value)
+    for i, row in zip(with_lr, bic_rows, strict=True):
+        rows[i].update(row)
+    columns = keys + [n for n in names if n != "is"]  # "is" comes first in names too
     records = []
     for p, row in zip(chunk, rows, strict=True):
         record: dict[str, Any] = {"name": p.name}
-        for name in names:
+        for name in columns:
             record[name] = row[name]
         if p.lr is not None:
-            for name in names:
+            for name in columns:
                 record[name + BICUBIC_SUFFIX] = row[name + BICUBIC_SUFFIX]
         record["sr_resized"] = p.name in resized
         records.append(record)
@@ -312,8 +320,11 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _jsonable(obj: Any) -> Any:
-    """Replaces non-finite floats by the strings ``"inf"``, ``"-inf"``, ``"nan"`` (valid JSON;
-    ``float()`` reads them back)."""
+    """Replace non-finite floats by strings JSON can hold.
+
+    Replaces non-finite floats by the strings ``"inf"``, ``"-inf"``, ``"nan"`` (valid JSON;
+    ``float()`` reads them back).
+    """
     if isinstance(obj, float) and not math.isfinite(obj):
         return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, Mapping):
@@ -381,7 +392,9 @@ def _written_by_infer(path: Path) -> str | None:
 
 def check_scores_output(out_dir: str | Path, inputs: Sequence[str | Path | None], *,
                         overwrite: bool = False) -> Path:
-    """Check ``--out`` of ``harness evaluate`` before scoring (see
+    """Check ``--out`` of ``harness evaluate`` before scoring.
+
+    Check ``--out`` of ``harness evaluate`` before scoring (see
     :mod:`harness.outputs.write_checks`).
 
     An earlier evaluate result is replaced only with ``overwrite``; infer's ``scores.json``
@@ -395,7 +408,9 @@ def check_scores_output(out_dir: str | Path, inputs: Sequence[str | Path | None]
 
 
 def render_table(summary: Mapping[str, Any], title: str = "Scores") -> Table:
-    """A rich table of a summary: one row per metric (mean, median, min, max), the bicubic
+    """Return a rich table of a summary.
+
+    A rich table of a summary: one row per metric (mean, median, min, max), the bicubic
     baseline beside it when measured, and the normalised IS gain in the caption.
 
     Args:
@@ -419,8 +434,11 @@ def render_table(summary: Mapping[str, Any], title: str = "Scores") -> Table:
         if key.endswith(BICUBIC_SUFFIX):
             continue
         metric = METRICS.get(key)
-        fmt = "{:.%df}" % (metric.digits if metric else 4)
-        row = [metric.label if metric else key] + [
+        digits = metric.digits if metric else 4
+        fmt = f"{{:.{digits}f}}"
+        label = (metric.label if metric else f"IS ({key[3:]})" if key.startswith("is_")
+                 else key)
+        row = [label] + [
             fmt.format(st[c]) for c in ("mean", "median", "min", "max")
         ]
         if has_bic:
@@ -464,6 +482,7 @@ def evaluate_dirs(
     precision: str = "fp32",
     fast: bool = True,
     threads: int | None = None,
+    lr_kernel: str | None = None,
 ) -> dict[str, Any] | None:
     """What ``harness evaluate`` runs: pair, score this rank's share, gather, summarise, write.
 
@@ -472,7 +491,9 @@ def evaluate_dirs(
         sr_dir: Super-resolved images (matched to HR by file stem).
         out_dir: Where rank 0 writes ``scores.json`` and ``per_image.csv`` (None: write nothing).
         lr_dir: Optional LR inputs, for the bicubic baseline.
-        recognizer: A loaded recognizer or a spec for ``load_recognizer`` (unused without "is").
+        recognizer: A loaded recognizer, a list of them, or a spec: one for ``load_recognizer``
+            or a comma-separated panel (``"facenet,dlib"``, :mod:`harness.scoring.panel`);
+            unused without "is".
         metrics: Names from :data:`ALL_METRICS`.
         batch_size: Images per batch.
         shave: Border pixels ignored by the image-quality metrics.
@@ -487,6 +508,9 @@ def evaluate_dirs(
             through onnxruntime, the same scores to float rounding, and bf16 through OpenVINO).
         threads: CPU threads of the recognizer (see
             :func:`~harness.scoring.recognizers.load_recognizer`).
+        lr_kernel: The LR kernel the model was trained on (``data.lr_kernel``): with
+            ``lr_dir``, ``summary["lr_kernel"]`` says whether the LR given matches it
+            (:func:`~harness.scoring.lr_check.lr_kernel_check`; None: the fingerprint only).
 
     Returns:
         On rank 0, ``{"summary", "records", "paths"}``; None on other ranks.
@@ -498,63 +522,92 @@ def evaluate_dirs(
     check_distinct(hr_dir, sr_dir, pairs)
     _check_shave(shave, pairs)
     mine = shard(pairs, rank, world_size)
-    rec_obj = recognizer
-    if "is" in names and (rec_obj is None or isinstance(rec_obj, str)):
-        from harness.scoring.recognizers import load_recognizer
-
-        rec_obj = load_recognizer(rec_obj or "facenet", device=device, scoring_only=fast,
-                                  precision=precision, threads=threads)
-    impostors = ImpostorStats()
+    panel: list[Any] = []
+    if "is" in names:
+        if recognizer is None or isinstance(recognizer, str):
+            panel = load_panel(recognizer or "facenet", device, scoring_only=fast,
+                               precision=precision, threads=threads)
+        else:
+            panel = list(recognizer) if isinstance(recognizer, Sequence) else [recognizer]
+    separations: dict[str, dict[str, Separation]] = {}
     records = score_pairs(
         mine,
-        recognizer=rec_obj if "is" in names else None,
+        recognizer=panel or None,
         metrics=names,
         batch_size=batch_size,
         shave=shave,
         progress=progress,
         precision=precision,
-        impostors=impostors,
+        separations=separations,
     )
-    gathered = _gather_and_judge(comm, records, impostors, "is" in names, rec_obj)
+    gathered = _gather_and_judge(comm, records, separations, panel)
     if gathered is None:
         return None
     records, summary = gathered
+    if lr_dir is not None:
+        from harness.scoring.lr_check import lr_kernel_check
+
+        summary["lr_kernel"] = lr_kernel_check(hr_dir, lr_dir, lr_kernel)
     paths: tuple[Path, Path] | None = None
     run_meta: dict[str, Any] = {"precision": precision}
     if out_dir is not None:
-        run_meta = _scores_meta(hr_dir, sr_dir, lr_dir, rec_obj if "is" in names else None,
-                                names, shave, precision, world_size)
+        run_meta = _scores_meta(hr_dir, sr_dir, lr_dir, panel, names, shave, precision,
+                                world_size)
         run_meta.update(meta or {})
         paths = write_scores(out_dir, records, summary, run_meta)
     return {"summary": summary, "records": records, "paths": paths, "meta": run_meta}
 
 
-def _gather_and_judge(comm: Comm, records: list[dict[str, Any]], impostors: ImpostorStats,
-                      with_is: bool, recognizer: Any
+def _gather_and_judge(comm: Comm, records: list[dict[str, Any]],
+                      separations: dict[str, dict[str, Separation]], panel: Sequence[Any]
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
-    """Every rank's records on rank 0, summarised and judged (can these scores mean
-    anything?); every rank raises alike when they cannot. (records, summary) on rank 0, None
-    on the others."""
+    """Every rank's records on rank 0, summarised and judged (can these scores mean anything?).
+
+    Every rank raises alike when they cannot. (records, summary) on rank 0, None on the others.
+    """
     rank, world_size = comm.rank, comm.size
-    mine_part = (records, impostors.part())
+    mine_part = (records, {label: {k: sep.part() for k, sep in seps.items()}
+                           for label, seps in separations.items()})
     parts = comm.gather(mine_part, root=0) if world_size > 1 else [mine_part]
     verdict: str | None = None
     summary: dict[str, Any] = {}
     if rank == 0:
+        assert parts is not None  # gather's root receives every rank's part
         records = unshard([r for r, _ in parts])
         summary = summarize(records)
         _warn_resized(records)
-        if with_is:
+        if panel:
             try:
-                judge_scores(summary["metrics"]["is"]["mean"],
-                             impostors.merge([i for _, i in parts]),
-                             getattr(recognizer, "name", str(recognizer)))
+                summary["identity"] = _judge_panel(summary, panel, [s for _, s in parts])
             except UserError as exc:
                 verdict = str(exc)
     verdict = comm.bcast(verdict, root=0) if world_size > 1 else verdict
     if verdict:  # every rank stops alike, and nothing is written
         raise UserError(verdict)
     return (records, summary) if rank == 0 else None
+
+
+def _judge_panel(summary: dict[str, Any], panel: Sequence[Any],
+                 parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Every recognizer's separation (SR and bicubic) measured and judged.
+
+    Returns the panel's figures for ``summary["identity"]``; raises the first refusal (a
+    UserError).
+    """
+    labels = labels_of(panel)
+    measured: dict[str, dict[str, Any]] = {}
+    verdicts: dict[str, str] = {}
+    for label, rec in zip(labels, panel, strict=True):
+        seps = {what: Separation.merge([p[label][what] for p in parts if label in p])
+                for what in ("sr", "bicubic")}
+        stats = {what: sep.measure() for what, sep in seps.items()}
+        name = getattr(rec, "name", label)
+        verdicts[label] = judge_scores(stats["sr"], name, baseline=stats["bicubic"])
+        if stats["bicubic"] is not None:
+            judge_scores(stats["bicubic"], name, "bicubic IS", chance="warn",
+                         baseline=stats["bicubic"])
+        measured[label] = {w: s.as_dict() if s else None for w, s in stats.items()}
+    return panel_summary(summary["metrics"], labels, measured, verdicts)
 
 
 def _scores_meta(hr_dir: str | Path, sr_dir: str | Path, lr_dir: str | Path | None,
@@ -565,7 +618,8 @@ def _scores_meta(hr_dir: str | Path, sr_dir: str | Path, lr_dir: str | Path | No
         "hr_dir": str(hr_dir),
         "sr_dir": str(sr_dir),
         "lr_dir": str(lr_dir) if lr_dir else None,
-        "recognizer": getattr(recognizer, "name", recognizer),
+        "recognizer": (labels_of(recognizer)[0] if recognizer else None),
+        "recognizers": labels_of(recognizer),
         "metrics": list(names),
         "shave": shave,
         "precision": precision,

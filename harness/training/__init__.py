@@ -1,0 +1,1 @@
+"""The training loop, its engine, step fitting, progress display and validation."""

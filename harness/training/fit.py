@@ -1,16 +1,16 @@
 """Fitting ``train.steps`` to the machine (``train.fit_to_minutes``).
 
-A job's step count is chosen on some machine; on a slower one the run reaches
-``train.max_minutes`` (or the Slurm time limit) mid-schedule: the cosine never decays and the
-last steps run at a high learning rate. With ``train.fit_to_minutes: true`` a new run times
-:data:`TIMED_STEPS` steps (and at least :data:`TIMED_FRACTION` of the time limit)
-after the first :data:`SKIP_STEPS` (lazy initialisation) and one validation pass on rank 0, and :func:`fit_plan` works out how many steps fit in the time left
-after the validations and checkpoints the run will still make. When fewer than planned fit,
-the run trains that many instead, with the schedule (cosine/step over the fitted steps; a
-warm-up longer than a quarter of them shortened), ``val_every`` and ``ckpt_every`` scaled by
-the same factor, so the run makes as many validations and checkpoints as planned and ends on
-time with a completed schedule. The :class:`FitPlan` is broadcast from rank 0 so that every
-rank trains the same steps, recorded in ``manifest.json`` (``fit``), ``summary.json``
+A job's step count is chosen on some machine; on a slower one the run reaches ``train.max_minutes``
+(or the Slurm time limit) mid-schedule: the cosine never decays and the last steps run at a high
+learning rate. With ``train.fit_to_minutes: true`` a new run times :data:`TIMED_STEPS` steps (and at
+least :data:`TIMED_FRACTION` of the time limit) after the first :data:`SKIP_STEPS` (lazy
+initialisation) and one validation pass on rank 0, and :func:`fit_plan` works out how many steps fit
+in the time left after the validations and checkpoints the run will still make. When fewer than
+planned fit, the run trains that many instead, with the schedule (cosine/step over the fitted steps;
+a warm-up longer than a quarter of them shortened), ``val_every`` and ``ckpt_every`` scaled by the
+same factor, so the run makes as many validations and checkpoints as planned and ends on time with a
+completed schedule. The :class:`FitPlan` is broadcast from rank 0 so that every rank trains the same
+steps, recorded in ``manifest.json`` (``fit``), ``summary.json``
 (``planned_steps``, ``fit``) and every checkpoint, and a resumed run keeps it (no re-fitting).
 
 The step time is measured while caches (HR embeddings) still fill, and on a shared machine

@@ -1,9 +1,9 @@
 """What a person sees of a training run: a live bar on a terminal, plain lines in a log.
 
-In ``plain`` mode (see :func:`harness.outputs.logs.choose_log_format`) rank 0 prints a
-timestamped line every ``interval_s`` seconds — step/total, loss, images/s, cluster W and the margin to the
-budget, the last validation IS and the ETA — that a person can read the morning after; in
-``rich`` mode a live bar. Either way the lines also reach ``<run>/train.log``
+In ``plain`` mode (see :func:`harness.outputs.logs.choose_log_format`) rank 0 prints a timestamped
+line every ``interval_s`` seconds — step/total, loss, images/s, cluster W and the margin to the
+budget, the last validation IS and the ETA — that a person can read the morning after; in ``rich``
+mode a live bar. Either way the lines also reach ``<run>/train.log``
 (:class:`harness.outputs.logs.RunLog`).
 """
 from __future__ import annotations
@@ -126,8 +126,12 @@ def print_summary(summary: dict[str, Any]) -> None:
              if best is not None else "")
     p = summary.get("power") or {}
     if p.get("enabled"):
-        out.info("power: avg %.0f W, peak %.0f W (budget %.0f W), %.4f images/s/W, "
-                 "%.2f J/image, crossings %d", p.get("avg_cluster_w", 0),
-                 p.get("peak_cluster_w", 0), p.get("budget_w", 0),
-                 p.get("images_per_s_per_w", 0), p.get("j_per_image", 0),
-                 p.get("crossings", 0))
+        def num(key: str, digits: int) -> str:  # None: not known (said in summary.json)
+            v = p.get(key)
+            return "—" if v is None else f"{v:.{digits}f}"
+
+        attempts = p.get("attempts") or 1
+        out.info("power: avg %s W, peak %s W (budget %s W), %s images/s/W, %s J/image, "
+                 "crossings %s%s", num("avg_cluster_w", 0), num("peak_cluster_w", 0),
+                 num("budget_w", 0), num("images_per_s_per_w", 4), num("j_per_image", 2),
+                 p.get("crossings", 0), f" (over {attempts} attempts)" if attempts > 1 else "")

@@ -1,2 +1,5 @@
-"""Workloads other than the training loop: sharded inference, and the timed workloads the power
-sweep measures."""
+"""Workloads other than the training loop.
+
+Workloads other than the training loop: sharded inference, and the timed workloads the power
+sweep measures.
+"""

@@ -12,13 +12,18 @@ of ranks: the output is bit-identical for ``-np 1`` and ``-np N``.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from harness.cluster.distributed import get_comm, get_dist_info, shard
+from fileio.run_files import infer_power_dir
+from fileio.user_error import UserError
+from harness.cluster.distributed import get_comm, get_dist_info
 from harness.config import JobConfig
+from harness.lists import shard
 from harness.outputs.logs import CountProgress, choose_log_format
 
 log = logging.getLogger(__name__)
@@ -45,11 +50,10 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
     Returns:
         On every rank: counts, timing and (when scored) the score summary.
     """
-
     import dataclasses
 
     from harness.cluster import watchdog
-    from harness.model.generators import load_generator, resolve_device, set_threads
+    from harness.model.generators import make_generator, resolve_device, set_threads
     from power.backends import resolve_backend
 
     info, comm = get_dist_info(), get_comm()
@@ -64,24 +68,44 @@ def infer(job: JobConfig, *, lr_dir: str, out_dir: str, checkpoint: str | None =
         check_infer_output(lr_dir, out_dir, hr_dir, checkpoint, overwrite)
 
     agree(comm, check)
-    model, source = load_generator(job, checkpoint, device)  # a bad checkpoint: no --out yet
+    # (a bad checkpoint: no --out yet)
+    model, source = make_generator(job.model, "infer", device=device,
+                                   checkpoint=checkpoint or job.infer.checkpoint or None)
     agree(comm, lambda: claim_output(out_dir, check))  # this command is --out's one writer
+    from harness.cluster.command_comm import collectives_comm, raise_if_peer_lost
+    from harness.cluster.distributed import shutdown_torch_distributed
+
+    # From here on, a lost node is named (gloo), not Open MPI's silent exit 14.
+    comm = collectives_comm(info, comm, job.train.collective_timeout_s)
     # Everything is written into a staging folder beside --out and swapped in whole at the
     # end: an interrupted run (or --overwrite) leaves the old outputs or the new, never a mix.
     staged = StagedFolder(final) if info.is_master else None
-    out = Path(comm.bcast(str(staged.path) if staged else None, root=0))
+    # Rank 0 always has the staging folder: every rank receives its path, never None.
+    out = Path(cast(str, comm.bcast(str(staged.path) if staged else None, root=0)))
     try:
         result = _infer_into(job, info, comm, model, source, device, out, final, lr_dir,
                              hr_dir, log_format)
         comm.barrier()
         if staged is not None:
+            _keep_power_beside(out, final)
             staged.commit()
             log.info("wrote %d SR images to %s", result["images"], final)
         comm.barrier()
-    except BaseException:
+    except UserError as exc:
         if staged is not None:
             staged.discard()
+        if str(out) not in str(exc):
+            raise
+        # The staging folder is gone with the error: name the folder the user gave.
+        raise UserError(str(exc).replace(str(out), str(final)), exc.exit_code,
+                        every_rank=exc.every_rank) from None
+    except BaseException as exc:
+        if staged is not None:
+            staged.discard()
+        raise_if_peer_lost(exc, f"{final} keeps what it held before; run the command again "
+                                "once the nodes are back, or on the nodes left")
         raise
+    shutdown_torch_distributed()
     return result
 
 
@@ -111,14 +135,21 @@ def _infer_into(job: JobConfig, info: Any, comm: Any, model: Any, source: str, d
     precision = resolve_precision(job.infer.precision, device)
     mine = deal_batches(len(files), job.infer.batch_size, info.rank, info.world_size)
     mode = choose_log_format(log_format, info.launcher) if info.is_master else "off"
-    bar = CountProgress("infer", sum(len(b) for b in mine), mode)
+    bar = CountProgress("infer", sum(len(b) for b in mine), mode, of_all=len(files))
     with power_session(job.power, info, comm, out, on_stall=on_stall) as power, bar:
         t0 = time.perf_counter()  # times inference, not the opening of GPUs and governor
+
+        def on_batch(n: int) -> None:
+            power.add_images(n)
+            bar.advance(n)
+
         done = _run_batches(model, files, mine, out, device, job.infer.tta_flip, precision,
-                            on_batch=lambda n: (power.add_images(n), bar.advance(n)))
+                            on_batch=on_batch)
         elapsed = time.perf_counter() - t0
     # After the session: images/s, W and J over one window, the governor's start to restore.
     power_summary = power.summary(done)
+    if isinstance(power_summary, dict) and "dir" in power_summary:  # where it will be
+        power_summary["dir"] = str(infer_power_dir(final))
     total = int(comm.allreduce_sum(done))
     wall = max(comm.allgather(elapsed))
     result: dict[str, Any] = {"images": total, "seconds": wall,
@@ -137,12 +168,28 @@ def _infer_into(job: JobConfig, info: Any, comm: Any, model: Any, source: str, d
                                recognizer=job.eval.recognizer, metrics=job.eval.metrics,
                                batch_size=job.eval.batch_size, shave=job.eval.shave, comm=comm,
                                device=device, precision=job.eval.precision,
+                               lr_kernel=job.data.lr_kernel,
                                meta={"inference": result, "sr_dir": str(final),
                                      "hr_dir": shown(hr_dir), "lr_dir": shown(lr_dir)})
         result["scores"] = comm.bcast(scored and scored["summary"], root=0)
         result["score_paths"] = [shown(str(p)) for p in (scored or {}).get("paths") or []]
         comm.barrier()
     return result
+
+
+def _keep_power_beside(staging: Path, final: Path) -> None:
+    """Move the power records out of the staged SR set to :func:`infer_power_dir` of ``final``.
+
+    The SR folder is what a team hands in: SR images and their scores, no power logs. An
+    older records folder there is replaced (:func:`check_infer_output` allowed it).
+    """
+    records, staged = infer_power_dir(final), staging / "power"
+    if not staged.is_dir():
+        return
+    if records.is_dir():
+        shutil.rmtree(records)
+    os.replace(staged, records)
+    log.info("power records of this inference in %s", records)
 
 
 def check_infer_output(lr_dir: str, out_dir: str, hr_dir: str | None,
@@ -155,7 +202,7 @@ def check_infer_output(lr_dir: str, out_dir: str, hr_dir: str | None,
     from harness.data.imageio import list_images
     from harness.outputs.write_checks import check_output
 
-    names: list[str] = ["power", "scores.json", "per_image.csv"]
+    names: list[str] = ["scores.json", "per_image.csv"]
     if lr_dir.startswith("embedded:"):
         names.append("inputs")
         from harness.data.pairs import load_pairs  # the split's names are the SR names
@@ -170,7 +217,28 @@ def check_infer_output(lr_dir: str, out_dir: str, hr_dir: str | None,
                                 f"written as {stem}.png; keep one image per name")
             seen[stem] = f.name
         names += [s + ".png" for s in seen]
+        if hr_dir:
+            _check_hr_pairs(hr_dir, lr_dir, seen)
     check_output(out_dir, [lr_dir, hr_dir, checkpoint], overwrite=overwrite, will_write=names)
+    check_output(infer_power_dir(out_dir), [lr_dir, hr_dir, checkpoint], overwrite=overwrite,
+                 what="--out's power records")
+
+
+def _check_hr_pairs(hr_dir: str, lr_dir: str, lr_stems: Iterable[str]) -> None:
+    """Refuse ``--hr`` images that no LR file would give an SR image for, before any work.
+
+    The scoring would fail on them after the whole folder was super-resolved.
+    """
+    from fileio.user_error import UserError
+    from harness.data.imageio import list_images
+
+    have = set(lr_stems)
+    missing = [f.name for f in list_images(hr_dir) if f.stem not in have]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise UserError(f"--hr {hr_dir}: {len(missing)} HR images have no LR image of the same "
+                        f"name in --lr {lr_dir} ({shown}); add them to --lr or remove them "
+                        "from --hr")
 
 
 def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: Path,
@@ -192,14 +260,14 @@ def _run_batches(model: Any, files: list[Path], batches: list[list[int]], out: P
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as io:
         reads = io.map(lambda b: [read_rgb(files[i]) for i in b], batches)
         writes = []
-        for k, (batch, images) in enumerate(zip(batches, reads), 1):
+        for k, (batch, images) in enumerate(zip(batches, reads, strict=True), 1):
             groups: dict[tuple[int, ...], list[int]] = {}
             for j, im in enumerate(images):
                 groups.setdefault(im.shape, []).append(j)
             for members in groups.values():
                 lr = to_tensor([images[j] for j in members]).to(device)
                 sr = super_resolve(model, lr, tta_flip, precision)
-                for j, arr in zip(members, from_tensor(sr.cpu())):
+                for j, arr in zip(members, from_tensor(sr.cpu()), strict=True):
                     writes.append(io.submit(write_png, out / (files[batch[j]].stem + ".png"),
                                             arr))
             done += len(batch)

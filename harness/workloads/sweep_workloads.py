@@ -15,13 +15,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from fileio.user_error import UserError
-from harness.config import JobConfig
-from power.config import DEFAULT_BUDGET_W
+from harness.config import DataConfig, JobConfig, LaunchConfig, LossConfig, ModelConfig, TrainConfig
+from power.config import PowerConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.scoring.recognizers.base import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +90,18 @@ class SweepOptions:
                 raise UserError(f"--{name.replace('_', '-')}: must be >= {least}, got {v}")
 
     @classmethod
-    def from_args(cls, args: Any) -> "SweepOptions":
+    def from_args(cls, args: Any) -> SweepOptions:
         """The options of a parsed ``harness power-sweep`` command line."""
         return _from_args(cls, args)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PlanOptions:
-    """How a cluster plan is made from sweeps (``harness power-sweep``'s planning options);
-    None and empty values fall back to the job (``power.*``, ``launch.*``) or the sweep."""
+    """How a cluster plan is made from sweeps.
+
+    How a cluster plan is made from sweeps (``harness power-sweep``'s planning options);
+    None and empty values fall back to the job (``power.*``, ``launch.*``) or the sweep.
+    """
 
     plan_nodes: tuple[int, ...] = ()
     """Nodes available, one per node type."""
@@ -113,9 +121,32 @@ class PlanOptions:
     """GPU power counted against the budget (None: the cap for limits, the average for clocks)."""
 
     @classmethod
-    def from_args(cls, args: Any) -> "PlanOptions":
+    def from_args(cls, args: Any) -> PlanOptions:
         """The planning options of a parsed ``harness power-sweep`` command line."""
         return _from_args(cls, args)
+
+
+def check_sweep_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file or a folder of other things.
+
+    A sweep resumes in a folder holding its ``sweep.json`` and starts in a new or empty one,
+    never mixing its files with others' (a training run's, a team's).
+
+    Raises:
+        UserError: one line naming the folder and what is in the way.
+    """
+    from fileio.locks import LOCK_NAME
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; give a new folder for the "
+                        "sweep (it is created)")
+    if not out.is_dir() or (out / "sweep.json").is_file():
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise UserError(f"--out {out}: holds other files ({shown}) and no sweep.json to "
+                        "resume; give a new or empty folder for the sweep")
 
 
 def sweep(job: JobConfig, options: SweepOptions, on_point: PointCallback | None = None
@@ -144,7 +175,7 @@ def sweep(job: JobConfig, options: SweepOptions, on_point: PointCallback | None 
                         "for power-sweep")
     simulated = p.backend == "simulated"
     clock = SimClock() if simulated and options.sim_clock == "sim" else MonotonicClock()
-    gpus = _open_gpus(job, options, clock)
+    gpus = _open_gpus(job.power, options, clock)
     text = options.clocks or options.limits
     try:
         settings = (parse_range(text, option="--clocks" if options.clocks else "--limits")
@@ -167,12 +198,13 @@ def sweep(job: JobConfig, options: SweepOptions, on_point: PointCallback | None 
         check_not_input(out, [options.sim_state, options.checkpoint], what="--out")
         if options.resume and not (out / "sweep.json").is_file():
             raise UserError(f"--resume {out}: no sweep.json there")
+        check_sweep_folder(out)
 
     claim_output(out, check)  # this sweep is the folder's one writer
     meter = ExternalMeter(p.meter_command, clock=clock) if p.meter_command else None
     node = NodePower(cpu_tdp_w=p.cpu_tdp_w, overhead_w=p.node_overhead_w, meter=meter,
                      clock=clock)
-    idle = (float(gpus[0].profile.static_w) if simulated  # type: ignore[attr-defined]
+    idle = (float(gpus[0].profile.static_w) if simulated
             else min(g.get_power_usage_mw() for g in gpus) / 1000.0)
     lo_w, hi_w = (v / 1000.0 for v in gpus[0].get_power_limit_constraints_mw())
     meta = {"gpu_idle_w": idle, "power_limit_range_w": [lo_w, hi_w],
@@ -209,6 +241,13 @@ def _workload(job: JobConfig, options: SweepOptions, gpus: list, simulated: bool
     batch = options.batch_size or (max(1, job.train.batch_size // job.launch.world_size)
                                 if options.workload == "train" else job.infer.batch_size)
     extra: dict[str, str] = {}
+
+    def torch_workload(devices: Sequence[str]) -> TorchWorkload:
+        return _torch_workload(options, devices, batch, train=job.train, data=job.data,
+                               model_cfg=job.model, loss=job.loss,
+                               recognizer=job.eval.recognizer,
+                               infer_checkpoint=job.infer.checkpoint)
+
     if options.workload == "infer":
         extra["checkpoint"] = str(options.checkpoint or job.infer.checkpoint or "")
     if simulated:
@@ -216,102 +255,108 @@ def _workload(job: JobConfig, options: SweepOptions, gpus: list, simulated: bool
         if not base > 0:
             raise UserError(f"--sim-images-per-s: must be > 0, got {base}")
         extra.update(sim_images_per_s=f"{base:g}", sim_load=f"{SIM_LOADS[options.workload]}")
+        workload: ModelPacedWorkload | TorchWorkload
         inner = None
         if options.compute == "real" or options.workload == "infer":
-            inner = _torch_workload(job, options, ["cpu"], batch)
+            inner = torch_workload(["cpu"])
         workload = ModelPacedWorkload(gpus, kind=options.workload, batch_size=batch,
                                       images_per_s_at_max=base, inner=inner,
                                       run_inner=options.compute == "real")
     else:
-        workload = _torch_workload(job, options, [f"cuda:{i}" for i in range(len(gpus))], batch)
+        workload = torch_workload([f"cuda:{i}" for i in range(len(gpus))])
     return batch, extra, workload
 
 
-def _open_gpus(job: JobConfig, options: SweepOptions, clock: Any) -> list:
+def _open_gpus(power: PowerConfig, options: SweepOptions, clock: Any) -> list:
     from power.backends import open_gpus
     from power.simulated import constant_load
     from power.sweep import SIM_LOADS
 
     activity, memory_bound = SIM_LOADS[options.workload]
-    return open_gpus(job.power, clock, loads=constant_load(activity, memory_bound),
+    return open_gpus(power, clock, loads=constant_load(activity, memory_bound),
                      state_path=options.sim_state)
 
 
-def _torch_workload(job: JobConfig, options: SweepOptions, devices: Sequence[str],
-                    batch: int) -> TorchWorkload:
+def _torch_workload(options: SweepOptions, devices: Sequence[str], batch: int, *,
+                    train: TrainConfig, data: DataConfig, model_cfg: ModelConfig,
+                    loss: LossConfig, recognizer: str,
+                    infer_checkpoint: str | None) -> TorchWorkload:
     import torch
 
     from harness.data.pairs import load_pairs, make_batch
-    from harness.model.generators import build_generator, model_kwargs
+    from harness.model.generators import make_generator
 
-    torch.manual_seed(job.train.seed)
+    torch.manual_seed(train.seed)
     kind = options.workload
-    source = job.data.train if kind == "train" else job.data.val
-    pairs = load_pairs(source, job.data.lr_kernel)
+    source = data.train if kind == "train" else data.val
+    pairs = load_pairs(source, data.lr_kernel)
     idx = [i % len(pairs) for i in range(batch)]
     lr, hr = make_batch(pairs, idx, None, np.random.default_rng(0))
     if kind == "train":
-        model = build_generator(job.model.name, model_kwargs(job))
-        if not any(p.requires_grad for p in model.parameters()):
-            raise UserError(f"model.name: {job.model.name} has no trainable parameters; "
-                            "sweep it with --workload infer")
+        model, _ = make_generator(model_cfg, "train",
+                                  untrainable_hint="; sweep it with --workload infer")
     else:
-        model = _infer_model(job, options.checkpoint)
+        model = _infer_model(model_cfg, options.checkpoint, infer_checkpoint)
     is_pairs = None
     if kind == "infer":
-        val = load_pairs(job.data.val, job.data.lr_kernel)
+        val = load_pairs(data.val, data.lr_kernel)
         n = min(IS_FACES, len(val))
         is_pairs = make_batch(val, list(range(n)), None, np.random.default_rng(0))
-    return TorchWorkload(job, kind, model, devices, lr, hr, is_pairs)
+    return TorchWorkload(kind, model, devices, lr, hr, is_pairs, learning_rate=train.lr,
+                         loss=loss, recognizer=recognizer)
 
 
-def _infer_model(job: JobConfig, checkpoint: str | None):
-    from harness.model.generators import build_generator, load_generator, model_kwargs
+def _infer_model(cfg: ModelConfig, checkpoint: str | None, infer_checkpoint: str | None):
+    from harness.model.generators import make_generator
 
     try:
-        model, source = load_generator(job, checkpoint, "cpu")
+        model, source = make_generator(cfg, "infer",
+                                       checkpoint=checkpoint or infer_checkpoint or None)
         log.info("power-sweep infer: generator from %s", source)
         return model
     except UserError:
         if checkpoint:
             raise
         log.warning("power-sweep infer: no weights for %s; timing an untrained model (its IS "
-                    "only shows that capping does not change outputs)", job.model.name)
-        return build_generator(job.model.name, model_kwargs(job)).eval()
+                    "only shows that capping does not change outputs)", cfg.name)
+        return make_generator(cfg, "train")[0].eval()
 
 
 class TorchWorkload:
     """The job's train step or inference pass, one replica per device, timed synchronously.
 
     Args:
-        job: The job (loss weights, learning rate, recognizers).
         kind: ``"train"`` or ``"infer"``.
         model: The generator (copied to every device).
         devices: ``["cpu"]`` or ``["cuda:0", ...]``.
         lr: The LR batch every step uses.
         hr: The matching HR batch (training targets).
         is_pairs: ``(lr, hr)`` of the faces scored by :meth:`quality`, or None.
+        learning_rate: The optimiser's rate (``train.lr``).
+        loss: The ``loss`` section (the training step's loss).
+        recognizer: What :meth:`quality` scores IS with (``eval.recognizer``).
     """
 
-    def __init__(self, job: JobConfig, kind: str, model: Any, devices: Sequence[str],
-                 lr: Any, hr: Any, is_pairs: tuple[Any, Any] | None) -> None:
+    def __init__(self, kind: str, model: Any, devices: Sequence[str],
+                 lr: Any, hr: Any, is_pairs: tuple[Any, Any] | None, *,
+                 learning_rate: float, loss: LossConfig, recognizer: str) -> None:
         import torch
 
         self.kind = kind
-        self.job = job
+        self.loss_cfg, self.recognizer = loss, recognizer
         self.devices = list(devices)
         self.replicas = []
         self._cuda = any(d.startswith("cuda") for d in self.devices)
         self._is_pairs = is_pairs
-        self._rec = None
-        self._hr_emb = None
+        self._rec: Recognizer | None = None
+        self._hr_emb: torch.Tensor | None = None
         for d in self.devices:
             m = copy.deepcopy(model).to(d)
             rep: dict[str, Any] = {"model": m, "lr": lr.to(d), "hr": hr.to(d), "device": d}
             if kind == "train":
                 m.train()
                 rep["opt"] = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
-                                               lr=job.train.lr, betas=(0.9, 0.99))
+                                               lr=learning_rate, betas=(0.9, 0.99))
                 rep["loss"] = self._loss(d)
             else:
                 m.eval()
@@ -320,7 +365,7 @@ class TorchWorkload:
     def _loss(self, device: str) -> Any:
         from harness.training.engine import loss_recognizer, make_loss
 
-        return make_loss(self.job, device, loss_recognizer(self.job, device))[0]
+        return make_loss(self.loss_cfg, device, loss_recognizer(self.loss_cfg, device))[0]
 
     def _sync(self) -> None:
         if self._cuda:
@@ -362,7 +407,7 @@ class TorchWorkload:
         dev = rep["device"]
         lr, hr = self._is_pairs
         if self._rec is None:
-            self._rec = load_recognizer(self.job.eval.recognizer, device=dev)
+            self._rec = load_recognizer(self.recognizer, device=dev)
             with torch.no_grad():  # the HR faces never change: embed them once
                 self._hr_emb = self._rec.embed(hr.to(dev)).detach()
         sr_q = quantize_8bit(super_resolve(rep["model"], lr.to(dev)).cpu())
@@ -372,6 +417,7 @@ class TorchWorkload:
 
 
 def read_meta(out: Path) -> dict[str, Any]:
+    """Read a sweep folder's ``sweep_meta.json`` ({} when missing or unreadable)."""
     import json
 
     try:
@@ -381,6 +427,7 @@ def read_meta(out: Path) -> dict[str, Any]:
 
 
 def load_sweep_dir(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load a sweep file or folder and its meta (``--plan-from``)."""
     from power.sweep import load_sweep
 
     try:
@@ -397,9 +444,13 @@ def _pick(values: Sequence[Any], i: int, default: Any) -> Any:
     return values[i] if i < len(values) else values[-1]
 
 
-def make_plan(sweeps: Sequence[tuple[dict[str, Any], dict[str, Any]]], job: JobConfig | None,
-              options: PlanOptions):
-    """Plan from one ``(sweep.json, sweep_meta.json)`` per node type under ``options``."""
+def make_plan(sweeps: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+              power: PowerConfig | None, launch: LaunchConfig | None, options: PlanOptions):
+    """Plan from one ``(sweep.json, sweep_meta.json)`` per node type under ``options``.
+
+    ``power`` and ``launch`` are the job's sections (None without ``--job``: the power
+    section's defaults, one node, the sweep's GPUs).
+    """
     from power.planner import (
         InfeasibleError,
         NodeType,
@@ -408,12 +459,18 @@ def make_plan(sweeps: Sequence[tuple[dict[str, Any], dict[str, Any]]], job: JobC
         plan_cluster,
     )
 
-    p = job.power if job is not None else None
-    budget = (options.budget_w if options.budget_w is not None
-              else p.budget_w if p else DEFAULT_BUDGET_W)
-    headroom = (options.headroom_w if options.headroom_w is not None
-                else p.headroom_w if p else 0.0)
-    switch = options.switch_w if options.switch_w is not None else (p.switch_w if p else 0.0)
+    # Without --job the power section's defaults apply (not 0 W of headroom), and are said.
+    p = power if power is not None else PowerConfig()
+    budget = options.budget_w if options.budget_w is not None else p.budget_w
+    headroom = options.headroom_w if options.headroom_w is not None else p.headroom_w
+    switch = options.switch_w if options.switch_w is not None else p.switch_w
+    if power is None:
+        assumed = [f"{what} {value:g} W" for what, value, given in (
+            ("budget", budget, options.budget_w), ("headroom", headroom, options.headroom_w),
+            ("switch", switch, options.switch_w)) if given is None]
+        if assumed:
+            log.warning("plan: no --job: %s (power.*'s defaults; --job, --budget-w, "
+                        "--headroom-w or --switch-w to change)", ", ".join(assumed))
     types = []
     for i, (doc, meta) in enumerate(sweeps):
         if not doc["points"]:
@@ -426,12 +483,12 @@ def make_plan(sweeps: Sequence[tuple[dict[str, Any], dict[str, Any]]], job: JobC
             raise UserError(f"plan: {exc}") from None
         except ValueError as exc:
             raise UserError(f"--basis: {exc}") from None
-        nodes = _pick(options.plan_nodes, i, job.launch.nodes if job else 1)
+        nodes = _pick(options.plan_nodes, i, launch.nodes if launch else 1)
         gpn = _pick(options.plan_gpus_per_node, i,
-                    (job.launch.gpus_per_node if job and job.launch.gpus_per_node else
+                    (launch.gpus_per_node if launch and launch.gpus_per_node else
                      int(meta.get("spec", {}).get("gpus", 1))))
         other = _pick(options.node_other_w, i, meta.get(
-            "node_other_w", (p.cpu_tdp_w + p.node_overhead_w) if p else 0.0))
+            "node_other_w", p.cpu_tdp_w + p.node_overhead_w))
         if nodes < 1 or gpn < 1 or other < 0:
             raise UserError("--plan-nodes and --plan-gpus-per-node must be >= 1, "
                             "--node-other-w >= 0")

@@ -249,7 +249,7 @@ class ClusterSeries:
         it ends at the first sample back at or below it (or at the last sample)."""
         out: list[tuple[float, float, float]] = []
         start = peak = None
-        for t, w in zip(self.unix_s, self.watts):
+        for t, w in zip(self.unix_s, self.watts, strict=True):
             if w > budget_w:
                 if start is None:
                     start, peak = t, w

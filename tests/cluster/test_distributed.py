@@ -21,11 +21,12 @@ from harness.cluster.distributed import (
     slurm_tasks_on_node,
     unshard,
 )
-from harness.cluster.launcher import launch_command
+from harness.cluster.launcher import LaunchSpec, launch_command
 from harness.config import load_job
-from tests.conftest import ROOT, run_mpi
+from tests.conftest import ROOT, mpi_family, run_mpi
 
 
+@pytest.mark.mpi_impl
 @pytest.mark.parametrize("env,expected", [
     ({}, DistInfo(0, 0, 1, 1, "none")),
     ({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16",
@@ -54,8 +55,17 @@ LAUNCHER_ENVS = [
     ("mpich hydra", {"PMI_RANK": "5", "PMI_SIZE": "8", "MPI_LOCALRANKID": "1",
                      "MPI_LOCALNRANKS": "4"}, DistInfo(5, 1, 8, 4, "mpich")),
     ("intel mpi", {"PMI_RANK": "2", "PMI_SIZE": "4", "MPI_LOCALRANKID": "0",
-                   "MPI_LOCALNRANKS": "2", "I_MPI_ROOT": "/opt/intel/mpi"},
-     DistInfo(2, 0, 4, 2, "mpich")),
+                   "MPI_LOCALNRANKS": "2", "PMI_FD": "9",
+                   "I_MPI_HYDRA_UUID": "614a0000-e93f-9ce4-db61-06002ad7165c"},
+     DistInfo(2, 0, 4, 2, "intelmpi")),
+    # MPICH under srun --mpi=pmi2 on the test bed (2 nodes, 1 task each): PMI_RANK/PMI_SIZE
+    # without a local rank, so Slurm's say where the rank is (node 1, local rank 0 of 1).
+    ("mpich under srun --mpi=pmi2", {
+        "PMI_FD": "11", "PMI_JOBID": "1.0", "PMI_RANK": "1", "PMI_SIZE": "2",
+        "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
+        "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}, DistInfo(1, 0, 2, 1, "slurm")),
+    ("PMI_RANK/PMI_SIZE alone", {"PMI_RANK": "1", "PMI_SIZE": "2"},
+     DistInfo(1, 1, 2, 2, "mpich")),
     ("mpich with PMI_LOCAL_*", {"PMI_RANK": "3", "PMI_SIZE": "4", "PMI_LOCAL_RANK": "1",
                                 "PMI_LOCAL_SIZE": "2"}, DistInfo(3, 1, 4, 2, "mpich")),
     ("srun uneven nodes", {"SLURM_PROCID": "6", "SLURM_NTASKS": "7", "SLURM_STEP_NUM_TASKS": "7",
@@ -83,6 +93,7 @@ LAUNCHER_ENVS = [
 ]
 
 
+@pytest.mark.mpi_impl
 @pytest.mark.parametrize("label,env,expected", LAUNCHER_ENVS, ids=[e[0] for e in LAUNCHER_ENVS])
 def test_bootstrap_per_launcher(monkeypatch: pytest.MonkeyPatch, label: str,
                                 env: dict[str, str], expected: DistInfo) -> None:
@@ -96,7 +107,7 @@ def test_bootstrap_per_launcher(monkeypatch: pytest.MonkeyPatch, label: str,
 
 
 _LAUNCHER_PREFIXES = ("OMPI_", "PMI", "MPI_LOCAL", "SLURM_", "RANK", "WORLD_SIZE", "LOCAL_",
-                      "TORCHELASTIC", "GROUP_RANK", "MASTER_")
+                      "TORCHELASTIC", "GROUP_RANK", "MASTER_", "I_MPI_")
 
 
 @pytest.mark.parametrize("spec,node,expected", [
@@ -150,6 +161,7 @@ def test_single_comm() -> None:
 
 
 @pytest.mark.mpi
+@pytest.mark.mpi_impl
 def test_mpirun_two_ranks_agree_on_world_and_port(mpirun: str) -> None:
     proc = run_mpi(mpirun, 2, ["-m", "tests.mpi_programs.bootstrap_probe"], timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -157,7 +169,7 @@ def test_mpirun_two_ranks_agree_on_world_and_port(mpirun: str) -> None:
     assert sorted(r["rank"] for r in rows) == [0, 1]
     assert {r["world_size"] for r in rows} == {2}
     assert {r["comm_size"] for r in rows} == {2}
-    assert {r["launcher"] for r in rows} == {"openmpi"}
+    assert {r["launcher"] for r in rows} == {mpi_family(mpirun)}  # openmpi, mpich, intelmpi
     assert len({(r["addr"], r["port"]) for r in rows}) == 1
     assert 1024 <= rows[0]["port"] <= 65535
     assert {r["allreduce"] for r in rows} == {3.0}
@@ -193,7 +205,7 @@ def test_torchrun_two_workers_bootstrap_without_mpi(tmp_path) -> None:
     job = load_job(ROOT / "jobs/smoke.yaml", ["launch.launcher=torchrun", "launch.nodes=1",
                                               "launch.ranks_per_node=2",
                                               f"launch.rdzv_port={free_port()}"])
-    cmd = launch_command(job, "unused.yaml", python=sys.executable,
+    cmd = launch_command(LaunchSpec.of(job), "unused.yaml", python=sys.executable,
                          module="tests.mpi_programs.torchrun_probe")
     assert cmd[0] == "env" and "--rdzv-backend" in cmd
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_PREFIXES)}

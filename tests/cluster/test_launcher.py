@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from harness.cluster.launcher import (
+    LaunchSpec,
     format_command,
     launch_command,
     mpirun_command,
@@ -26,7 +27,7 @@ ATTEMPT = ('echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) harness: Slurm job ${SLURM_JOB_
 
 def test_final_mpirun_line_has_16_ranks() -> None:
     job = load_job(ROOT / FINAL)
-    cmd = mpirun_command(job, FINAL, python="python", mpirun="mpirun")
+    cmd = mpirun_command(LaunchSpec.of(job), FINAL, python="python", mpirun="mpirun")
     assert format_command(cmd) == (
         "mpirun -np 16 --host node01:4,node02:4,node03:4,node04:4 --map-by ppr:4:node "
         "--bind-to socket -x PYTHONUNBUFFERED=1 -x OMP_NUM_THREADS=4 -x NCCL_DEBUG=WARN "
@@ -35,18 +36,19 @@ def test_final_mpirun_line_has_16_ranks() -> None:
 
 def test_demo_mpirun_line_oversubscribes_and_runs_as_root() -> None:
     job = load_job(ROOT / "jobs/demo.yaml")
-    cmd = mpirun_command(job, "jobs/demo.yaml", python="py", mpirun="/x/mpirun",
+    cmd = mpirun_command(LaunchSpec.of(job), "jobs/demo.yaml", python="py",
+                         mpirun="/x/mpirun",
                          module="harness.infer", args=["--set", "train.steps=3"],
                          allow_root=True)
     assert format_command(cmd) == (
         "/x/mpirun -np 2 --allow-run-as-root --map-by ppr:2:node:OVERSUBSCRIBE --bind-to none "
-        "-x PYTHONUNBUFFERED=1 -x OMP_NUM_THREADS=1 --mca btl self,sm --mca pml ob1 "
-        "py -m harness.infer --job jobs/demo.yaml --set train.steps=3")
+        "-x PYTHONUNBUFFERED=1 -x OMP_NUM_THREADS=1 -x OMPI_MCA_btl=self,sm "
+        "-x OMPI_MCA_pml=ob1 py -m harness.infer --job jobs/demo.yaml --set train.steps=3")
 
 
 def test_final_sbatch_script() -> None:
     job = load_job(ROOT / FINAL, ["launch.partition=gpu", "launch.account=asc"])
-    script = sbatch_script(job, FINAL, python="python", workdir="/shared/harness")
+    script = sbatch_script(LaunchSpec.of(job), FINAL, python="python", workdir="/shared/harness")
     assert script == """#!/bin/bash
 #SBATCH --job-name=asc19-final
 #SBATCH --nodes=4
@@ -82,7 +84,7 @@ srun --kill-on-bad-exit=1 --cpus-per-task=4 --cpu-bind=sockets --mpi=pmix python
 def test_sbatch_script_is_valid_bash(tmp_path) -> None:
     job = load_job(ROOT / FINAL)
     path = tmp_path / "job.sbatch"
-    path.write_text(sbatch_script(job, FINAL))
+    path.write_text(sbatch_script(LaunchSpec.of(job), FINAL))
     assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
 
 
@@ -150,24 +152,28 @@ FINAL_LINES = {
 def test_final_line_per_launcher(launcher: str) -> None:
     job = load_job(ROOT / FINAL, [f"launch.launcher={launcher}"])
     exe = {"mpich": "mpiexec", "intelmpi": "mpiexec"}.get(launcher)
-    cmd = launch_command(job, FINAL, python="python", executable=exe)
+    cmd = launch_command(LaunchSpec.of(job), FINAL, python="python", executable=exe)
     assert format_command(cmd) == FINAL_LINES[launcher]
 
 
 DEMO_LINES = {  # one node, 2 ranks, oversubscribed: nothing may be bound
+    # Open MPI's shared-memory settings travel as environment (Hydra refuses --mca)
     "openmpi": "mpirun -np 2 --map-by ppr:2:node:OVERSUBSCRIBE --bind-to none "
-               "-x PYTHONUNBUFFERED=1 -x OMP_NUM_THREADS=1 --mca btl self,sm --mca pml ob1 "
-               "py -m harness.infer --job j.yaml --set train.steps=3",
+               "-x PYTHONUNBUFFERED=1 -x OMP_NUM_THREADS=1 -x OMPI_MCA_btl=self,sm "
+               "-x OMPI_MCA_pml=ob1 py -m harness.infer --job j.yaml --set train.steps=3",
     "mpich": "mpirun -n 2 -ppn 2 -bind-to none -genv PYTHONUNBUFFERED 1 -genv OMP_NUM_THREADS 1 "
-             "--mca btl self,sm --mca pml ob1 py -m harness.infer --job j.yaml --set train.steps=3",
+             "-genv OMPI_MCA_btl self,sm -genv OMPI_MCA_pml ob1 "
+             "py -m harness.infer --job j.yaml --set train.steps=3",
     "intelmpi": "mpirun -n 2 -ppn 2 -genv PYTHONUNBUFFERED 1 -genv I_MPI_PIN 0 "
-                "-genv OMP_NUM_THREADS 1 --mca btl self,sm --mca pml ob1 "
+                "-genv OMP_NUM_THREADS 1 -genv OMPI_MCA_btl self,sm -genv OMPI_MCA_pml ob1 "
                 "py -m harness.infer --job j.yaml --set train.steps=3",
     "srun": "env PYTHONUNBUFFERED=1 PMIX_MCA_psec=native PMIX_MCA_gds=hash OMP_NUM_THREADS=1 "
+            "OMPI_MCA_btl=self,sm OMPI_MCA_pml=ob1 "
             "srun --nodes=1 --ntasks=2 --ntasks-per-node=2 --overcommit --cpus-per-task=1 "
             "--kill-on-bad-exit=1 --mpi=pmix py -m harness.infer --job j.yaml "
             "--set train.steps=3",
-    "torchrun": "env PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 py -m torch.distributed.run "
+    "torchrun": "env PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 OMPI_MCA_btl=self,sm "
+                "OMPI_MCA_pml=ob1 py -m torch.distributed.run "
                 "--nnodes 1 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint "
                 "localhost:29500 --rdzv-id demo -m harness.infer --job j.yaml "
                 "--set train.steps=3",
@@ -177,7 +183,7 @@ DEMO_LINES = {  # one node, 2 ranks, oversubscribed: nothing may be bound
 @pytest.mark.parametrize("launcher", sorted(DEMO_LINES))
 def test_demo_line_per_launcher(launcher: str) -> None:
     job = load_job(ROOT / "jobs/demo.yaml", [f"launch.launcher={launcher}"])
-    cmd = launch_command(job, "j.yaml", python="py", module="harness.infer",
+    cmd = launch_command(LaunchSpec.of(job), "j.yaml", python="py", module="harness.infer",
                          args=["--set", "train.steps=3"])
     assert format_command(cmd) == DEMO_LINES[launcher]
 
@@ -192,18 +198,19 @@ def test_bindings_mean_the_same_for_every_launcher(bind: str, ompi: str, hydra: 
                                                    intel: str, srun: str) -> None:
     def line(launcher: str) -> str:
         job = load_job(ROOT / FINAL, [f"launch.launcher={launcher}", f"launch.bind_to={bind}"])
-        return format_command(launch_command(job, FINAL))
+        return format_command(launch_command(LaunchSpec.of(job), FINAL))
 
     assert f" --bind-to {ompi} " in line("openmpi")
     assert f" -bind-to {hydra} " in line("mpich")
     assert f" -genv {intel} " in line("intelmpi") and "-bind-to" not in line("intelmpi")
     job = load_job(ROOT / FINAL, [f"launch.bind_to={bind}"])
     if bind == "none":  # srun's default; saying it warns on clusters without task affinity
-        assert "--cpu-bind" not in line("srun") and "--cpu-bind" not in sbatch_script(job, FINAL)
+        assert "--cpu-bind" not in line("srun")
+        assert "--cpu-bind" not in sbatch_script(LaunchSpec.of(job), FINAL)
         return
     assert f" --cpu-bind={srun} " in line("srun")
     assert f"srun --kill-on-bad-exit=1 --cpus-per-task=4 --cpu-bind={srun} " in sbatch_script(
-        job, FINAL)
+        LaunchSpec.of(job), FINAL)
 
 
 def test_torchrun_on_several_nodes_needs_hosts() -> None:
@@ -211,13 +218,14 @@ def test_torchrun_on_several_nodes_needs_hosts() -> None:
 
     job = load_job(ROOT / FINAL, ["launch.launcher=torchrun", "launch.hosts=[]"])
     with pytest.raises(UserError, match="launch.hosts: torchrun on 4 nodes needs the host"):
-        launch_command(job, FINAL)
+        launch_command(LaunchSpec.of(job), FINAL)
 
 
 def test_torchrun_sbatch_script() -> None:
     job = load_job(ROOT / FINAL, ["launch.launcher=torchrun", "launch.signal_lead_s=300",
                                   "launch.rdzv_port=29400"])
-    script = sbatch_script(job, FINAL, python="/venv/bin/python", workdir="/shared/harness")
+    script = sbatch_script(LaunchSpec.of(job), FINAL, python="/venv/bin/python",
+                           workdir="/shared/harness")
     assert script == """#!/bin/bash
 #SBATCH --job-name=asc19-final
 #SBATCH --nodes=4
@@ -251,7 +259,7 @@ srun --kill-on-bad-exit=1 --nodes=4 --ntasks=4 --ntasks-per-node=1 --cpus-per-ta
 def test_mpich_sbatch_uses_pmi2_and_no_signal_when_disabled() -> None:
     job = load_job(ROOT / "jobs/smoke.yaml", ["launch.launcher=mpich", "launch.signal_lead_s=0",
                                               "launch.run_dir=/scratch/runs"])
-    script = sbatch_script(job, "j.yaml")
+    script = sbatch_script(LaunchSpec.of(job), "j.yaml")
     assert "--signal" not in script
     assert "#SBATCH --output=/scratch/runs/slurm-%j.out\n" in script
     assert "--chdir" not in script
@@ -259,7 +267,7 @@ def test_mpich_sbatch_uses_pmi2_and_no_signal_when_disabled() -> None:
                            "harness.train --job j.yaml --resume auto\n")
     assert "PMIX_MCA" not in script  # pmi2: no PMIx settings
     job = load_job(ROOT / "jobs/smoke.yaml", ["launch.launcher=intelmpi", "launch.srun_mpi=pmix"])
-    assert " --mpi=pmix " in sbatch_script(job, "j.yaml")
+    assert " --mpi=pmix " in sbatch_script(LaunchSpec.of(job), "j.yaml")
 
 
 @pytest.mark.parametrize("run_dir,workdir,expected", [
@@ -272,13 +280,13 @@ def test_sbatch_refuses_paths_slurm_would_misread(run_dir: str, workdir: str,
 
     job = load_job(ROOT / "jobs/smoke.yaml", [f"launch.run_dir={run_dir}"])
     with pytest.raises(UserError) as info:
-        sbatch_script(job, "j.yaml", workdir=workdir)
+        sbatch_script(LaunchSpec.of(job), "j.yaml", workdir=workdir)
     assert expected in str(info.value)
 
 
 def test_sbatch_quotes_paths_with_spaces() -> None:
     job = load_job(ROOT / "jobs/smoke.yaml", ["launch.run_dir=my runs"])
-    script = sbatch_script(job, "j.yaml", workdir="/a b")
+    script = sbatch_script(LaunchSpec.of(job), "j.yaml", workdir="/a b")
     assert "#SBATCH --chdir='/a b'\n#SBATCH --output='/a b/my runs'/slurm-%j.out\n" in script
     assert "\ncd '/a b'\nmkdir -p 'my runs'\necho " in script
 
@@ -336,7 +344,7 @@ def test_hostile_values_do_not_run_through_the_printed_line(tmp_path, launcher: 
     python = str(bin_dir / "py $(touch MARK);x")
     args = ["--set", f"description=$(touch {marks}/m6)", f"`touch {marks}/m7`"]
     job_path = f"j.yaml; touch {marks}/m8"
-    cmd = launch_command(job, job_path, python=python, args=args)
+    cmd = launch_command(LaunchSpec.of(job), job_path, python=python, args=args)
     proc = subprocess.run(["bash", "-c", format_command(cmd)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -368,7 +376,7 @@ def test_hostile_values_do_not_run_through_the_sbatch_script(tmp_path, launcher:
     args = ["--set", f"description=$(touch {marks}/m6)"]
     job_path = f"j.yaml; touch {marks}/m8"
     script = tmp_path / "job.sbatch"
-    script.write_text(sbatch_script(job, job_path, python=python, args=args,
+    script.write_text(sbatch_script(LaunchSpec.of(job), job_path, python=python, args=args,
                                     workdir=str(workdir)))
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     env.update(SLURM_JOB_NODELIST="node[01-04]", SLURM_JOB_ID="42")  # as Slurm sets them
@@ -399,7 +407,7 @@ def test_cli_slurm_creates_the_log_folder_and_submits(tmp_path) -> None:
     script = tmp_path / "logs/deep/sub.sbatch"
     assert (tmp_path / "logs/deep").is_dir() and script.is_file()
     assert f"#SBATCH --output={tmp_path}/logs/deep/slurm-%j.out\n" in script.read_text()
-    ((argv, _),) = _calls(out)
+    ((argv, _),) = [c for c in _calls(out) if c[0][0] == "sbatch"]  # (srun --mpi=list asked)
     assert argv == ["sbatch", str(script.relative_to(tmp_path))]
 
 
@@ -462,3 +470,99 @@ def test_a_plan_beyond_the_hosts_or_missing_is_one_line(tmp_path) -> None:
     assert "the plan uses 2 nodes but launch.hosts lists 1" in proc.stderr
     proc = run_harness("launch", FINAL, "--dry-run", "--plan", str(tmp_path / "none.json"))
     assert proc.returncode == 2 and "no such plan file" in proc.stderr
+
+
+# ------------------------------------------------------- MPICH / Intel MPI (issue 29)
+
+@pytest.mark.mpi_impl
+def test_hydra_inside_slurm_starts_its_proxies_without_an_srun_mpi_plugin() -> None:
+    """On the test bed (MpiDefault=pmix) Hydra's srun-started proxies otherwise hand MPICH
+    both PMI_SIZE and PMIX_NAMESPACE, and MPI_Init aborts."""
+    job = load_job(ROOT / "jobs/smoke.yaml", ["launch.launcher=mpich", "launch.nodes=2",
+                                              "launch.ranks_per_node=1"])
+    line = format_command(launch_command(LaunchSpec.of(job), "j.yaml", python="py", in_slurm=True))
+    assert line == ("env SLURM_MPI_TYPE=none mpirun -n 2 -ppn 1 -bind-to none "
+                    "-genv PYTHONUNBUFFERED 1 -genv OMP_NUM_THREADS 1 "
+                    "py -m harness.train --job j.yaml")
+    openmpi = load_job(ROOT / "jobs/smoke.yaml", ["launch.launcher=openmpi"])
+    assert "SLURM_MPI_TYPE" not in format_command(launch_command(openmpi, "j", in_slurm=True))
+
+
+@pytest.mark.mpi_impl
+@pytest.mark.parametrize("launcher", ["mpich", "intelmpi"])
+def test_hydra_refuses_open_mpi_arguments_in_one_line(launcher: str) -> None:
+    from fileio.user_error import UserError
+
+    job = load_job(ROOT / "jobs/smoke.yaml", [f"launch.launcher={launcher}",
+                                              "launch.mpi_args=[--mca, btl, 'self,sm']"])
+    with pytest.raises(UserError) as info:
+        launch_command(LaunchSpec.of(job), "j.yaml")
+    assert str(info.value) == (
+        "launch.mpi_args: --mca btl self,sm holds Open MPI options, which Hydra's mpiexec "
+        "refuses: give Open MPI's MCA settings as launch.env (OMPI_MCA_btl: self,sm) or drop "
+        "them")
+
+
+@pytest.mark.mpi_impl
+def test_auto_unresolved_is_open_mpi_and_sbatch_picks_the_plugin_per_mpi() -> None:
+    auto = load_job(ROOT / "jobs/smoke.yaml")
+    assert auto.launch.launcher == "auto"
+    assert launch_command(auto, "j.yaml")[:2] == ["mpirun", "-np"]
+    for launcher, plugin in (("auto", "pmix"), ("openmpi", "pmix"), ("mpich", "pmi2"),
+                             ("intelmpi", "pmi2")):
+        job = load_job(ROOT / "jobs/smoke.yaml", [f"launch.launcher={launcher}"])
+        assert f" --mpi={plugin} " in sbatch_script(LaunchSpec.of(job), "j.yaml")
+
+
+def test_missing_srun_plugin_is_one_line_before_the_queue(tmp_path) -> None:
+    """An srun whose `--mpi=list` lacks the job's plugin: a warning when the script is only
+    written, a one-line error (nothing submitted) with --submit."""
+    _, out, _, env = _stubs(tmp_path)
+    (tmp_path / "bin" / "srun").write_text("#!/bin/bash\nprintf 'MPI plugin types are...\\n"
+                                           "\\tpmix\\n\\tnone\\n'\n")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: sub\nlaunch:\n  launcher: mpich\n")
+    proc = run_harness("launch", str(job), "--scheduler", "slurm", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    text = ("launch.srun_mpi: this Slurm's srun has no --mpi=pmi2 plugin (MPICH ranks need it; "
+            "srun --mpi=list: none, pmix): ask the admins for it, or set launch.srun_mpi")
+    assert proc.stderr.strip().splitlines() == [f"harness: warning: {text}"]
+    proc = run_harness("launch", str(job), "--submit", cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"harness: error: {text}"]
+    assert not [c for c in _calls(out) if c[0][0] == "sbatch"]
+
+
+def test_cli_resume_passes_through_to_train() -> None:
+    proc = run_harness("launch", FINAL, "--dry-run", "--python", "python", "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("python -m harness.train --job jobs/asc19-final.yaml "
+                                        "--resume auto")
+    proc = run_harness("launch", FINAL, "--dry-run", "--workload", "infer", "--resume", "auto")
+    assert proc.returncode != 0 and "--resume: only with --workload train" in proc.stderr
+
+
+def test_a_plan_that_changes_the_ranks_says_so_in_one_line_outside_dry_run_too(tmp_path) -> None:
+    from harness.commands.launch import plan_change_line
+
+    job = load_job(ROOT / FINAL)
+    planned = load_job(ROOT / FINAL, ["launch.nodes=2", "launch.ranks_per_node=3",
+                                      "launch.hosts=[a, b]"])
+    assert plan_change_line(job.launch, planned.launch) == (
+        "--plan changes the job: ranks 16 -> 6 (nodes 4 -> 2, ranks per node 4 -> 3); "
+        "threads per rank follow (cores / local ranks)")
+    assert plan_change_line(job.launch, planned.launch, threads_per_rank=4) == (
+        "--plan changes the job: ranks 16 -> 6 (nodes 4 -> 2, ranks per node 4 -> 3)")
+    assert plan_change_line(job.launch, job.launch) is None
+    proc = run_harness("launch", FINAL, "--dry-run", "--python", "python", "--plan",
+                       _plan(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "--plan" in ln]
+    assert lines == ["harness: --plan changes the job: ranks 16 -> 6 (nodes 4 -> 2, ranks per "
+                     "node 4 -> 3); threads per rank follow (cores / local ranks)"]
+    # A plan that keeps the job's ranks says nothing.
+    proc = run_harness("launch", FINAL, "--dry-run", "--python", "python", "--plan",
+                       _plan(tmp_path), "--set", "launch.nodes=2", "--set",
+                       "launch.ranks_per_node=3", "--set", "launch.hosts=[a, b]")
+    assert proc.returncode == 0, proc.stderr
+    assert "--plan changes" not in proc.stderr

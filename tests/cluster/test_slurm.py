@@ -18,7 +18,7 @@ import pytest
 
 from fileio.user_error import UserError
 from harness.cluster.distributed import DistInfo, SingleComm, mpi_world_mismatch
-from harness.cluster.launcher import sbatch_script, time_limit_warning
+from harness.cluster.launcher import LaunchSpec, sbatch_script, time_limit_warning
 from harness.cluster.slurm import (
     SlurmQueryError,
     node_name,
@@ -93,11 +93,11 @@ def test_the_deadline_follows_slurms_time_left_not_launch_time(tmp_path, caplog)
     squeue = _exe(tmp_path / "bin", "squeue", "echo 10:00\n")
     env = {"SLURM_JOB_ID": "9"}
     with caplog.at_level(logging.INFO):
-        left = slurm_time_left(job, SingleComm(), env=env, squeue=str(squeue))
+        left = slurm_time_left(job.launch, SingleComm(), env=env, squeue=str(squeue))
     assert left == 600
     assert "Slurm job 9 has 0:10:00 left (squeue)" in caplog.text
-    assert time_limit_deadline(job, env, now=0.0, time_left_s=left) == 600 - 120 - 60
-    assert slurm_time_left(job, SingleComm(), env={}) is None  # outside Slurm
+    assert time_limit_deadline(job.launch, env, now=0.0, time_left_s=left) == 600 - 120 - 60
+    assert slurm_time_left(job.launch, SingleComm(), env={}) is None  # outside Slurm
 
 
 def test_without_squeue_launch_time_is_used_with_a_log_line(caplog) -> None:
@@ -106,7 +106,7 @@ def test_without_squeue_launch_time_is_used_with_a_log_line(caplog) -> None:
 
     env = {"SLURM_JOB_ID": "9", "SLURM_JOB_START_TIME": str(time.time() - 299.5)}
     with caplog.at_level(logging.INFO):
-        left = slurm_time_left(job, SingleComm(), env=env, squeue="no-such-squeue")
+        left = slurm_time_left(job.launch, SingleComm(), env=env, squeue="no-such-squeue")
     assert left == pytest.approx(900, abs=2)
     assert ("cannot ask Slurm for the time left (no-such-squeue not found on PATH): using "
             "launch.time 00:20:00, 0:15:0") in caplog.text
@@ -116,15 +116,15 @@ def test_a_limit_that_leaves_no_time_to_train_is_warned_about(tmp_path, caplog) 
     job = load_job(ROOT / SMOKE, ["launch.time=00:03:00"])
     squeue = _exe(tmp_path / "bin", "squeue", "echo 2:58\n")
     with caplog.at_level(logging.WARNING):
-        slurm_time_left(job, SingleComm(), env={"SLURM_JOB_ID": "3"}, squeue=str(squeue))
+        slurm_time_left(job.launch, SingleComm(), env={"SLURM_JOB_ID": "3"}, squeue=str(squeue))
     assert ("the Slurm time limit leaves 0:00:00 to train: training stops "
             "launch.signal_lead_s (120) + 60 s before the limit; ask for more time "
             "(launch.time or sbatch --time) or lower launch.signal_lead_s") in caplog.text
-    assert time_limit_warning(job) == (
+    assert time_limit_warning(job.launch) == (
         "launch.time 00:03:00 leaves 0 s to train (training stops launch.signal_lead_s 120 + "
         "60 s before the limit): raise launch.time (or sbatch --time) or lower "
         "launch.signal_lead_s")
-    assert time_limit_warning(load_job(ROOT / SMOKE, ["launch.time=00:06:00"])) is None
+    assert time_limit_warning(load_job(ROOT / SMOKE, ["launch.time=00:06:00"]).launch) is None
 
 
 def test_launch_warns_about_a_short_limit_in_one_line(tmp_path) -> None:
@@ -169,7 +169,7 @@ srun --kill-on-bad-exit=1 --cpus-per-task=1 --mpi=pmix /shared/harness/.venv/bin
 
 def test_smoke_on_two_nodes_requeues_appends_and_resumes() -> None:
     job = load_job(ROOT / SMOKE, ["launch.nodes=2"])
-    script = sbatch_script(job, SMOKE, python="/shared/harness/.venv/bin/python",
+    script = sbatch_script(LaunchSpec.of(job), SMOKE, python="/shared/harness/.venv/bin/python",
                            args=["--set", "launch.nodes=2"], workdir="/shared/harness")
     assert script == SMOKE_2_NODES
 
@@ -178,7 +178,7 @@ def test_hosts_exclusive_threads_and_binding_reach_the_script() -> None:
     job = load_job(ROOT / SMOKE, ["launch.nodes=2", "launch.hosts=[node0, node1]",
                                   "train.threads_per_rank=4", "power.enabled=true",
                                   "launch.bind_to=core", "launch.oversubscribe=false"])
-    script = sbatch_script(job, SMOKE, workdir="/w")
+    script = sbatch_script(LaunchSpec.of(job), SMOKE, workdir="/w")
     lines = script.splitlines()
     assert lines[1:8] == ["#SBATCH --job-name=smoke", "#SBATCH --nodes=2",
                           "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=4",
@@ -188,10 +188,10 @@ def test_hosts_exclusive_threads_and_binding_reach_the_script() -> None:
                                 "--mpi=pmix python -m harness.train")
     # Power governed but the user said no: no --exclusive (the doctor warns).
     job = load_job(ROOT / SMOKE, ["power.enabled=true", "launch.exclusive=false"])
-    assert "--exclusive" not in sbatch_script(job, SMOKE)
+    assert "--exclusive" not in sbatch_script(LaunchSpec.of(job), SMOKE)
     # Inference: its own threads, and no --resume.
     job = load_job(ROOT / SMOKE, ["infer.threads_per_rank=3"])
-    script = sbatch_script(job, SMOKE, module="harness.infer")
+    script = sbatch_script(LaunchSpec.of(job), SMOKE, module="harness.infer")
     assert "#SBATCH --cpus-per-task=3\n" in script and "--resume" not in script
 
 
@@ -214,7 +214,7 @@ def test_each_attempt_says_its_restart_count_in_the_log(tmp_path) -> None:
     workdir.mkdir()
     job = load_job(ROOT / SMOKE, ["launch.nodes=2"])
     script = tmp_path / "job.sbatch"
-    script.write_text(sbatch_script(job, SMOKE, workdir=str(workdir)))
+    script.write_text(sbatch_script(LaunchSpec.of(job), SMOKE, workdir=str(workdir)))
     env = _path_env(bin_dir, SLURM_JOB_ID="77", SLURM_RESTART_COUNT="1",
                     SLURM_JOB_NODELIST="node[0-1]")
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
@@ -251,6 +251,12 @@ def test_srun_with_the_wrong_mpi_plugin_says_what_to_do() -> None:
         "srun started 2 tasks but each is its own MPI world: use srun --mpi=pmix (the PyPI "
         "Open MPI speaks PMIx only; launch.srun_mpi)")
     assert "built against another MPI" in mpi_world_mismatch(DistInfo(0, 0, 4, 2, "openmpi"), 2)
+    # MPICH and Intel MPI (as MPI_Get_library_version names them) start under PMI-2.
+    assert mpi_world_mismatch(info, 1, "MPICH Version: 5.0.2") == (
+        "srun started 2 tasks but each is its own MPI world: use srun --mpi=pmi2 (MPICH starts "
+        "under Slurm's PMI-2; launch.srun_mpi)")
+    assert "--mpi=pmi2 (Intel MPI starts" in mpi_world_mismatch(
+        info, 1, "Intel(R) MPI Library 2021.18.1 for Linux* OS")
 
 
 def test_a_task_of_srun_mpi_none_is_one_line(tmp_path) -> None:
@@ -274,11 +280,16 @@ def test_a_task_of_srun_mpi_none_is_one_line(tmp_path) -> None:
 
 # ------------------------------------------------------------------ names and resumes
 
+@pytest.mark.mpi_impl
 def test_node_name_is_slurms_else_the_host_name() -> None:
     import socket
 
     assert node_name({"SLURMD_NODENAME": "node1"}) == "node1"
     assert node_name({}) == socket.gethostname()
+    # Intel MPI's Hydra copies mpiexec's node's SLURMD_NODENAME to every rank (test bed: both
+    # ranks said node0): a Hydra rank names its own host.
+    assert node_name({"SLURMD_NODENAME": "node0", "I_MPI_HYDRA_UUID": "614a"}) == (
+        socket.gethostname())
     job = slurm_job({"SLURM_JOB_ID": "5", "SLURM_RESTART_COUNT": "2", "SLURMD_NODENAME": "n0",
                      "SLURM_JOB_NODELIST": "n[0-1]", "SLURM_JOB_NAME": "smoke"})
     assert job is not None and job.to_dict() == {"job_id": "5", "restart_count": 2,

@@ -26,6 +26,7 @@ from tests.cluster.slurm_jobs import (
     ERROR_LINE,
     PROGRESS,
     SUBMITTED,
+    TWO_NODES,
     Job,
     checkpoint_steps,
     cluster_series,
@@ -315,11 +316,11 @@ def _text(path: Path) -> str:
 
 
 def test_node_lost_mid_run_ends_the_job_then_resume_on_the_node_left(slurm_cluster, tmp_path):
-    """node1 crashes (its slurmd and the job's processes there SIGKILLed) after step 40: the
-    ranks left end within the watchdog deadline (train.collective_timeout_s 5) with a line
-    naming node1 (on stderr, and as the last line of the run's train.log), and Slurm ends the job (node failure) and requeues it; with one node asked
-    for, ``--resume auto`` continues the same run on node0 alone from its checkpoint (or
-    refuses a world-size change with one line)."""
+    """node1 crashes (its slurmd and the job's processes there SIGKILLed) after step 40: the ranks
+    left end within the watchdog deadline (train.collective_timeout_s 5) with a line naming node1
+    (on stderr, and as the last line of the run's train.log), and Slurm ends the job (node failure)
+    and requeues it; with one node asked for, ``--resume auto`` continues the same run on node0
+    alone from its checkpoint (or refuses a world-size change with one line)."""
     timeout_s = 5
     steps = 120
     script = launch(slurm_cluster, tmp_path, f"train.steps={steps}", "train.ckpt_every=20",
@@ -429,3 +430,79 @@ def test_nothing_left_running(slurm_cluster):
     queued = dict(line.split(None, 1) for line in proc.stdout.splitlines() if line.strip())
     assert not set(queued) & set(SUBMITTED), queued
     slurm_cluster.wait_nodes_idle(timeout=60)
+
+
+
+def test_a_node_lost_during_sharded_infer_is_named(slurm_cluster, tmp_path):
+    """``harness infer`` on 2 nodes (srun, PMIx), this job alone on them: the rank on node1
+    stops after its 3rd batch (fault injection), rank 0 finishes its share and waits on it;
+    then node1 crashes (its slurmd and the job's processes there SIGKILLed). The rank left
+    names node1 in one line (gloo; before, Open MPI ended it with exit 14 and no word)."""
+    from harness.cli import main
+
+    out, progress = tmp_path / "sr", tmp_path / "progress"
+    script = tmp_path / "infer.sbatch"
+    argv = ["launch", "jobs/smoke.yaml", "--scheduler", "slurm", "--workload", "infer",
+            "-o", str(script), "--set", f"launch.run_dir={tmp_path / 'runs'}",
+            "--args", f"--lr embedded:all --out {out} --log-format plain"]
+    for s in (*TWO_NODES, "model.name=bicubic", "model.args={}", "infer.batch_size=2",
+              "launch.env.HARNESS_FAULT_STALL_AT=infer batch 3",
+              f"launch.env.HARNESS_PROGRESS_DIR={progress}"):
+        argv += ["--set", s]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.chdir(cwd)
+    job = submit(slurm_cluster, script, tmp_path / "runs", "--exclusive")
+    lost = "node1"
+    job.wait_for("rank 1 stopped", lambda: (progress / "rank-1.stopped").is_file(), 180)
+    time.sleep(2)  # rank 0 finishes its share and waits in a collective
+    try:
+        killed = slurm_cluster.script("kill-node", lost)
+        assert killed.returncode == 0, killed.stderr
+        for pid in job_processes(slurm_cluster.netns(lost), job.jobid):
+            os.kill(pid, 9)
+        job.wait_for("the lost node's line", lambda: "lost contact with" in job.log(), 60)
+    finally:
+        # The job first: while it holds node1, node1 comes back "allocated", never idle.
+        slurm_cluster.run(["scancel", job.jobid], timeout=30)
+        restarted = slurm_cluster.script("start-node", lost)
+    assert restarted.returncode == 0, restarted.stderr
+    slurm_cluster.wait_nodes_idle(timeout=60)
+    log = job.log()
+    said = [line for line in ERROR_LINE.findall(log) if "lost contact with" in line]
+    assert len(said) == 1, log[-3000:]
+    assert said[0].startswith(f"harness.infer: error: lost contact with {lost} (10.77.0.11)")
+    assert "run the command again" in said[0]
+
+
+def test_sharded_infer_on_two_nodes_logs_no_c10d_hostname_noise(slurm_cluster, tmp_path):
+    """torch's c10d client connects to rank 0 at its IPv4-mapped address (``::ffff:ADDR``) and
+    looks that up for its log; with IPv4-only host lines and no DNS that printed ``[c10d] The
+    hostname of the client socket cannot be retrieved. err=-3`` once per rank at every start of
+    a multi-node job. A 2-node sharded infer (gloo group, two ranks) must log none of it."""
+    from harness.cli import main
+
+    out = tmp_path / "sr"
+    script = tmp_path / "infer.sbatch"
+    argv = ["launch", "jobs/smoke.yaml", "--scheduler", "slurm", "--workload", "infer",
+            "-o", str(script), "--set", f"launch.run_dir={tmp_path / 'runs'}",
+            "--args", f"--lr embedded:heldout --out {out} --log-format plain"]
+    for s in (*TWO_NODES, "model.name=bicubic", "model.args={}"):
+        argv += ["--set", s]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.chdir(cwd)
+    job = submit(slurm_cluster, script, tmp_path / "runs")
+    result = job.wait(timeout=240)
+    log = job.log()
+    assert_completed(job, result)
+    assert len(list(out.glob("*.png"))) == 60, log[-3000:]
+    noise = [line for line in log.splitlines() if "[c10d]" in line or "hostname of the client"
+             in line]
+    assert not noise, "\n".join(noise)

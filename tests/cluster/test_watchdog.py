@@ -1,5 +1,6 @@
 """A rank that stops responding ends the whole job quickly, with one line, GPUs restored and a
-resumable checkpoint (harness/cluster/watchdog.py). Real ``mpirun -np 2``; rank 1 SIGSTOPs itself."""
+resumable checkpoint (harness/cluster/watchdog.py). Real ``mpirun -np 2``; rank 1 SIGSTOPs
+itself."""
 from __future__ import annotations
 
 import time

@@ -153,7 +153,7 @@ def test_feature_loss_weighted_mean_over_layers(
     distance = F.l1_loss if kind == "l1" else F.mse_loss
     sr_f = recognizer.features(sr, ["conv1", "conv2"])
     hr_f = recognizer.features(hr, ["conv1", "conv2"])
-    d1, d2 = (distance(a, b).item() for a, b in zip(sr_f, hr_f))
+    d1, d2 = (distance(a, b).item() for a, b in zip(sr_f, hr_f, strict=True))
     assert d1 > 0 and d2 > 0 and d1 != pytest.approx(d2)
     layers = ["conv1", "conv2"]
     equal = feature_loss(recognizer, sr, hr, layers, kind=kind)

@@ -9,7 +9,7 @@ import torch
 
 from harness.config import load_job
 from harness.data.imageio import from_tensor, list_images, read_rgb, to_tensor
-from harness.model.generators import load_generator, super_resolve
+from harness.model.generators import make_generator, super_resolve
 from harness.model.precision import autocast, cpu_has_bf16, resolve_precision
 from harness.scoring.score_folders import evaluate_dirs
 from tests.conftest import ROOT
@@ -31,7 +31,7 @@ def test_auto_precision_follows_the_hardware(tmp_path: Path) -> None:
 
 def test_bf16_inference_stays_within_the_stated_bound() -> None:
     job = load_job(str(ROOT / "jobs" / "asc19-cpu-ft.yaml"))
-    model, _ = load_generator(job, None, "cpu")
+    model, _ = make_generator(job.model, "infer", device="cpu")
     lr = to_tensor([read_rgb(p) for p in list_images(DATA / "val_LR")[:16]])
     fp32 = np.stack(from_tensor(super_resolve(model, lr, True, "fp32")))
     model_cl = model.to(memory_format=torch.channels_last)

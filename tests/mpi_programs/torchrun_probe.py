@@ -1,5 +1,5 @@
-"""Run under torchrun: bootstrap through harness.cluster.distributed with no MPI, report what this rank
-sees and the results of every collective of the communicator."""
+"""Run under torchrun: bootstrap through harness.cluster.distributed with no MPI, report what
+this rank sees and the results of every collective of the communicator."""
 import json
 import sys
 
@@ -29,7 +29,8 @@ def main() -> None:
         "rank": info.rank, "world_size": info.world_size, "local_rank": info.local_rank,
         "local_world_size": info.local_world_size, "launcher": info.launcher,
         "comm": type(getattr(comm, "inner", comm)).__name__,
-        "watched": type(comm).__name__ == "WatchedComm", "comm_rank": comm.rank, "comm_size": comm.size,
+        "watched": type(comm).__name__ == "WatchedComm",
+        "comm_rank": comm.rank, "comm_size": comm.size,
         "allgather": comm.allgather(info.rank * 10), "bcast": comm.bcast(f"from {info.rank}"),
         "gather": gathered, "allreduce": comm.allreduce_sum(info.rank + 1.5),
         "tensor_allreduce": t.item(), "leaders": leader_view, "addr": addr, "port": port,

@@ -27,7 +27,9 @@ def test_save_load_roundtrip_with_plain_permissions(tmp_path: Path) -> None:
 def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
     path = ckpt.save_atomic({"model": {"w": torch.ones(2)}, "step": 1}, tmp_path / "c.pt")
     before = path.read_bytes()
-    with pytest.raises(Exception):
+    # Whatever the pickler raises for a lambda (it differs between Python versions): the test is
+    # about what is left on disk.
+    with pytest.raises(Exception):  # noqa: B017
         ckpt.save_atomic({"model": {"w": torch.ones(2)}, "bad": lambda: 0}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]

@@ -46,9 +46,9 @@ def test_slurm_time_formats(text: str, seconds: float | None) -> None:
 def test_time_limit_applies_inside_slurm_only() -> None:
     job = load_job(str(ROOT / "jobs" / "smoke.yaml"), ["launch.time=01:00:00",
                                                        "launch.signal_lead_s=120"])
-    assert time_limit_deadline(job, env={}) == math.inf
+    assert time_limit_deadline(job.launch, env={}) == math.inf
     start = time.time() - 600  # the allocation started 10 minutes ago
-    deadline = time_limit_deadline(job, env={"SLURM_JOB_ID": "7",
+    deadline = time_limit_deadline(job.launch, env={"SLURM_JOB_ID": "7",
                                              "SLURM_JOB_START_TIME": str(start)}, now=0.0)
     assert deadline == pytest.approx(3600 - 600 - 120 - 60, abs=2)
 

@@ -118,3 +118,24 @@ def test_watch_ends_on_the_logs_last_line_saying_why_the_run_ended(tmp_path) -> 
         f.write("2026-12-02T12:48:01Z INFO harness.training.loop: --resume auto: continuing\n")
     view = RunWatcher(run).poll()
     assert view.end_reason is None
+
+
+def test_an_ended_writer_not_yet_reaped_counts_as_gone(tmp_path):
+    """A writer that died but was not reaped (a zombie: its parent, or a pid 1 that never reaps,
+    has not waited on it) still answers ``kill -0``; it must not count as a live writer."""
+    import socket
+
+    from fileio.locks import _zombie
+    from fileio.locks import holder_alive as writer_alive
+
+    child = subprocess.Popen(["sleep", "0"])
+    try:
+        deadline = time.monotonic() + 10
+        while not _zombie(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _zombie(child.pid)
+        (tmp_path / ".lock").write_text(f"pid {child.pid} on {socket.gethostname()}\n")
+        assert not writer_alive(tmp_path)
+    finally:
+        child.wait()
+    assert not _zombie(os.getpid())

@@ -165,7 +165,7 @@ def simulate(case: Case, sensor: str, run_dir, energy_power: bool | None = None
             "restored": [g.get_power_limit_mw() for g in all_gpus] == original_mw}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def best_static(case_name: str) -> dict[str, float]:
     """Exhaustive search for the best uniform static cap, on the same model and load."""
     case = CASES[case_name]

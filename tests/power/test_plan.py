@@ -98,3 +98,32 @@ def test_missing_and_planless_files(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(PlanError, match="unreadable"):
         load_plan(tmp_path / "bad.json")
+
+
+def test_a_plans_predictions_are_read_and_compared_with_what_a_run_achieved(tmp_path) -> None:
+    from power.plan import PlanError, parse_plan, plan_in_use, plan_vs_achieved
+
+    doc = {"budget_w": 3000, "headroom_w": 150, "caps_w": [[400, 400]],
+           "predicted_images_per_s": 1240.0, "predicted_cluster_w": 1205.0}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    assert plan_in_use("", {}) is None
+    plan = plan_in_use("", {"FACESR_POWER_PLAN": str(path)})
+    assert plan is not None and plan_in_use(str(path), {}) == plan
+    assert (plan.predicted_images_per_s, plan.predicted_cluster_w) == (1240.0, 1205.0)
+    versus = plan_vs_achieved(plan, images_per_s=5.3, cluster_w=2386.0)
+    assert versus.images_per_s_ratio == pytest.approx(5.3 / 1240.0)
+    assert versus.cluster_w_ratio == pytest.approx(2386.0 / 1205.0)
+    assert versus.to_dict(achieved=False) == {"source": str(path),
+                                              "predicted_images_per_s": 1240.0,
+                                              "predicted_cluster_w": 1205.0}
+    assert versus.line() == (f"plan {path}: images/s: predicted 1240.0, achieved 5.3 "
+                             "(x0.00427); cluster W: predicted 1205, achieved 2386 (x1.98)")
+    # Power off: no achieved W, no ratio; a plan written before the predictions: none.
+    off = plan_vs_achieved(plan, images_per_s=5.3).to_dict()
+    assert (off["achieved_cluster_w"], off["cluster_w_ratio"]) == (None, None)
+    old = parse_plan({k: v for k, v in doc.items() if not k.startswith("predicted")})
+    assert plan_vs_achieved(old, images_per_s=5.3).line().endswith(
+        "images/s: no prediction; cluster W: no prediction")
+    with pytest.raises(PlanError, match="plan.predicted_cluster_w: must be a non-negative"):
+        parse_plan({**doc, "predicted_cluster_w": "lots"})

@@ -103,7 +103,7 @@ def test_never_exceeds_the_budget_on_random_cases():
             basis = rng.uniform(0.8, 1.05, len(caps)) * caps           # measured, may exceed cap
             types.append(NodeType(
                 name=f"t{t}", curve=tuple(CurvePoint(setting=c, power_w=w, images_per_s=max(i, 0))
-                                          for c, w, i in zip(caps, basis, ips)),
+                                          for c, w, i in zip(caps, basis, ips, strict=True)),
                 max_nodes=int(rng.integers(1, 4)), gpus_per_node=int(rng.integers(1, 5)),
                 node_other_w=float(rng.uniform(0, 300)), gpu_idle_w=float(rng.uniform(0, 50))))
         budget = float(rng.uniform(500, 5000))
@@ -177,7 +177,8 @@ def test_h100_4x4_at_3000_w_explains_its_answer():
     js = plan.to_json()
     assert set(js) == {"budget_w", "headroom_w", "nodes", "gpus_per_node", "caps_w",
                        "predicted_cluster_w", "predicted_images_per_s", "margin_w",
-                       "explanation"}
+                       "explanation", "gpu_models"}
+    assert js["gpu_models"] == [n.node_type for n in plan.nodes]
     assert js["nodes"] == 2 and js["gpus_per_node"] == 4 and len(js["caps_w"]) == 2
     # Same answer as brute force over the powered-node count with uniform-grid caps.
     small = NodeType(name="H100", curve=h100_curve(), max_nodes=4, gpus_per_node=4,

@@ -18,7 +18,7 @@ from power.policy import (
 def readings(powers, limits, lo=100.0, hi=400.0, **kw):
     return [GpuReading(node=i // 2, gpu=i % 2, power_w=p, limit_w=lim, min_limit_w=lo,
                        max_limit_w=hi, **{k: v[i] for k, v in kw.items()})
-            for i, (p, lim) in enumerate(zip(powers, limits))]
+            for i, (p, lim) in enumerate(zip(powers, limits, strict=True))]
 
 
 def test_overshoot_is_cut_immediately_and_proportionally():
@@ -36,7 +36,7 @@ def test_overshoot_cuts_more_from_gpus_further_above_their_minimum():
     d = decide(budget_w=1000, headroom_w=0, readings=readings([350, 150], [400, 400]),
                other_power_w=600)  # 1100 W: 100 W over
     assert d.reason == OVERSHOOT
-    cut = [min(400, p) - v for p, v in zip([350, 150], d.limits_w)]
+    cut = [min(400, p) - v for p, v in zip([350, 150], d.limits_w, strict=True)]
     # Shares proportional to (power - min): 250 : 50.
     assert cut[0] == pytest.approx(5 * cut[1], rel=1e-6)
     assert sum(d.limits_w) == pytest.approx(400, abs=1e-6)

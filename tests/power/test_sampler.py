@@ -66,7 +66,7 @@ def test_background_thread_samples_at_10hz_monotonic_and_flushes(tmp_path):
     s.stop()  # idempotent
     records = [json.loads(line) for line in (tmp_path / "power_samples.jsonl").open()]
     times = [r["time_s"] for r in records]
-    assert all(b > a for a, b in zip(times, times[1:]))
+    assert all(b > a for a, b in zip(times, times[1:], strict=False))
     assert 8 <= len(records) <= 16  # ~0.6 s at 20 Hz (+1 at stop), on a busy 2-core machine
     assert records[0]["gpus"][1]["gpu"] == 1
 

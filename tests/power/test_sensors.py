@@ -54,7 +54,7 @@ class GenerationNvml(FakeNvml):
         if self.field == "missing":
             raise self.NVMLError(self.NVML_ERROR_FUNCTION_NOT_FOUND)
         values = (real_pynvml.c_nvmlFieldValue_t * len(field_ids))()
-        for v, fid in zip(values, field_ids):
+        for v, fid in zip(values, field_ids, strict=True):
             v.fieldId = fid
             if self.field == "ok" and fid == self.NVML_FI_DEV_POWER_INSTANT:
                 v.nvmlReturn = self.NVML_SUCCESS

@@ -55,14 +55,26 @@ def _run_session(job, tmp_path, monkeypatch) -> tuple[list[int], dict]:
     return started, session.summary(10)
 
 
-def test_a_plan_sets_the_starting_caps(tmp_path, monkeypatch) -> None:
+def test_a_plan_sets_the_starting_caps(tmp_path, monkeypatch, caplog) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"budget_w": 3000, "headroom_w": 150, "nodes": 1,
+                                "gpus_per_node": 3, "caps_w": [[250, 180, 390]]}))
+    started, summary = _run_session(_job(plan=str(plan)), tmp_path, monkeypatch)
+    # The planned caps; the 4th GPU (unplanned) at its lowest, and said.
+    assert started == [250_000, 180_000, 390_000, 100_000]
+    assert summary["plan"] == str(plan)
+    assert "node 0 has 4 GPUs, the plan uses 3: the other 1 start at their lowest limit" \
+        in caplog.text
+
+
+def test_a_plan_for_another_gpu_is_refused_not_clamped(tmp_path, monkeypatch) -> None:
+    """Issue #32: a cap outside this GPU's range was clamped into it without a word."""
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"budget_w": 3000, "headroom_w": 150, "nodes": 1,
                                 "gpus_per_node": 3, "caps_w": [[250, 180, 420]]}))
-    started, summary = _run_session(_job(plan=str(plan)), tmp_path, monkeypatch)
-    # The planned caps, clamped to the A100's 100-400 W; the 4th GPU (unplanned) at its lowest.
-    assert started == [250_000, 180_000, 400_000, 100_000]
-    assert summary["plan"] == str(plan)
+    with pytest.raises(UserError, match=r"planned cap 420 W of node 0 GPU 2 is outside this "
+                                        r"GPU's 100-400 W range \(a plan for another GPU\)"):
+        _run_session(_job(plan=str(plan)), tmp_path, monkeypatch)
 
 
 def test_the_plan_env_is_read_when_the_job_has_no_plan(tmp_path, monkeypatch) -> None:

@@ -84,7 +84,12 @@ def test_simulated_sweep_follows_the_model(tmp_path):
     ips = [p["images_per_s"] for p in pts]
     assert all(a < b for a, b in itertools.pairwise(ips))
     assert ips[0] / ips[-1] == pytest.approx(expected(200)[0] / expected(700)[0], rel=0.01)
-    assert all(p["pareto"] for p in pts)
+    # The front: from the cap with the fewest node joules per image up (issue #32: counted
+    # on GPU watts alone every point of this rising curve was "Pareto").
+    node_j = [p["avg_node_w"] / p["images_per_s"] for p in pts]
+    best = node_j.index(min(node_j))
+    assert [p["pareto"] for p in pts] == [k >= best for k in range(len(pts))]
+    assert 0 < best < len(pts) - 1
     assert [g.get_power_limit_mw() for g in gpus] == [700_000] * 4
     on_disk = load_sweep(tmp_path)
     assert on_disk == json.loads(json.dumps(doc))
@@ -107,9 +112,15 @@ def test_clock_sweep_follows_the_model_and_unlocks(tmp_path):
 
 
 def test_pareto_marks_dominated_points():
-    pts = [{"avg_gpu_w": 100, "images_per_s": 10}, {"avg_gpu_w": 150, "images_per_s": 9},
-           {"avg_gpu_w": 200, "images_per_s": 20}, {"avg_gpu_w": 200, "images_per_s": 18}]
-    assert pareto_flags(pts) == [True, False, True, False]
+    # more images/s for fewer node joules per image beats a point; GPU watts when no node's
+    pts = [{"avg_gpu_w": 100, "avg_node_w": 500, "images_per_s": 10},   # 50 J/img
+           {"avg_gpu_w": 150, "avg_node_w": 550, "images_per_s": 9},    # beaten by the 1st
+           {"avg_gpu_w": 200, "avg_node_w": 600, "images_per_s": 20},   # 30 J/img: beats 1st
+           {"avg_gpu_w": 300, "avg_node_w": 700, "images_per_s": 21}]   # faster, dearer
+    assert pareto_flags(pts) == [False, False, True, True]
+    gpu_only = [{"avg_gpu_w": 100, "images_per_s": 10}, {"avg_gpu_w": 150, "images_per_s": 9},
+                {"avg_gpu_w": 200, "images_per_s": 18}]
+    assert pareto_flags(gpu_only) == [True, False, True]
 
 
 class Interrupting(ModelPacedWorkload):
@@ -378,7 +389,9 @@ def test_points_measured_without_warm_up_are_flagged_and_warned_once(tmp_path, c
         curve_from_points(doc["points"])
 
 
-def test_warm_up_shorter_than_the_averaged_sensor_is_flagged(tmp_path):
+def test_warm_up_waits_for_the_readings_to_settle(tmp_path):
+    """Issue #32: a warm-up as long as the sensor's 1-s window was called warmed up while the
+    300 W point's readings still came down from the previous cap (a peak of 372 W)."""
     clock = SimClock()
     gpus = make_simulated_gpus(H100, 2, clock=clock, loads=constant_load(ACTIVITY, MEMORY_BOUND),
                                sensor="average_1s")
@@ -390,14 +403,30 @@ def test_warm_up_shorter_than_the_averaged_sensor_is_flagged(tmp_path):
                          gpus=2, simulated=True, batch_size=8, warmup_steps=5, steps=20,
                          warmup_s=warmup_s)
 
-    short = run_sweep(gpus, wl, spec(0.5), [300, 500], tmp_path / "short", clock=clock)
-    assert [p["warmed_up"] for p in short["points"]] == [False, False]
-    assert short["points"][0]["warmup_reason"] == ("warm-up 0.5 s shorter than the GPUs' 1-s "
-                                                   "averaged power sensor")
-    long = run_sweep(gpus, wl, spec(1.0), [300, 500], tmp_path / "long", clock=clock)
-    assert [(p["warmed_up"], p["warmup_reason"]) for p in long["points"]] == [(True, "")] * 2
-    # The 1-s average still held the previous cap's power after 0.5 s: peak reads too high.
-    assert short["points"][0]["peak_gpu_w"] > long["points"][0]["peak_gpu_w"] + 20
+    for asked in (0.5, 1.0):  # shorter than the window, and as long: both wait to settle
+        doc = run_sweep(gpus, wl, spec(asked), [300, 500], tmp_path / str(asked), clock=clock)
+        assert [(p["warmed_up"], p["warmup_reason"]) for p in doc["points"]] == [(True, "")] * 2
+        for p in doc["points"]:  # main: 372 W at the 300 W cap
+            assert p["peak_gpu_w"] <= p["setting"] + 10, p
+
+
+def test_readings_that_never_settle_are_flagged(tmp_path):
+    from power.simulated import LoadPoint
+    from power.sweep import SETTLE_MAX_S
+
+    clock = SimClock()
+    # the load keeps rising (about 45 W/s at the GPU): no warm-up length settles it
+    rising = lambda t: LoadPoint(min(1.0, 0.05 + 0.08 * t), MEMORY_BOUND)  # noqa: E731
+    gpus = make_simulated_gpus(H100, 2, clock=clock, loads=rising)
+    wl = ModelPacedWorkload(gpus, kind="train", batch_size=8, images_per_s_at_max=BASE)
+    spec = SweepSpec(job="t", workload="train", mode="power_limit", gpu=gpus[0].get_name(),
+                     gpus=2, simulated=True, batch_size=8, warmup_steps=5, steps=20,
+                     warmup_s=1.0)
+    doc = run_sweep(gpus, wl, spec, [700], tmp_path, clock=clock)
+    p = doc["points"][0]
+    assert p["warmed_up"] is False
+    assert p["warmup_reason"].startswith(f"not settled after a {1.0 + SETTLE_MAX_S:.2g}-s warm-up")
+    assert "power readings still moving" in p["warmup_reason"]
 
 
 def test_unwarmed_points_stay_out_of_the_front_and_the_plan():
@@ -418,12 +447,13 @@ def test_cli_refuses_to_plan_when_no_point_is_warmed_up(tmp_path, capsys):
     job.write_text(job.read_text().replace("switch_w: 60", "switch_w: 60, sim_sensor: average_1s"))
     out = tmp_path / "o"
     code = sweep_main(["--job", str(job), "--limits", "300,400", "--out", str(out),
-                       "--warmup-s", "0.5", "--quiet"])
+                       "--warmup-steps", "0", "--warmup-s", "0", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     errors = [line for line in err if "error:" in line]
     assert len(errors) == 1 and err[-1] == errors[0], err
-    assert "plan: no sweep point is warmed up (warm-up 0.5 s shorter" in errors[0]
+    # (a short warm-up now waits for the readings to settle: only none at all is refused)
+    assert "plan: no sweep point is warmed up (no warm-up" in errors[0]
     assert "Traceback" not in "\n".join(err)
     assert sum("not warmed up" in line for line in err) == 1  # the sweep's one warning
     assert [p["warmed_up"] for p in load_sweep(out)["points"]] == [False, False]

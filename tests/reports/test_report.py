@@ -1,9 +1,9 @@
 """``harness report``: HTML from run directories (synthetic ones, and one real smoke run).
 
 The browser tests (marker ``browser``) open the report in headless Chromium over the DevTools
-protocol (:mod:`tests.reports.browser`): no network request, no console error, every section present,
-and a screenshot saved (its path is printed). They skip when Chromium is missing, except under
-CI (``CI`` set), where a missing Chromium fails.
+protocol (:mod:`tests.reports.browser`): no network request, no console error, every section
+present, and a screenshot saved (its path is printed). They skip when Chromium is missing, except
+under CI (``CI`` set), where a missing Chromium fails.
 """
 from __future__ import annotations
 
@@ -239,8 +239,8 @@ def _section_text(html_text: str, section_id: str) -> str:
 
 
 def test_reports_package_imports_neither_torch_nor_pynvml() -> None:
-    code = ("import sys, reports, harness.commands.report, reports.render, reports.plots, reports.rundata, "
-            "reports.images, reports.markup\n"
+    code = ("import sys, reports, harness.commands.report, reports.render, reports.plots, "
+            "reports.rundata, reports.images, reports.markup\n"
             "bad = [m for m in ('torch', 'pynvml', 'harness.training.loop', 'power.nvml') "
             "if m in sys.modules]\nprint(bad)\nsys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -512,6 +512,32 @@ def test_report_of_a_real_run_shows_its_numbers(real_run: Path, tmp_path: Path) 
     n = min(6, len(scores["per_image"]) // 3)
     assert _section_text(html_text, "r1-samples").count("data:image/png;base64,") == 3 * n * 4
     assert "node000" in _section_text(html_text, "r1-power")
+
+
+def test_infer_keeps_its_power_records_beside_the_sr_folder(real_run: Path,
+                                                             tmp_path: Path) -> None:
+    """The SR folder a team hands in holds SR images and scores only; the report finds the
+    power records beside it (``infer.power/``) and still reads an older ``infer/power/``."""
+    sr = real_run / "infer"
+    assert sorted(p.name for p in sr.iterdir() if p.suffix != ".png") == [
+        "per_image.csv", "scores.json"]
+    records = real_run / "infer.power"
+    assert (records / "node000").is_dir()
+    scores = json.loads((sr / "scores.json").read_text())
+    assert scores["meta"]["inference"]["power"]["dir"] == str(records)
+    new = load_run(real_run).infer_power
+    assert new is not None and new.path == records and [n.name for n in new.nodes] == ["node000"]
+    # A run folder written before the move: infer/power inside the SR folder.
+    old_run = tmp_path / real_run.name
+    shutil.copytree(real_run, old_run, symlinks=True)
+    (old_run / "infer.power").rename(old_run / "infer" / "power")
+    old = load_run(old_run).infer_power
+    assert old is not None and old.path == old_run / "infer" / "power"
+    assert [n.name for n in old.nodes] == [n.name for n in new.nodes]
+    assert old.summary == new.summary
+    page = _section_text(write_report([old_run], tmp_path / "old.html").read_text(), "r1-power")
+    assert page == _section_text(write_report([real_run], tmp_path / "new.html").read_text(),
+                                 "r1-power").replace(str(real_run), str(old_run))
 
 
 # --- headless Chromium -----------------------------------------------------------------------

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fileio.user_error import UserError
-from harness.cluster.distributed import shard, unshard
 from harness.data.imageio import pair_by_name, pil_bicubic_upscale, read_rgb, write_png
+from harness.lists import shard, unshard
 from harness.scoring import metrics as M
 from harness.scoring.recognizers import Recognizer
 from harness.scoring.score_folders import (

@@ -1,4 +1,7 @@
-"""Tests for harness.scoring.recognizers: FaceNet port vs cv2.dnn, sphere20a vs the official loop, ONNX."""
+"""Tests for harness.scoring.recognizers.
+
+FaceNet port vs cv2.dnn, sphere20a vs the official loop, ONNX.
+"""
 
 from __future__ import annotations
 

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from fileio.user_error import UserError
 from harness.outputs.logs import reset_warn_once
-from harness.scoring.identity import IMPOSTOR_REFUSE, ImpostorStats, judge_scores
+from harness.scoring.identity import IMPOSTOR_REFUSE, Separation, judge_scores
 from harness.scoring.score_folders import evaluate_dirs
-from tests.scoring.test_evaluate import NAMES, ROOT, TinyRecognizer, sr_tree  # noqa: F401
+from tests.scoring.test_evaluate import NAMES, ROOT, TinyRecognizer
 
 
 class NaNRecognizer(TinyRecognizer):
@@ -86,47 +86,59 @@ def test_broken_recognizers_give_no_score_and_write_nothing(sr_tree: Path, rec: 
 
 
 def test_blind_recognizer_figures_are_in_its_message(sr_tree: Path) -> None:
-    with pytest.raises(UserError, match=r"mean cosine of 0\.9919, as high as the IS 1\.0000"):
+    with pytest.raises(UserError, match=r"nearly one vector \(different people's faces have a "
+                                        r"mean cosine of 0\.99\d{4}, the IS is 0\.99\d{4}\)"):
         _evaluate(sr_tree, BlindRecognizer())
 
 
 def test_a_working_recognizer_scores_and_separates_faces(sr_tree: Path) -> None:
-    stats = ImpostorStats()
+    seps: dict = {}
     result = _evaluate(sr_tree, TinyRecognizer())
     from harness.data.imageio import pair_by_name
     from harness.scoring.score_folders import score_pairs
 
     score_pairs(pair_by_name(sr_tree / "hr", sr_tree / "sr"), recognizer=TinyRecognizer(),
-                metrics={"is"}, batch_size=8, impostors=stats)
+                metrics={"is"}, batch_size=8, separations=seps)
     mean_is = result["summary"]["metrics"]["is"]["mean"]
-    # measured: bicubic IS 0.9996 vs 0.1865 between different people (8+8+4 faces per batch)
+    # measured: bicubic IS 0.9996; each SR face against the 19 other HR faces: 0.18
     assert mean_is == pytest.approx(0.9996, abs=1e-4)
-    assert stats.count == 8 * 7 + 8 * 7 + 4 * 3
-    assert stats.mean == pytest.approx(0.1865, abs=1e-4)
-    assert stats.mean < IMPOSTOR_REFUSE
+    stats = seps["tiny"]["sr"].measure()
+    assert seps["tiny"]["sr"].count == 20 and stats.n == 20
+    assert stats.is_mean == pytest.approx(mean_is)
+    assert 0.1 < stats.impostor < 0.3 and stats.impostor < IMPOSTOR_REFUSE
+    assert stats.rank1 == 1.0 and stats.auc == 1.0
+    assert result["summary"]["identity"]["tiny"]["verdict"] == "ok"
 
 
-def test_sr_of_other_people_warns_once_and_still_scores(
-    sr_tree: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    reset_warn_once()
+def test_sr_of_other_people_is_refused_at_chance(sr_tree: Path) -> None:
     shuffled = sr_tree / "shuffled"
     shuffled.mkdir()
     for n, other in zip(NAMES, NAMES[7:] + NAMES[:7], strict=True):
         shutil.copy(sr_tree / "sr" / f"{other}.png", shuffled / f"{n}.png")
-    with caplog.at_level(logging.WARNING, logger="harness.scoring.identity"):
-        for _ in range(3):
-            result = _evaluate(sr_tree, TinyRecognizer(), sr="shuffled")
-    warned = [r.getMessage() for r in caplog.records if r.name == "harness.scoring.identity"]
-    assert len(warned) == 1 and "not recognisable" in warned[0]
-    assert result["summary"]["metrics"]["is"]["mean"] < 0.3
+    with pytest.raises(UserError, match=r"SR faces are no closer to their own HR than to other "
+                                        r"people's under recognizer tiny \(rank-1 0\.000"):
+        _evaluate(sr_tree, TinyRecognizer(), sr="shuffled", out=sr_tree / "out")
+    assert not (sr_tree / "out").exists()
 
 
-def test_judge_scores_thresholds() -> None:
-    judge_scores(0.75, ImpostorStats(0.1 * 12, 12), "facenet")  # FaceNet-like: fine
+def test_judge_scores_thresholds(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    hr = rng.normal(size=(12, 8))
+
+    def stats(sr: np.ndarray, h: np.ndarray = hr) -> object:
+        s = Separation()
+        s.add(sr, h)
+        return s.measure()
+
+    assert judge_scores(stats(hr + 0.2 * rng.normal(size=hr.shape)), "facenet") == "ok"
+    near = np.ones(8) * 30
     with pytest.raises(UserError, match="cannot tell faces apart"):
-        judge_scores(0.995, ImpostorStats(0.99 * 12, 12), "x")
-    judge_scores(0.5, ImpostorStats(), "x")  # one face per batch: nothing to compare
+        judge_scores(stats(near + hr, near + hr), "x")
+    reset_warn_once()
+    with caplog.at_level(logging.WARNING, logger="harness.scoring.identity"):
+        assert judge_scores(stats(np.ones(8) * 4 + hr, np.ones(8) * 4 + hr), "y") == "saturated"
+    assert any("recognizer y is SATURATED" in r.getMessage() for r in caplog.records)
+    assert judge_scores(stats(hr[:2], hr[:2]), "x") == "unjudged"  # two faces: nothing to say
 
 
 def test_same_folder_or_identical_copies_are_refused(sr_tree: Path) -> None:

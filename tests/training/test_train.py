@@ -191,19 +191,19 @@ def test_init_from_loads_generator_weights(tmp_path: Path) -> None:
 
     job = load_job(SMOKE)
     torch.manual_seed(1)
-    source = build_generator("srresnet", model_kwargs(job))
+    source = build_generator("srresnet", model_kwargs(job.model))
     with torch.no_grad():
         for p in source.parameters():
             p.add_(0.5)  # the zero-initialised tail would otherwise match any fresh model
     path = tmp_path / "src.pt"
     torch.save({"model": source.state_dict(), "model_name": "srresnet",
-                "model_kwargs": model_kwargs(job)}, path)
+                "model_kwargs": model_kwargs(job.model)}, path)
     job = load_job(SMOKE, [f"model.init_from={path}"])
     torch.manual_seed(2)
-    target = build_generator("srresnet", model_kwargs(job))
-    assert resolve_init_from(job) == path
-    load_initial_weights(target, job, path)
-    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+    target = build_generator("srresnet", model_kwargs(job.model))
+    assert resolve_init_from(job.model) == path
+    load_initial_weights(target, job.model, path)
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

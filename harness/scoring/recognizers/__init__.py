@@ -10,6 +10,8 @@
   :mod:`.onnx`.
 - ``"dlib"``: dlib's 128-d ResNet (optional extra ``quality``), an independent second opinion;
   see :mod:`.dlib_resnet`.
+- ``"dlib_torch"``: the same network and pipeline in PyTorch, read from dlib's model file
+  (same embeddings to ~1e-6, differentiable: a training loss); see :mod:`.dlib_torch`.
 
 Example:
     >>> rec = load_recognizer("facenet")                       # doctest: +SKIP
@@ -37,9 +39,10 @@ __all__ = [
 ]
 
 #: Recognizer names :func:`load_recognizer` understands, and whether each needs ``:PATH``.
-RECOGNIZERS: dict[str, bool] = {"facenet": False, "sphere20a": True, "onnx": True, "dlib": False}
+RECOGNIZERS: dict[str, bool] = {"facenet": False, "sphere20a": True, "onnx": True, "dlib": False,
+                                "dlib_torch": False}
 #: How the specs read, for messages and ``--help`` texts.
-RECOGNIZER_SPECS = "facenet, sphere20a:PATH, onnx:PATH or dlib"
+RECOGNIZER_SPECS = "facenet, sphere20a:PATH, onnx:PATH, dlib or dlib_torch"
 
 
 def parse_recognizer_spec(spec: str) -> tuple[str, str]:
@@ -121,6 +124,10 @@ def _load(spec: str, device: str | torch.device, scoring_only: bool, precision: 
         from harness.scoring.recognizers.dlib_resnet import DlibRecognizer
 
         return DlibRecognizer()
+    if name == "dlib_torch":
+        from harness.scoring.recognizers.dlib_torch import DlibTorchRecognizer
+
+        return DlibTorchRecognizer(device=device)
     if name == "sphere20a":
         from harness.scoring.recognizers.sphereface import (
             SphereFaceRecognizer,

@@ -97,13 +97,19 @@ class Recognizer(abc.ABC):
         """
         raise NotImplementedError(f"recognizer {self.name!r} does not expose intermediate features")
 
-    def use_channels_last(self) -> None:
-        """Run convolutions in the channels-last memory layout (faster on CPUs; the same
-        embeddings to float rounding). A no-op for recognizers without convolutions in torch."""
+    def use_channels_last(self) -> None:  # noqa: B027 (an optional hook: the default does nothing)
+        """Run convolutions in the channels-last memory layout.
+
+        Run convolutions in the channels-last memory layout (faster on CPUs; the same
+        embeddings to float rounding). A no-op for recognizers without convolutions in torch.
+        """
 
     def use_fast_inference(self) -> None:
-        """Prepare for scoring only (no gradients): the fastest path that gives the same
-        embeddings to float rounding. Default: channels-last."""
+        """Prepare for scoring only (no gradients).
+
+        Prepare for scoring only (no gradients): the fastest path that gives the same
+        embeddings to float rounding. Default: channels-last.
+        """
         self.use_channels_last()
 
     @abc.abstractmethod

@@ -115,7 +115,9 @@ def _folder_digests(path: Path) -> dict[str, str]:
 
 
 def check_folder(path: Path, source: Path | None, recipe: str, what: str) -> None:
-    """Prune a cache folder a runtime manages (OpenVINO's compile cache) to the files whose
+    """Prune a runtime's cache folder to the files whose SHA-256 still matches.
+
+    Prune a cache folder a runtime manages (OpenVINO's compile cache) to the files whose
     recorded SHA-256 still matches; damaged files are logged and removed, unrecorded ones
     removed (the runtime writes them again). A folder made from another source is emptied.
     """
@@ -128,7 +130,8 @@ def check_folder(path: Path, source: Path | None, recipe: str, what: str) -> Non
             log.info("%s %s was made from another source; emptying it", what, path)
         _discard(path)
         return
-    recorded = doc.get("files") if isinstance(doc.get("files"), dict) else {}
+    files = doc.get("files")
+    recorded: dict[str, Any] = files if isinstance(files, dict) else {}
     for name, actual in _folder_digests(path).items():
         if recorded.get(name) != actual:
             if name in recorded:
@@ -183,15 +186,21 @@ def check_entry(path: Path, source: Path | None, recipe: str, what: str) -> bool
 
 
 def record_entry(path: Path, source: Path | None, recipe: str, what: str) -> None:
-    """Write the sidecar of a freshly built entry (a cache that cannot be written is skipped:
-    the entry is then rebuilt next time)."""
+    """Write the sidecar of a freshly built entry.
+
+    Write the sidecar of a freshly built entry (a cache that cannot be written is skipped:
+    the entry is then rebuilt next time).
+    """
     _write_sidecar(path, {"sha256": _digest(path)}, source, recipe, what)
 
 
 def _write_sidecar(path: Path, digests: dict[str, Any], source: Path | None, recipe: str,
                    what: str) -> None:
-    """``path``'s sidecar: its digests, its source and when (a cache that cannot be written
-    is skipped: the entry is then rebuilt next time)."""
+    """Write ``path``'s sidecar: its digests, its source and when.
+
+    ``path``'s sidecar: its digests, its source and when (a cache that cannot be written
+    is skipped: the entry is then rebuilt next time).
+    """
     doc = {**digests, "source": source_record(source, recipe),
            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     try:
@@ -205,8 +214,12 @@ def cached_file(path: Path, source: Path | None, recipe: str, build: Callable[[P
     """``path`` checked (:func:`check_entry`), or built by ``build(path)`` and recorded.
 
     Args:
+        path: The cache entry.
+        source: The file the entry is built from (its digest is recorded), or None.
+        recipe: What identifies how the entry is built (recorded; a change rebuilds it).
         build: Writes the entry at the path it is given (atomically); may raise ``OSError``
             when the cache cannot be written.
+        what: Names the entry in log lines.
 
     Returns:
         ``path``.

@@ -43,8 +43,8 @@ class DlibRecognizer(Recognizer):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(N,3,H,W) RGB in [0,1] -> (N,128) unit vectors (computed with dlib on the CPU)."""
-        arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-        arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+        u8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        arr = u8.permute(0, 2, 3, 1).cpu().numpy()
         rows = []
         for img in arr:
             img = np.ascontiguousarray(img)
@@ -55,5 +55,5 @@ class DlibRecognizer(Recognizer):
         return torch.nn.functional.normalize(out, dim=1)
 
     def to(self, device: str | torch.device) -> DlibRecognizer:
-        """dlib runs on the CPU; embeddings come back as CPU tensors."""
+        """Dlib runs on the CPU; embeddings come back as CPU tensors."""
         return self

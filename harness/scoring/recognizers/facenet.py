@@ -178,8 +178,11 @@ class FaceNetRecognizer(Recognizer):
 
     @property
     def model(self) -> InceptionResnetV1:
-        """The PyTorch network, built (and its weights read) when first needed: scoring through
-        onnxruntime never needs it once the ONNX graph is cached."""
+        """Return the PyTorch network, built when first needed.
+
+        The PyTorch network, built (and its weights read) when first needed: scoring through
+        onnxruntime never needs it once the ONNX graph is cached.
+        """
         if self._model is None:
             model = InceptionResnetV1()
             model.load_state_dict(self._state if self._state is not None
@@ -188,28 +191,34 @@ class FaceNetRecognizer(Recognizer):
             model.requires_grad_(False)
             model.to(self._device)
             if self._channels_last:
-                model.to(memory_format=torch.channels_last)
+                model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs: Module.to lacks memory_format
             self._model = model
         return self._model
 
     @property
     def device(self) -> torch.device:
+        """The device the recognizer computes on."""
         return self._device
 
     def to(self, device: str | torch.device) -> FaceNetRecognizer:
+        """Move the recognizer (and its network, once built) to ``device``."""
         self._device = torch.device(device)
         if self._model is not None:
             self._model.to(self._device)
         return self
 
     def use_channels_last(self) -> None:
+        """Run the network's convolutions channels-last."""
         self._channels_last = True
         if self._model is not None:
-            self._model.to(memory_format=torch.channels_last)
+            self._model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs: Module.to lacks memory_format
 
     def use_fast_inference(self) -> None:
-        """Score through onnxruntime on the CPU (fp32, no gradients; see :func:`onnx_session`);
-        bf16 autocast and anything differentiable keep running in PyTorch, channels-last."""
+        """Score through onnxruntime on the CPU.
+
+        Score through onnxruntime on the CPU (fp32, no gradients; see :func:`onnx_session`);
+        bf16 autocast and anything differentiable keep running in PyTorch, channels-last.
+        """
         self.use_channels_last()
         if self.device.type == "cpu":
             self._ort = onnx_session(lambda: self.model, torch.get_num_threads())
@@ -226,6 +235,7 @@ class FaceNetRecognizer(Recognizer):
         return x
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Embed a batch of faces (through onnxruntime when usable, else PyTorch)."""
         if self._ort_usable():
             x = preprocess(images.to(self.device, torch.float32)).contiguous().numpy()
             return torch.from_numpy(self._ort(x))
@@ -238,6 +248,9 @@ class FaceNetRecognizer(Recognizer):
     def embed_with_features(
         self, images: torch.Tensor, layers: Sequence[str]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """:meth:`embed` and :meth:`features` from one forward pass (the feature + identity
-        losses share it)."""
+        """Return :meth:`embed` and :meth:`features` from one forward pass.
+
+        :meth:`embed` and :meth:`features` from one forward pass (the feature + identity
+        losses share it).
+        """
         return self.model.embed_with_features(self._input(images), layers)

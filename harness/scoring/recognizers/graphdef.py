@@ -59,6 +59,7 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
     while pos < end:
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value: int | memoryview
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 2:

@@ -90,6 +90,7 @@ class ConvReLU(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply convolution, batch norm and ReLU to ``x``."""
         return F.relu(self.conv(x))
 
 
@@ -107,6 +108,7 @@ class Block35(nn.Module):
         self.conv2d = nn.Conv2d(96, 256, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Add the scaled residual of the three branches to ``x``."""
         mixed = torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1)
         return F.relu(x + self.scale * self.conv2d(mixed))
 
@@ -126,6 +128,7 @@ class Block17(nn.Module):
         self.conv2d = nn.Conv2d(256, 896, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Add the scaled residual of the two branches to ``x``."""
         mixed = torch.cat([self.branch0(x), self.branch1(x)], 1)
         return F.relu(x + self.scale * self.conv2d(mixed))
 
@@ -151,6 +154,7 @@ class Block8(nn.Module):
         self.conv2d = nn.Conv2d(384, 1792, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Add the scaled residual of the two branches to ``x`` (ReLU unless ``noReLU``)."""
         mixed = torch.cat([self.branch0(x), self.branch1(x)], 1)
         out = x + self.scale * self.conv2d(mixed)
         return F.relu(out) if self.activate else out
@@ -167,6 +171,7 @@ class Mixed6a(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reduce ``x``'s grid: the branches concatenated along channels."""
         return torch.cat([self.branch0(x), self.branch1(x), F.max_pool2d(x, 3, 2)], 1)
 
 
@@ -182,6 +187,7 @@ class Mixed7a(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reduce ``x``'s grid: the branches concatenated along channels."""
         return torch.cat(
             [self.branch0(x), self.branch1(x), self.branch2(x), F.max_pool2d(x, 3, 2)], 1
         )
@@ -255,6 +261,7 @@ class InceptionResnetV1(nn.Module):
             elif name == "bottleneck":
                 x = self.last_bn(self.last_linear(x))
             else:
+                assert module is not None  # only the pools above are stages without a module
                 x = module(x)
             if name in want:
                 taken[name] = x

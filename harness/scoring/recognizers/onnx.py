@@ -87,7 +87,7 @@ class OnnxRecognizer(Recognizer):
     def _open(self, device: torch.device):  # -> onnxruntime.InferenceSession
         import onnxruntime  # lazy: only this recognizer needs it
 
-        providers = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if (
             device.type == "cuda"
             and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
@@ -101,9 +101,11 @@ class OnnxRecognizer(Recognizer):
 
     @property
     def device(self) -> torch.device:
+        """The device the ONNX session runs on."""
         return self._device
 
     def to(self, device: str | torch.device) -> OnnxRecognizer:
+        """Move the recognizer to ``device`` (a new session when it changes)."""
         device = torch.device(device)
         if device != self._device:
             self._session = self._open(device)

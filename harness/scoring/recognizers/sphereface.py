@@ -189,13 +189,16 @@ class SphereFaceRecognizer(Recognizer):
 
     @property
     def device(self) -> torch.device:
+        """The device the network's weights are on."""
         return self.model.fc5.weight.device
 
     def to(self, device: str | torch.device) -> SphereFaceRecognizer:
+        """Move the network to ``device``."""
         self.model.to(device)
         return self
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Embed a batch of faces as L2-normalised vectors."""
         check_images(images)
         x = preprocess(images.to(self.device, torch.float32))
         return F.normalize(self.model(x), dim=1)

