@@ -314,11 +314,8 @@ class WallTracker:
 
         A negative, non-finite or absurd reading (above 10x the budget) is a meter fault.
         """
-        if not (math.isfinite(reading.wall_w) and 0 <= reading.wall_w <= 10 * self.budget_w):
-            self._set_fault(f"wall meter {self.name} reads {reading.wall_w:g} W")
+        if not self._accept(reading):
             return
-        self._last_good_s = self._clock()
-        self.fault = None
         start = reading.unix_s - reading.window_s
         inside = [w for t, w in self._history if start <= t < reading.unix_s]
         if not inside:
@@ -335,6 +332,19 @@ class WallTracker:
             return 0.0
         mean = sum(self._residuals) / n
         return self.k * math.sqrt(sum((r - mean) ** 2 for r in self._residuals) / (n - 1))
+
+    def _accept(self, reading: WallReading) -> bool:
+        """Whether ``reading`` is a good one (both trackers' meter-fault rule).
+
+        A negative, non-finite or absurd reading (above 10x the budget) is a meter fault; a
+        good one clears a fault and restarts the silence clock.
+        """
+        if not (math.isfinite(reading.wall_w) and 0 <= reading.wall_w <= 10 * self.budget_w):
+            self._set_fault(f"wall meter {self.name} reads {reading.wall_w:g} W")
+            return False
+        self._last_good_s = self._clock()
+        self.fault = None
+        return True
 
     def _set_fault(self, why: str) -> None:
         if self.fault is None:

@@ -111,11 +111,8 @@ class WallEstimator(WallTracker):
 
         A negative, non-finite or absurd reading (above 10x the budget) is a meter fault.
         """
-        if not (math.isfinite(reading.wall_w) and 0 <= reading.wall_w <= 10 * self.budget_w):
-            self._set_fault(f"wall meter {self.name} reads {reading.wall_w:g} W")
+        if not self._accept(reading):
             return
-        self._last_good_s = self._clock()
-        self.fault = None
         arrival = reading.published_s if math.isfinite(reading.published_s) else reading.unix_s
         wall = reading.wall_w
         if self.wall_model is None:
