@@ -34,15 +34,17 @@ PROGRESS = re.compile(r"\bstep (\d+)/(\d+) \(")
 
 
 def launch(cluster: SlurmCluster, out_dir: Path, *sets: str, job: str = "jobs/smoke.yaml",
-           args: str = "", base: Sequence[str] = TWO_NODES) -> Path:
-    """``harness launch JOB --scheduler slurm --set ... -o OUT_DIR/job.sbatch``, run from the
-    checkout (the script's working directory) in this process, with runs under
+           args: str = "", base: Sequence[str] = TWO_NODES, workload: str = "") -> Path:
+    """``harness launch JOB --scheduler slurm [--workload W] --set ... -o OUT_DIR/job.sbatch``,
+    run from the checkout (the script's working directory) in this process, with runs under
     ``OUT_DIR/runs``. Returns the script's path."""
     from harness.cli import main
 
     script = out_dir / "job.sbatch"
     argv = ["launch", job, "--scheduler", "slurm", "-o", str(script),
             "--set", f"launch.run_dir={out_dir / 'runs'}"]
+    if workload:
+        argv += ["--workload", workload]
     for s in (*base, *sets):
         argv += ["--set", s]
     if args:

@@ -26,7 +26,6 @@ from tests.cluster.slurm_jobs import (
     ERROR_LINE,
     PROGRESS,
     SUBMITTED,
-    TWO_NODES,
     Job,
     checkpoint_steps,
     cluster_series,
@@ -438,23 +437,11 @@ def test_a_node_lost_during_sharded_infer_is_named(slurm_cluster, tmp_path):
     stops after its 3rd batch (fault injection), rank 0 finishes its share and waits on it;
     then node1 crashes (its slurmd and the job's processes there SIGKILLed). The rank left
     names node1 in one line (gloo; before, Open MPI ended it with exit 14 and no word)."""
-    from harness.cli import main
-
     out, progress = tmp_path / "sr", tmp_path / "progress"
-    script = tmp_path / "infer.sbatch"
-    argv = ["launch", "jobs/smoke.yaml", "--scheduler", "slurm", "--workload", "infer",
-            "-o", str(script), "--set", f"launch.run_dir={tmp_path / 'runs'}",
-            "--args", f"--lr embedded:all --out {out} --log-format plain"]
-    for s in (*TWO_NODES, "model.name=bicubic", "model.args={}", "infer.batch_size=2",
-              "launch.env.HARNESS_FAULT_STALL_AT=infer batch 3",
-              f"launch.env.HARNESS_PROGRESS_DIR={progress}"):
-        argv += ["--set", s]
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        assert main(argv) == 0
-    finally:
-        os.chdir(cwd)
+    script = launch(slurm_cluster, tmp_path, "model.name=bicubic", "model.args={}",
+                    "infer.batch_size=2", "launch.env.HARNESS_FAULT_STALL_AT=infer batch 3",
+                    f"launch.env.HARNESS_PROGRESS_DIR={progress}", workload="infer",
+                    args=f"--lr embedded:all --out {out} --log-format plain")
     job = submit(slurm_cluster, script, tmp_path / "runs", "--exclusive")
     lost = "node1"
     job.wait_for("rank 1 stopped", lambda: (progress / "rank-1.stopped").is_file(), 180)
@@ -483,21 +470,9 @@ def test_sharded_infer_on_two_nodes_logs_no_c10d_hostname_noise(slurm_cluster, t
     looks that up for its log; with IPv4-only host lines and no DNS that printed ``[c10d] The
     hostname of the client socket cannot be retrieved. err=-3`` once per rank at every start of
     a multi-node job. A 2-node sharded infer (gloo group, two ranks) must log none of it."""
-    from harness.cli import main
-
     out = tmp_path / "sr"
-    script = tmp_path / "infer.sbatch"
-    argv = ["launch", "jobs/smoke.yaml", "--scheduler", "slurm", "--workload", "infer",
-            "-o", str(script), "--set", f"launch.run_dir={tmp_path / 'runs'}",
-            "--args", f"--lr embedded:heldout --out {out} --log-format plain"]
-    for s in (*TWO_NODES, "model.name=bicubic", "model.args={}"):
-        argv += ["--set", s]
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        assert main(argv) == 0
-    finally:
-        os.chdir(cwd)
+    script = launch(slurm_cluster, tmp_path, "model.name=bicubic", "model.args={}",
+                    workload="infer", args=f"--lr embedded:heldout --out {out} --log-format plain")
     job = submit(slurm_cluster, script, tmp_path / "runs")
     result = job.wait(timeout=240)
     log = job.log()
